@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Benchmarks that print figures (never timed assertions): each one compares
+# a stage with its ceiling on the same broker, in one run, as a ratio.
+#   scripts/bench.sh            all benchmarks
+# Uses a private tansu broker, or KAFKA_BOOTSTRAP_SERVERS when set.
+source "$(dirname "$0")/lib.sh"
+cd "$ROOT"
+"$ROOT/scripts/install-tansu.sh"
+cargo bench -p postback-collector --bench collector_throughput

@@ -1,0 +1,236 @@
+//! The collector's configuration (see README, "Configuration").
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+
+use postback_core::config::{
+    validate_topic_name, ConfigError, KafkaConfig, LogConfig, TopicsConfig, Validate,
+};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectorConfig {
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub kafka: KafkaConfig,
+    #[serde(default)]
+    pub topics: TopicsConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    /// Server-side API keys; each decides the tenant of what it sends.
+    #[serde(default)]
+    pub api_keys: Vec<ApiKey>,
+    /// Public browser site keys, with the origins allowed to use them.
+    #[serde(default)]
+    pub site_keys: Vec<SiteKey>,
+    #[serde(default)]
+    pub ingest: IngestConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// The API and the ops endpoints (/healthz, /readyz, /metrics) share it.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    #[serde(default = "default_max_batch")]
+    pub max_batch_events: usize,
+    /// Seconds a client is told to wait (Retry-After) when the broker is unavailable.
+    #[serde(default = "default_retry_after")]
+    pub retry_after_secs: u64,
+    /// How far in the future an event_time may be, in seconds.
+    #[serde(default = "default_max_future")]
+    pub max_future_secs: u64,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 8080))
+}
+fn default_max_body() -> usize {
+    4 * 1024 * 1024
+}
+fn default_max_batch() -> usize {
+    1000
+}
+fn default_retry_after() -> u64 {
+    5
+}
+fn default_max_future() -> u64 {
+    600
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: default_listen(),
+            max_body_bytes: default_max_body(),
+            max_batch_events: default_max_batch(),
+            retry_after_secs: default_retry_after(),
+            max_future_secs: default_max_future(),
+        }
+    }
+}
+
+/// A server API key. Give the key inline, or the name of an environment
+/// variable that holds it (keeps secrets out of the file).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    pub tenant: String,
+    #[serde(default)]
+    pub key: Option<String>,
+    #[serde(default)]
+    pub key_env: Option<String>,
+}
+
+impl ApiKey {
+    /// The key's value, from the file or its environment variable.
+    pub fn resolve(&self) -> Option<String> {
+        self.key.clone().or_else(|| {
+            self.key_env
+                .as_ref()
+                .and_then(|name| std::env::var(name).ok())
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteKey {
+    pub key: String,
+    pub tenant: String,
+    /// Exact origins (scheme://host[:port]) allowed to send beacons with this key.
+    pub allowed_origins: Vec<String>,
+}
+
+/// Consuming JSON conversions from retailers' own Kafka topics.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default = "default_ingest_group")]
+    pub group_id: String,
+    #[serde(default)]
+    pub topics: Vec<IngestTopic>,
+}
+
+fn default_ingest_group() -> String {
+    "postback-collector-ingest".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestTopic {
+    pub topic: String,
+    /// Every conversion on this topic belongs to this tenant.
+    pub tenant: String,
+}
+
+fn validate_tenant(key: &str, tenant: &str) -> Result<(), ConfigError> {
+    let ok = !tenant.is_empty()
+        && tenant.len() <= 64
+        && tenant
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            key,
+            format!("tenant `{tenant}` must be 1-64 of a-z 0-9 - _"),
+        ))
+    }
+}
+
+impl Validate for CollectorConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.kafka.validate()?;
+        self.topics.validate()?;
+        if self.http.max_batch_events == 0 || self.http.max_batch_events > 10_000 {
+            return Err(ConfigError::invalid(
+                "http.max_batch_events",
+                "must be between 1 and 10000",
+            ));
+        }
+        if self.http.max_body_bytes < 1024 {
+            return Err(ConfigError::invalid(
+                "http.max_body_bytes",
+                "must be at least 1024",
+            ));
+        }
+        let mut seen = HashSet::new();
+        for (i, k) in self.api_keys.iter().enumerate() {
+            validate_tenant(&format!("api_keys[{i}].tenant"), &k.tenant)?;
+            let key = match (&k.key, &k.key_env) {
+                (Some(_), Some(_)) | (None, None) => {
+                    return Err(ConfigError::invalid(
+                        format!("api_keys[{i}]"),
+                        "set exactly one of `key` and `key_env`",
+                    ))
+                }
+                (_, Some(name)) => k.resolve().ok_or_else(|| {
+                    ConfigError::invalid(
+                        format!("api_keys[{i}].key_env"),
+                        format!("environment variable {name} is not set"),
+                    )
+                })?,
+                (Some(key), None) => key.clone(),
+            };
+            if key.len() < 16 {
+                return Err(ConfigError::invalid(
+                    format!("api_keys[{i}].key"),
+                    "must be at least 16 characters",
+                ));
+            }
+            if !seen.insert(key) {
+                return Err(ConfigError::invalid(
+                    format!("api_keys[{i}].key"),
+                    "is used twice",
+                ));
+            }
+        }
+        let mut seen = HashSet::new();
+        for (i, s) in self.site_keys.iter().enumerate() {
+            validate_tenant(&format!("site_keys[{i}].tenant"), &s.tenant)?;
+            if s.key.len() < 8 || !seen.insert(s.key.clone()) {
+                return Err(ConfigError::invalid(
+                    format!("site_keys[{i}].key"),
+                    "must be at least 8 characters and unique",
+                ));
+            }
+            if s.allowed_origins.is_empty() {
+                return Err(ConfigError::invalid(
+                    format!("site_keys[{i}].allowed_origins"),
+                    "must list at least one origin",
+                ));
+            }
+            for (j, o) in s.allowed_origins.iter().enumerate() {
+                let ok = (o.starts_with("https://") || o.starts_with("http://"))
+                    && !o.ends_with('/')
+                    && !o["https://".len().min(o.len())..].contains('/');
+                if !ok {
+                    return Err(ConfigError::invalid(
+                        format!("site_keys[{i}].allowed_origins[{j}]"),
+                        format!("`{o}` is not an origin (scheme://host[:port], no path)"),
+                    ));
+                }
+            }
+        }
+        if self.ingest.enabled && self.ingest.topics.is_empty() {
+            return Err(ConfigError::invalid(
+                "ingest.topics",
+                "must list at least one topic when ingest.enabled",
+            ));
+        }
+        for (i, t) in self.ingest.topics.iter().enumerate() {
+            validate_topic_name(&format!("ingest.topics[{i}].topic"), &t.topic)?;
+            validate_tenant(&format!("ingest.topics[{i}].tenant"), &t.tenant)?;
+        }
+        Ok(())
+    }
+}

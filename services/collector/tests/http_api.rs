@@ -1,0 +1,401 @@
+//! The collector's HTTP API against a real broker.
+
+mod harness;
+
+use std::time::Duration;
+
+use harness::{Collector, API_KEY, ORIGIN, SITE_KEY};
+use postback_collector::api::SubmitResponse;
+use postback_core::model::{ConversionRaw, Source};
+use postback_core::{Codec, SchemaKind};
+use postback_testkit::Broker;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+fn event(id: &str) -> Value {
+    json!({
+        "event_id": id,
+        "event_name": "Purchase",
+        "event_time": chrono::Utc::now().timestamp() - 60,
+        "action_source": "website",
+        "order": {"order_id": id, "value": "129.90", "currency": "EUR",
+                  "items": [{"id": "sku-1", "quantity": 1, "price": "129.90"}]},
+        "user": {"email": "jane@example.com", "phone": "+33 6 12 34 56 78", "country": "FR",
+                 "ip": "203.0.113.7", "user_agent": "Mozilla/5.0"},
+        "click_ids": {"gclid": "Cj0KCQ", "fbclid": "IwAR1", "ttclid": "E.C.P.abc"},
+        "page": {"url": "https://shop.example/thanks"},
+        "consent": {"ad_storage": "granted", "ad_user_data": "granted", "ad_personalization": "denied"}
+    })
+}
+
+async fn post(c: &Collector, body: &Value) -> reqwest::Response {
+    client()
+        .post(format!("{}/v1/events", c.base))
+        .bearer_auth(API_KEY)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+fn decode(records: &[postback_core::kafka::InboundRecord]) -> Vec<ConversionRaw> {
+    let codec: Codec<ConversionRaw> = Codec::new(SchemaKind::ConversionRaw);
+    records
+        .iter()
+        .map(|r| codec.decode(r.payload.as_deref().unwrap()).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_single_event_lands_on_raw_with_its_key_and_decodes_to_what_was_sent() {
+    let broker = Broker::start().await.unwrap();
+    let c = Collector::start(&broker).await;
+    let r = post(&c, &event("ord-1")).await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let body: SubmitResponse = r.json().await.unwrap();
+    assert_eq!(body.accepted, 1);
+    assert!(body.rejected.is_empty());
+
+    let records = broker
+        .consume(&c.topics.raw, 1, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].key.as_deref(), Some(&b"acme/ord-1"[..]));
+    let raw = &decode(&records)[0];
+    assert_eq!(raw.tenant, "acme");
+    assert_eq!(raw.event_id, "ord-1");
+    assert_eq!(raw.event_name, "Purchase");
+    assert_eq!(raw.source, Source::Server);
+    let order = raw.order.as_ref().unwrap();
+    assert_eq!(order.value.as_deref(), Some("129.90"));
+    assert_eq!(order.currency.as_deref(), Some("EUR"));
+    let user = raw.user.as_ref().unwrap();
+    assert_eq!(user.email.as_deref(), Some("jane@example.com"));
+    assert_eq!(user.ip.as_deref(), Some("203.0.113.7"));
+    assert_eq!(
+        raw.consent.as_ref().unwrap().ad_personalization.as_deref(),
+        Some("denied")
+    );
+    assert_eq!(
+        raw.click_ids.as_ref().unwrap().ttclid.as_deref(),
+        Some("E.C.P.abc")
+    );
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn a_batch_lands_whole() {
+    let broker = Broker::start().await.unwrap();
+    let c = Collector::start(&broker).await;
+    let events: Vec<Value> = (0..50).map(|i| event(&format!("b-{i}"))).collect();
+    let r = post(&c, &json!({ "events": events })).await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let body: SubmitResponse = r.json().await.unwrap();
+    assert_eq!(body.accepted, 50);
+    let records = broker
+        .consume(&c.topics.raw, 50, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let mut ids: Vec<String> = decode(&records).into_iter().map(|e| e.event_id).collect();
+    ids.sort();
+    let mut want: Vec<String> = (0..50).map(|i| format!("b-{i}")).collect();
+    want.sort();
+    assert_eq!(ids, want);
+    for r in &records {
+        let key = String::from_utf8(r.key.clone().unwrap()).unwrap();
+        assert!(key.starts_with("acme/b-"), "{key}");
+    }
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn each_validation_rule_rejects_with_its_field_path() {
+    let broker = Broker::start().await.unwrap();
+    let c = Collector::start(&broker).await;
+    let now = chrono::Utc::now().timestamp();
+    let mut missing_id = event("x");
+    missing_id.as_object_mut().unwrap().remove("event_id");
+    let cases: Vec<(Value, &str)> = vec![
+        (missing_id, "event_id"),
+        (
+            json!({"event_id": "a", "event_name": "Purchase", "order": {"value": "1", "currency": "EURO"}}),
+            "order.currency",
+        ),
+        (
+            json!({"event_id": "a", "event_name": "Purchase", "order": {"value": "-5", "currency": "EUR"}}),
+            "order.value",
+        ),
+        (
+            json!({"event_id": "a", "event_name": "Purchase", "order": {"value": "12,50", "currency": "EUR"}}),
+            "order.value",
+        ),
+        (
+            json!({"event_id": "a", "event_name": "Lead", "event_time": now + 3600}),
+            "event_time",
+        ),
+        (
+            json!({"event_id": "a".repeat(300), "event_name": "Lead"}),
+            "event_id",
+        ),
+        (
+            json!({"event_id": "a", "event_name": "Lead", "user": {"email": 42}}),
+            "user.email",
+        ),
+        (
+            json!({"event_id": "a", "event_name": "Lead", "order": "big"}),
+            "order",
+        ),
+    ];
+    for (body, path) in cases {
+        let r = post(&c, &body).await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{path}");
+        let resp: SubmitResponse = r.json().await.unwrap();
+        let paths: Vec<&str> = resp.rejected[0]
+            .errors
+            .iter()
+            .map(|e| e.path.as_str())
+            .collect();
+        assert_eq!(paths, vec![path], "{:?}", resp.rejected[0].errors);
+    }
+    // In a batch the path carries the index.
+    let r = post(
+        &c,
+        &json!({"events": [event("ok"), {"event_id": "b", "event_name": "Purchase",
+                 "order": {"value": "1", "currency": "XYZ"}}]}),
+    )
+    .await;
+    let resp: SubmitResponse = r.json().await.unwrap();
+    assert_eq!(resp.rejected[0].errors[0].path, "events[1].order.currency");
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn a_mixed_batch_accepts_exactly_the_valid_events() {
+    let broker = Broker::start().await.unwrap();
+    let c = Collector::start(&broker).await;
+    let mut events = Vec::new();
+    for i in 0..10 {
+        if i % 3 == 0 {
+            events.push(
+                json!({"event_id": format!("bad-{i}"), "event_name": "Purchase",
+                               "order": {"value": "abc", "currency": "EUR"}}),
+            );
+        } else {
+            events.push(event(&format!("good-{i}")));
+        }
+    }
+    let r = post(&c, &json!({ "events": events })).await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let resp: SubmitResponse = r.json().await.unwrap();
+    assert_eq!(resp.accepted, 6);
+    let rejected: Vec<usize> = resp.rejected.iter().map(|r| r.index).collect();
+    assert_eq!(rejected, vec![0, 3, 6, 9]);
+    assert_eq!(resp.rejected[1].errors[0].path, "events[3].order.value");
+
+    let records = broker
+        .consume(&c.topics.raw, 100, Duration::from_secs(8))
+        .await
+        .unwrap();
+    let mut ids: Vec<String> = decode(&records).into_iter().map(|e| e.event_id).collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        ["good-1", "good-2", "good-4", "good-5", "good-7", "good-8"]
+    );
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn oversized_bodies_and_batches_get_413() {
+    let broker = Broker::start().await.unwrap();
+    let c = Collector::start(&broker).await;
+    let events: Vec<Value> = (0..101).map(|i| event(&format!("e{i}"))).collect();
+    let r = post(&c, &json!({ "events": events })).await;
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+
+    let huge = json!({"event_id": "a", "event_name": "Lead", "page": {"url": format!("https://x.example/{}", "a".repeat(300 * 1024))}});
+    let r = post(&c, &huge).await;
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+
+    let r = client()
+        .post(format!("{}/v1/events", c.base))
+        .bearer_auth(API_KEY)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_json");
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn wrong_or_missing_api_keys_get_401() {
+    let broker = Broker::start().await.unwrap();
+    let c = Collector::start(&broker).await;
+    let r = client()
+        .post(format!("{}/v1/events", c.base))
+        .json(&event("a"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(r.headers().contains_key("www-authenticate"));
+    let r = client()
+        .post(format!("{}/v1/events", c.base))
+        .bearer_auth("sk_wrong_wrong_wrong_wrong")
+        .json(&event("a"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // A site key is not an API key.
+    let r = client()
+        .post(format!("{}/v1/events", c.base))
+        .bearer_auth(SITE_KEY)
+        .json(&event("a"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn a_browser_beacon_is_accepted_and_cors_is_enforced() {
+    let broker = Broker::start().await.unwrap();
+    let c = Collector::start(&broker).await;
+    let mut beacon = event("web-1");
+    beacon["pixels"] = json!({"meta": "fired", "google_ads": "not_fired"});
+    // navigator.sendBeacon: text/plain, key in the query string.
+    let r = client()
+        .post(format!("{}/v1/collect?site_key={SITE_KEY}", c.base))
+        .header("content-type", "text/plain;charset=UTF-8")
+        .header("origin", ORIGIN)
+        .body(beacon.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    assert_eq!(r.headers()["access-control-allow-origin"], ORIGIN);
+    // Key in the body instead.
+    let mut with_key = event("web-2");
+    with_key["site_key"] = json!(SITE_KEY);
+    let r = client()
+        .post(format!("{}/v1/collect", c.base))
+        .header("content-type", "text/plain")
+        .header("origin", ORIGIN)
+        .body(with_key.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    // Another origin: refused, and no CORS header to let the page read it.
+    let r = client()
+        .post(format!("{}/v1/collect?site_key={SITE_KEY}", c.base))
+        .header("content-type", "text/plain")
+        .header("origin", "https://evil.example")
+        .body(event("web-3").to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(!r.headers().contains_key("access-control-allow-origin"));
+    // Unknown site key.
+    let r = client()
+        .post(format!("{}/v1/collect?site_key=pk_nope_nope", c.base))
+        .header("origin", ORIGIN)
+        .body(event("web-4").to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // Preflight: allowed origin yes, other origin no.
+    let r = client()
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/v1/collect?site_key={SITE_KEY}", c.base),
+        )
+        .header("origin", ORIGIN)
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(r.headers()["access-control-allow-origin"], ORIGIN);
+    let r = client()
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/v1/collect?site_key={SITE_KEY}", c.base),
+        )
+        .header("origin", "https://evil.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+
+    let records = broker
+        .consume(&c.topics.raw, 2, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let events = decode(&records);
+    assert_eq!(events.len(), 2);
+    assert!(events.iter().all(|e| e.source == Source::Browser));
+    let first = events.iter().find(|e| e.event_id == "web-1").unwrap();
+    assert_eq!(first.pixels["meta"], "fired");
+    assert_eq!(first.pixels["google_ads"], "not_fired");
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn ops_endpoints_answer() {
+    let broker = Broker::start().await.unwrap();
+    let c = Collector::start(&broker).await;
+    assert_eq!(post(&c, &event("m-1")).await.status(), StatusCode::ACCEPTED);
+    let health = client()
+        .get(format!("{}/healthz", c.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    let mut ready = false;
+    for _ in 0..50 {
+        let r = client()
+            .get(format!("{}/readyz", c.base))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == StatusCode::OK {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(ready, "collector never became ready");
+    let metrics = client()
+        .get(format!("{}/metrics", c.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .contains(r#"postback_collector_events_total{endpoint="events",outcome="accepted"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains("postback_collector_http_request_duration_seconds"));
+    c.stop().await;
+}

@@ -1,0 +1,84 @@
+//! Topic creation and broker reachability.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::Producer as _;
+use rdkafka::ClientConfig;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::KafkaConfig;
+use crate::kafka::Producer;
+use crate::ops::Readiness;
+
+#[derive(Debug, Clone)]
+pub struct TopicSpec {
+    pub name: String,
+    pub partitions: i32,
+    /// Extra topic configs, e.g. cleanup.policy=compact, retention.ms.
+    pub configs: Vec<(String, String)>,
+}
+
+impl TopicSpec {
+    pub fn new(name: impl Into<String>, partitions: i32) -> Self {
+        TopicSpec {
+            name: name.into(),
+            partitions,
+            configs: Vec::new(),
+        }
+    }
+}
+
+/// Creates the topics that do not exist yet; existing ones are left alone.
+pub async fn create_topics(kafka: &KafkaConfig, topics: &[TopicSpec]) -> Result<(), KafkaError> {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", &kafka.bootstrap_servers);
+    for (k, v) in &kafka.properties {
+        cfg.set(k, v);
+    }
+    let admin: AdminClient<DefaultClientContext> = cfg.create()?;
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| {
+            let mut n = NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(-1));
+            for (k, v) in &t.configs {
+                n = n.set(k, v);
+            }
+            n
+        })
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for result in admin.create_topics(&new, &opts).await? {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(KafkaError::AdminOp(code)).inspect_err(|_| {
+                    tracing::error!(%topic, error = %code, "cannot create topic");
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether the broker answers a metadata request within `timeout`.
+pub async fn probe_broker(producer: &Producer, timeout: Duration) -> bool {
+    let client = producer.client();
+    tokio::task::spawn_blocking(move || client.client().fetch_metadata(None, timeout).is_ok())
+        .await
+        .unwrap_or(false)
+}
+
+/// Keeps the `broker` readiness check current until shutdown.
+pub async fn watch_broker(producer: Producer, readiness: Readiness, shutdown: CancellationToken) {
+    loop {
+        let ok = probe_broker(&producer, Duration::from_secs(2)).await;
+        readiness.set("broker", ok);
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(if ok { 5 } else { 1 })) => {}
+        }
+    }
+}

@@ -1,0 +1,454 @@
+//! The at-least-once consumer loop every stage runs.
+//!
+//! It works in batches: take what the broker has (up to `max_batch`), hand
+//! each record to the stage's handler, write every output (or dead letter)
+//! and wait until the broker acknowledged all of them, and only then store the
+//! batch's offsets for the next commit. Two properties follow:
+//!
+//! - Nothing is committed past a record whose effect is not durable. A crash
+//!   replays at most the last uncommitted batches; stages are idempotent.
+//! - Nothing is in flight while the consumer polls, and rebalances only happen
+//!   inside a poll. So a revoked partition never has half-done work, and no
+//!   offset is stored for a partition this instance no longer owns: records
+//!   fetched for a partition revoked while the batch was being collected are
+//!   dropped from the batch (the new owner reads them again).
+//!
+//! Per-partition order holds because a batch is handled in fetch order and
+//! the idempotent producer keeps the order of what it writes.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prometheus::{Histogram, IntCounter, IntCounterVec, IntGaugeVec};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::ClientContext;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::KafkaConfig;
+use crate::kafka::client_config::consumer_config;
+use crate::kafka::producer::{OutboundRecord, Producer};
+use crate::metrics::{batch_size_buckets, latency_buckets, ServiceMetrics};
+
+/// One consumed record, detached from the consumer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InboundRecord {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    /// Broker or producer timestamp, Unix milliseconds.
+    pub timestamp: Option<i64>,
+}
+
+/// A stage's logic: what one input record becomes. Anything the stage cannot
+/// process becomes a dead letter pushed to `out` like any other output, so a
+/// poison record never stops its partition.
+pub trait RecordHandler: Send {
+    fn handle(&mut self, record: &InboundRecord, out: &mut Vec<OutboundRecord>);
+}
+
+#[derive(Debug, Clone)]
+pub struct ConsumerLoopConfig {
+    pub group_id: String,
+    pub client_id: String,
+    pub topics: Vec<String>,
+    /// Most records handled (and acknowledged) as one unit.
+    pub max_batch: usize,
+    /// How long to wait for more records once one arrived.
+    pub linger: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerLoopError {
+    #[error("cannot create the Kafka consumer: {0}")]
+    Create(#[source] KafkaError),
+    #[error("cannot subscribe to {topics:?}: {source}")]
+    Subscribe {
+        topics: Vec<String>,
+        #[source]
+        source: KafkaError,
+    },
+}
+
+struct LoopMetrics {
+    records: IntCounterVec,
+    batches: IntCounter,
+    batch_size: Histogram,
+    batch_seconds: Histogram,
+    produced: IntCounterVec,
+    delivery_retries: IntCounter,
+    dropped_revoked: IntCounter,
+    receive_errors: IntCounter,
+}
+
+impl LoopMetrics {
+    fn new(m: &ServiceMetrics) -> Self {
+        LoopMetrics {
+            records: m.counter_vec(
+                "consumer_records_total",
+                "Records consumed and handled, by input topic.",
+                &["topic"],
+            ),
+            batches: m.counter("consumer_batches_total", "Batches handled and acknowledged."),
+            batch_size: m.histogram(
+                "consumer_batch_size_records",
+                "Records per handled batch.",
+                batch_size_buckets(),
+            ),
+            batch_seconds: m.histogram(
+                "consumer_batch_duration_seconds",
+                "Time from a batch's first record to all its outputs acknowledged.",
+                latency_buckets(),
+            ),
+            produced: m.counter_vec(
+                "produced_records_total",
+                "Records written and acknowledged, by output topic.",
+                &["topic"],
+            ),
+            delivery_retries: m.counter(
+                "delivery_retries_total",
+                "Times a batch's outputs were re-sent after the broker did not acknowledge them.",
+            ),
+            dropped_revoked: m.counter(
+                "consumer_revoked_records_total",
+                "Fetched records dropped because their partition was revoked before they were handled.",
+            ),
+            receive_errors: m.counter(
+                "consumer_errors_total",
+                "Errors reported by the consumer while fetching.",
+            ),
+        }
+    }
+}
+
+/// Rebalance bookkeeping and lag reporting, called from inside polls.
+pub struct LoopContext {
+    revocations: AtomicU64,
+    lag: IntGaugeVec,
+    rebalances: IntCounterVec,
+    assigned: IntGaugeVec,
+}
+
+impl ClientContext for LoopContext {
+    fn stats(&self, statistics: Statistics) {
+        self.lag.reset();
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in &t.partitions {
+                if *partition >= 0 && p.consumer_lag >= 0 {
+                    self.lag
+                        .with_label_values(&[topic.as_str(), &partition.to_string()])
+                        .set(p.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for LoopContext {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                self.revocations.fetch_add(1, Ordering::SeqCst);
+                self.rebalances.with_label_values(&["revoke"]).inc();
+                tracing::info!(partitions = %describe(tpl), "partitions revoked");
+            }
+            Rebalance::Assign(tpl) => {
+                self.rebalances.with_label_values(&["assign"]).inc();
+                tracing::info!(partitions = %describe(tpl), "partitions assigned");
+            }
+            Rebalance::Error(e) => {
+                self.rebalances.with_label_values(&["error"]).inc();
+                tracing::warn!(error = %e, "rebalance error");
+            }
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, _rebalance: &Rebalance<'_>) {
+        self.assigned.reset();
+        if let Ok(tpl) = consumer.assignment() {
+            let mut per_topic: BTreeMap<String, i64> = BTreeMap::new();
+            for e in tpl.elements() {
+                *per_topic.entry(e.topic().to_string()).or_default() += 1;
+            }
+            for (topic, n) in per_topic {
+                self.assigned.with_label_values(&[topic.as_str()]).set(n);
+            }
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "offset commit failed; records since the last commit may be replayed")
+            }
+        }
+    }
+}
+
+fn describe(tpl: &TopicPartitionList) -> String {
+    tpl.elements()
+        .iter()
+        .map(|e| format!("{}[{}]", e.topic(), e.partition()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+pub struct ConsumerLoop {
+    consumer: StreamConsumer<LoopContext>,
+    producer: Producer,
+    config: ConsumerLoopConfig,
+    metrics: LoopMetrics,
+}
+
+impl ConsumerLoop {
+    pub fn new(
+        kafka: &KafkaConfig,
+        config: ConsumerLoopConfig,
+        producer: Producer,
+        metrics: &ServiceMetrics,
+    ) -> Result<Self, ConsumerLoopError> {
+        let context = LoopContext {
+            revocations: AtomicU64::new(0),
+            lag: metrics.gauge_vec(
+                "consumer_lag_records",
+                "Records behind the partition's high watermark, per assigned partition.",
+                &["topic", "partition"],
+            ),
+            rebalances: metrics.counter_vec(
+                "consumer_rebalances_total",
+                "Rebalance events, by kind (assign, revoke, error).",
+                &["kind"],
+            ),
+            assigned: metrics.gauge_vec(
+                "consumer_assigned_partitions",
+                "Partitions this instance owns, per topic.",
+                &["topic"],
+            ),
+        };
+        let consumer: StreamConsumer<LoopContext> =
+            consumer_config(kafka, &config.client_id, &config.group_id)
+                .create_with_context(context)
+                .map_err(ConsumerLoopError::Create)?;
+        let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&topics)
+            .map_err(|source| ConsumerLoopError::Subscribe {
+                topics: config.topics.clone(),
+                source,
+            })?;
+        Ok(ConsumerLoop {
+            consumer,
+            producer,
+            config,
+            metrics: LoopMetrics::new(metrics),
+        })
+    }
+
+    /// Runs until `shutdown` is cancelled, then finishes the batch in hand,
+    /// commits, and leaves the group.
+    pub async fn run<H: RecordHandler>(
+        self,
+        handler: &mut H,
+        shutdown: CancellationToken,
+    ) -> Result<(), ConsumerLoopError> {
+        let mut batch: Vec<InboundRecord> = Vec::with_capacity(self.config.max_batch);
+        let mut outputs: Vec<OutboundRecord> = Vec::new();
+        loop {
+            batch.clear();
+            let first = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                m = self.consumer.recv() => m,
+            };
+            match first {
+                Ok(m) => batch.push(detach(&m)),
+                Err(e) => {
+                    self.receive_error(e).await;
+                    continue;
+                }
+            }
+            let started = Instant::now();
+            let epoch = self.consumer.context().revocations.load(Ordering::SeqCst);
+            let deadline = tokio::time::Instant::now() + self.config.linger;
+            while batch.len() < self.config.max_batch {
+                match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                    Ok(Ok(m)) => batch.push(detach(&m)),
+                    Ok(Err(e)) => {
+                        self.receive_error(e).await;
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            if self.consumer.context().revocations.load(Ordering::SeqCst) != epoch {
+                self.drop_revoked(&mut batch);
+                if batch.is_empty() {
+                    continue;
+                }
+            }
+
+            outputs.clear();
+            for record in &batch {
+                handler.handle(record, &mut outputs);
+                self.metrics
+                    .records
+                    .with_label_values(&[record.topic.as_str()])
+                    .inc();
+            }
+            if !self.deliver(&outputs, &shutdown).await {
+                // Shut down while the broker would not take the outputs: the
+                // batch's offsets stay uncommitted and it is replayed later.
+                break;
+            }
+            self.store_offsets(&batch);
+            self.metrics.batches.inc();
+            self.metrics.batch_size.observe(batch.len() as f64);
+            self.metrics
+                .batch_seconds
+                .observe(started.elapsed().as_secs_f64());
+        }
+        self.close();
+        Ok(())
+    }
+
+    async fn receive_error(&self, e: KafkaError) {
+        self.metrics.receive_errors.inc();
+        tracing::warn!(error = %e, "consumer error");
+        // Errors here are mostly broker connectivity; don't spin.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    fn drop_revoked(&self, batch: &mut Vec<InboundRecord>) {
+        let owned = match self.consumer.assignment() {
+            Ok(tpl) => tpl,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the assignment; dropping the batch");
+                self.metrics.dropped_revoked.inc_by(batch.len() as u64);
+                batch.clear();
+                return;
+            }
+        };
+        let before = batch.len();
+        batch.retain(|r| owned.find_partition(&r.topic, r.partition).is_some());
+        self.metrics
+            .dropped_revoked
+            .inc_by((before - batch.len()) as u64);
+    }
+
+    /// Writes every output, retrying from the first unacknowledged one until
+    /// all are acknowledged. Returns false if shutdown interrupted it.
+    async fn deliver(&self, outputs: &[OutboundRecord], shutdown: &CancellationToken) -> bool {
+        let mut start = 0;
+        let mut backoff = Duration::from_millis(100);
+        while start < outputs.len() {
+            let results = self.producer.send_all(&outputs[start..]).await;
+            let mut first_failure = None;
+            for (i, r) in results.iter().enumerate() {
+                match r {
+                    Ok(()) => {
+                        if first_failure.is_none() {
+                            self.metrics
+                                .produced
+                                .with_label_values(&[outputs[start + i].topic.as_str()])
+                                .inc();
+                        }
+                    }
+                    Err(e) => {
+                        if first_failure.is_none() {
+                            first_failure = Some((i, e.clone()));
+                        }
+                    }
+                }
+            }
+            let Some((i, error)) = first_failure else {
+                return true;
+            };
+            // Re-send from the first failure on, so that per-key order holds;
+            // records after it that did land are written again (duplicates
+            // are absorbed downstream, losses would not be).
+            start += i;
+            self.metrics.delivery_retries.inc();
+            tracing::warn!(%error, pending = outputs.len() - start, retry_in_ms = backoff.as_millis() as u64,
+                "outputs not acknowledged; holding the batch and retrying");
+            tokio::select! {
+                _ = shutdown.cancelled() => return false,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+        true
+    }
+
+    fn store_offsets(&self, batch: &[InboundRecord]) {
+        let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+        for r in batch {
+            let e = next.entry((r.topic.as_str(), r.partition)).or_insert(0);
+            *e = (*e).max(r.offset + 1);
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), offset) in next {
+            if let Err(e) = tpl.add_partition_offset(topic, partition, Offset::Offset(offset)) {
+                tracing::warn!(error = %e, "cannot build the offsets to store");
+            }
+        }
+        if let Err(e) = self.consumer.store_offsets(&tpl) {
+            // Happens when a partition was lost (session timeout) meanwhile;
+            // its new owner replays from the last commit.
+            tracing::warn!(error = %e, "cannot store offsets");
+        }
+    }
+
+    fn close(&self) {
+        match self.consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => tracing::warn!(error = %e, "final commit failed"),
+        }
+        self.consumer.unsubscribe();
+        self.producer.flush(Duration::from_secs(5));
+        tracing::info!(group = %self.config.group_id, "consumer loop stopped");
+    }
+}
+
+fn detach<M: Message>(m: &M) -> InboundRecord {
+    InboundRecord {
+        topic: m.topic().to_string(),
+        partition: m.partition(),
+        offset: m.offset(),
+        key: m.key().map(<[u8]>::to_vec),
+        payload: m.payload().map(<[u8]>::to_vec),
+        timestamp: m.timestamp().to_millis(),
+    }
+}
+
+impl ConsumerLoop {
+    /// The producer this loop writes through (shared with the service).
+    pub fn producer(&self) -> &Producer {
+        &self.producer
+    }
+}
+
+/// A handler that is a closure; handy for small stages and tests.
+impl<F> RecordHandler for F
+where
+    F: FnMut(&InboundRecord, &mut Vec<OutboundRecord>) + Send,
+{
+    fn handle(&mut self, record: &InboundRecord, out: &mut Vec<OutboundRecord>) {
+        self(record, out)
+    }
+}
+
+#[allow(dead_code)]
+fn assert_send() {
+    fn is_send<T: Send>() {}
+    is_send::<Arc<LoopContext>>();
+}

@@ -1,0 +1,190 @@
+//! The producer every stage writes through. A record counts as written only
+//! when the broker acknowledged it (acks=all, idempotent): callers await the
+//! delivery before they answer a client or commit an input offset.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::future::join_all;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
+use rdkafka::util::Timeout;
+use rdkafka::ClientConfig;
+
+use crate::config::KafkaConfig;
+use crate::kafka::client_config::producer_config;
+
+/// One record to write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboundRecord {
+    pub topic: String,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+}
+
+impl OutboundRecord {
+    pub fn new(topic: impl Into<String>, key: Option<Vec<u8>>, payload: Vec<u8>) -> Self {
+        OutboundRecord {
+            topic: topic.into(),
+            key,
+            payload,
+        }
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DeliveryError {
+    /// The local queue is full: the broker is slow or gone. Retry later.
+    #[error("producer queue is full")]
+    QueueFull,
+    /// The broker did not acknowledge the record in time, or refused it.
+    #[error("broker did not acknowledge the record: {0}")]
+    NotAcknowledged(String),
+    #[error("producer shut down before the record was acknowledged")]
+    Cancelled,
+}
+
+impl DeliveryError {
+    /// Whether trying the same record again may succeed.
+    pub fn is_retriable(&self) -> bool {
+        true
+    }
+}
+
+/// The shared producer. Cloning shares the underlying client.
+///
+/// After a write fails (broker gone, timeout, fatal idempotence error) the
+/// next attempt goes through a fresh client with a new producer id. A client
+/// whose records expired is in an undefined idempotence state: librdkafka
+/// bumps its epoch, which some brokers (tansu 0.6) cannot follow, and a fatal
+/// error makes a client unusable for good.
+#[derive(Clone)]
+pub struct Producer {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    config: ClientConfig,
+    current: RwLock<(u64, FutureProducer)>,
+    generation: AtomicU64,
+}
+
+impl Producer {
+    pub fn new(kafka: &KafkaConfig, client_id: &str) -> Result<Self, KafkaError> {
+        let config = producer_config(kafka, client_id);
+        let producer: FutureProducer = config.create()?;
+        Ok(Producer {
+            inner: Arc::new(Shared {
+                config,
+                current: RwLock::new((0, producer)),
+                generation: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// The current client (for metadata requests).
+    pub fn client(&self) -> FutureProducer {
+        self.current().1
+    }
+
+    fn current(&self) -> (u64, FutureProducer) {
+        match self.inner.current.read() {
+            Ok(g) => (g.0, g.1.clone()),
+            Err(poisoned) => {
+                let g = poisoned.into_inner();
+                (g.0, g.1.clone())
+            }
+        }
+    }
+
+    /// Replaces the client that had `generation`, unless another caller did
+    /// already. Records still queued in the old client fail (their callers
+    /// see an error and retry), none is silently dropped.
+    pub fn renew(&self, generation: u64) {
+        let Ok(mut guard) = self.inner.current.write() else {
+            return;
+        };
+        if guard.0 != generation {
+            return;
+        }
+        match self.inner.config.create::<FutureProducer>() {
+            Ok(fresh) => {
+                let next = self.inner.generation.fetch_add(1, Ordering::SeqCst) + 1;
+                *guard = (next, fresh);
+                tracing::info!(
+                    generation = next,
+                    "producer client renewed after a failed write"
+                );
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot renew the producer client"),
+        }
+    }
+
+    /// Queues one record; the returned future resolves when the broker acknowledged it.
+    pub fn enqueue(&self, record: &OutboundRecord) -> Result<DeliveryFuture, DeliveryError> {
+        Self::enqueue_on(&self.current().1, record)
+    }
+
+    fn enqueue_on(
+        producer: &FutureProducer,
+        record: &OutboundRecord,
+    ) -> Result<DeliveryFuture, DeliveryError> {
+        let mut fr: FutureRecord<'_, [u8], [u8]> =
+            FutureRecord::to(&record.topic).payload(&record.payload[..]);
+        if let Some(key) = &record.key {
+            fr = fr.key(&key[..]);
+        }
+        producer.send_result(fr).map_err(|(e, _)| match e {
+            KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => DeliveryError::QueueFull,
+            other => DeliveryError::NotAcknowledged(other.to_string()),
+        })
+    }
+
+    /// Writes every record and waits for all acknowledgements. Returns one
+    /// result per record, in order.
+    pub async fn send_all(&self, records: &[OutboundRecord]) -> Vec<Result<(), DeliveryError>> {
+        let (generation, producer) = self.current();
+        let mut pending = Vec::with_capacity(records.len());
+        for record in records {
+            pending.push(Self::enqueue_on(&producer, record));
+        }
+        let waits = pending.into_iter().map(|p| async move {
+            match p {
+                Err(e) => Err(e),
+                Ok(fut) => resolve(fut.await),
+            }
+        });
+        let results = join_all(waits).await;
+        let failed = results.iter().any(|r| {
+            matches!(
+                r,
+                Err(DeliveryError::NotAcknowledged(_) | DeliveryError::Cancelled)
+            )
+        });
+        if failed {
+            self.renew(generation);
+        }
+        results
+    }
+
+    /// Waits until queued records are delivered, or `timeout` passes.
+    pub fn flush(&self, timeout: Duration) {
+        if let Err(e) = self.current().1.flush(Timeout::After(timeout)) {
+            tracing::warn!(error = %e, "producer flush did not complete");
+        }
+    }
+}
+
+fn resolve(
+    result: Result<
+        rdkafka::producer::future_producer::OwnedDeliveryResult,
+        futures::channel::oneshot::Canceled,
+    >,
+) -> Result<(), DeliveryError> {
+    match result {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((e, _))) => Err(DeliveryError::NotAcknowledged(e.to_string())),
+        Err(_) => Err(DeliveryError::Cancelled),
+    }
+}

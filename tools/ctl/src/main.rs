@@ -1,0 +1,221 @@
+//! postback-ctl: small operator commands that work against tansu and real
+//! Kafka alike.
+//!
+//!   postback-ctl topics [--file config/topics.txt] [--prefix P]
+//!   postback-ctl tail TOPIC [--count N] [--timeout-secs S]
+//!   postback-ctl produce TOPIC [--key-field event_id] < records.jsonl
+//!
+//! The broker comes from POSTBACK_KAFKA__BOOTSTRAP_SERVERS or --bootstrap.
+
+use std::io::BufRead;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use postback_core::avro::peek_fingerprint;
+use postback_core::config::KafkaConfig;
+use postback_core::kafka::{create_topics, TopicSpec};
+use postback_core::model::{ConversionEnriched, ConversionRaw, DeadLetter, DeliveryStatus};
+use postback_core::{Codec, SchemaKind, SchemaRegistry};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+
+struct Args {
+    rest: Vec<String>,
+}
+
+impl Args {
+    fn flag(&mut self, name: &str) -> Option<String> {
+        let i = self.rest.iter().position(|a| a == name)?;
+        self.rest.remove(i);
+        if i < self.rest.len() {
+            Some(self.rest.remove(i))
+        } else {
+            None
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut args = Args {
+        rest: std::env::args().skip(1).collect(),
+    };
+    let bootstrap = args
+        .flag("--bootstrap")
+        .or_else(|| std::env::var("POSTBACK_KAFKA__BOOTSTRAP_SERVERS").ok())
+        .unwrap_or_else(|| "127.0.0.1:9092".into());
+    let kafka = KafkaConfig {
+        bootstrap_servers: bootstrap,
+        ..KafkaConfig::default()
+    };
+    let command = if args.rest.is_empty() {
+        String::new()
+    } else {
+        args.rest.remove(0)
+    };
+    match command.as_str() {
+        "topics" => topics(&kafka, &mut args).await,
+        "tail" => tail(&kafka, &mut args).await,
+        "produce" => produce(&kafka, &mut args).await,
+        _ => bail!(
+            "usage: postback-ctl [--bootstrap HOST:PORT] topics [--file F] [--prefix P] | tail TOPIC [--count N] [--timeout-secs S] | produce TOPIC [--key-field F] < records.jsonl"
+        ),
+    }
+}
+
+/// Creates the topics listed in the topics file (name, partitions, configs).
+async fn topics(kafka: &KafkaConfig, args: &mut Args) -> anyhow::Result<()> {
+    let file = args
+        .flag("--file")
+        .unwrap_or_else(|| "config/topics.txt".into());
+    let prefix = args.flag("--prefix").unwrap_or_default();
+    let text = std::fs::read_to_string(&file).with_context(|| format!("read {file}"))?;
+    let mut specs = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut parts = line.split_whitespace();
+        let (Some(name), Some(partitions)) = (parts.next(), parts.next()) else {
+            bail!("{file}:{}: expected `name partitions [k=v,...]`", n + 1);
+        };
+        let mut spec = TopicSpec::new(
+            format!("{prefix}{name}"),
+            partitions
+                .parse()
+                .with_context(|| format!("{file}:{}: partitions", n + 1))?,
+        );
+        if let Some(configs) = parts.next() {
+            for kv in configs.split(',') {
+                let (k, v) = kv
+                    .split_once('=')
+                    .with_context(|| format!("{file}:{}: config `{kv}`", n + 1))?;
+                spec.configs.push((k.to_string(), v.to_string()));
+            }
+        }
+        specs.push(spec);
+    }
+    create_topics(kafka, &specs).await?;
+    for s in &specs {
+        println!("{} ({} partitions)", s.name, s.partitions);
+    }
+    Ok(())
+}
+
+/// Prints a topic's records as JSON lines, decoding postback's Avro by the
+/// writer fingerprint; anything else is printed as text.
+async fn tail(kafka: &KafkaConfig, args: &mut Args) -> anyhow::Result<()> {
+    let count: usize = args
+        .flag("--count")
+        .map(|c| c.parse())
+        .transpose()?
+        .unwrap_or(usize::MAX);
+    let timeout: u64 = args
+        .flag("--timeout-secs")
+        .map(|c| c.parse())
+        .transpose()?
+        .unwrap_or(10);
+    let Some(topic) = args.rest.first().cloned() else {
+        bail!("tail needs a topic");
+    };
+    let group = format!("postback-ctl-tail-{}", std::process::id());
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &kafka.bootstrap_servers)
+        .set("group.id", &group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    consumer.subscribe(&[&topic])?;
+    let mut seen = 0;
+    while seen < count {
+        let msg = match tokio::time::timeout(Duration::from_secs(timeout), consumer.recv()).await {
+            Err(_) => break,
+            Ok(Err(e)) => {
+                eprintln!("consumer error: {e}");
+                continue;
+            }
+            Ok(Ok(m)) => m,
+        };
+        seen += 1;
+        let key = msg
+            .key()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .unwrap_or_default();
+        let value = msg.payload().map(decode).unwrap_or(serde_json::Value::Null);
+        println!(
+            "{}",
+            serde_json::json!({"partition": msg.partition(), "offset": msg.offset(), "key": key, "value": value})
+        );
+    }
+    eprintln!("{seen} record(s) from {topic}");
+    Ok(())
+}
+
+fn decode(bytes: &[u8]) -> serde_json::Value {
+    fn json<T: serde::Serialize + serde::de::DeserializeOwned>(
+        kind: SchemaKind,
+        bytes: &[u8],
+    ) -> serde_json::Value {
+        match Codec::<T>::new(kind).decode(bytes) {
+            Ok(v) => serde_json::to_value(v).unwrap_or(serde_json::Value::Null),
+            Err(e) => serde_json::json!({"undecodable": e.to_string()}),
+        }
+    }
+    let kind = peek_fingerprint(bytes)
+        .ok()
+        .and_then(|fp| SchemaRegistry::global().writer_schema(fp))
+        .map(|(k, _)| k);
+    match kind {
+        Some(SchemaKind::ConversionRaw) => json::<ConversionRaw>(SchemaKind::ConversionRaw, bytes),
+        Some(SchemaKind::ConversionEnriched) => {
+            json::<ConversionEnriched>(SchemaKind::ConversionEnriched, bytes)
+        }
+        Some(SchemaKind::DeliveryStatus) => {
+            json::<DeliveryStatus>(SchemaKind::DeliveryStatus, bytes)
+        }
+        Some(SchemaKind::DeadLetter) => json::<DeadLetter>(SchemaKind::DeadLetter, bytes),
+        None => serde_json::Value::String(String::from_utf8_lossy(bytes).into_owned()),
+    }
+}
+
+/// Produces one record per stdin line (e.g. JSON orders to an ingest topic).
+async fn produce(kafka: &KafkaConfig, args: &mut Args) -> anyhow::Result<()> {
+    let key_field = args
+        .flag("--key-field")
+        .unwrap_or_else(|| "event_id".into());
+    let Some(topic) = args.rest.first().cloned() else {
+        bail!("produce needs a topic");
+    };
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &kafka.bootstrap_servers)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .create()?;
+    let mut n = 0;
+    for line in std::io::stdin().lock().lines() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let key = serde_json::from_str::<serde_json::Value>(&line)
+            .ok()
+            .and_then(|v| {
+                v.get(&key_field)
+                    .and_then(|k| k.as_str().map(str::to_string))
+            })
+            .unwrap_or_default();
+        producer
+            .send(
+                FutureRecord::to(&topic).key(&key).payload(&line),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(e, _)| anyhow::anyhow!("produce to {topic}: {e}"))?;
+        n += 1;
+    }
+    eprintln!("{n} record(s) produced to {topic}");
+    Ok(())
+}
