@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Brings the pipeline up locally and runs its main job: the broker (tansu),
-# the collector, sample traffic, and what landed on the topics.
+# the collector, the platform sandbox, sample traffic, and what landed on the
+# topics.
 #   scripts/run.sh          stay up until Ctrl-C
 #   scripts/run.sh --once   send the sample traffic, check it, stop (smoke test)
-# Ports: KAFKA_PORT (9092), COLLECTOR_PORT (8080).
+# Ports: KAFKA_PORT (9092), COLLECTOR_PORT (8080), SANDBOX_PORT (8090).
 source "$(dirname "$0")/lib.sh"
 ONCE=0
 [[ "${1:-}" == "--once" ]] && ONCE=1
 KAFKA_PORT="${KAFKA_PORT:-9092}"
 COLLECTOR_PORT="${COLLECTOR_PORT:-8080}"
+SANDBOX_PORT="${SANDBOX_PORT:-8090}"
 BOOTSTRAP="127.0.0.1:$KAFKA_PORT"
 LOGS="$STATE/logs"
 mkdir -p "$LOGS"
@@ -16,7 +18,7 @@ export KAFKA_PORT
 
 "$ROOT/scripts/install-tansu.sh"
 say "building postback (release)"
-"$ROOT/scripts/build.sh" postback-collector postback-ctl
+"$ROOT/scripts/build.sh" postback-collector postback-sandbox postback-ctl
 "$ROOT/scripts/broker.sh" start
 
 pids=()
@@ -39,12 +41,20 @@ export POSTBACK_KAFKA__BOOTSTRAP_SERVERS="$BOOTSTRAP"
 POSTBACK_HTTP__LISTEN="127.0.0.1:$COLLECTOR_PORT" \
   start_service collector "$ROOT/target/release/postback-collector" --config "$ROOT/config/collector.local.toml"
 
+POSTBACK_HTTP__LISTEN="127.0.0.1:$SANDBOX_PORT" \
+  start_service sandbox "$ROOT/target/release/postback-sandbox" --config "$ROOT/services/sandbox/sandbox.example.toml"
+
+wait_ready() { # wait_ready NAME URL
+  for _ in $(seq 1 100); do
+    curl -sf "$2/readyz" >/dev/null 2>&1 && return 0
+    sleep 0.2
+  done
+  die "$1 not ready; see $LOGS/$1.log"
+}
 URL="http://127.0.0.1:$COLLECTOR_PORT"
-for _ in $(seq 1 100); do
-  curl -sf "$URL/readyz" >/dev/null 2>&1 && break
-  sleep 0.2
-done
-curl -sf "$URL/readyz" >/dev/null || die "collector not ready; see $LOGS/collector.log"
+SANDBOX="http://127.0.0.1:$SANDBOX_PORT"
+wait_ready collector "$URL"
+wait_ready sandbox "$SANDBOX"
 
 status=0
 "$ROOT/scripts/sample-traffic.sh" "$URL" "$BOOTSTRAP" || status=$?
@@ -57,6 +67,16 @@ say "conversions.rejected (dead letters):"
   | tail -n 2 | cut -c1-400
 say "collector metrics:"
 curl -s "$URL/metrics" | grep -E '^postback_collector_events_total' || true
+say "platform sandbox (Meta test upload, then its admin view):"
+curl -s -X POST "$SANDBOX/v25.0/1234567890123456/events?access_token=EAAsandboxMetaToken" \
+  -H 'Content-Type: application/json' \
+  -d "{\"data\": [{\"event_name\": \"Purchase\", \"event_time\": $(date +%s), \"event_id\": \"demo-1\",
+       \"action_source\": \"system_generated\",
+       \"user_data\": {\"em\": [\"$(printf 'jane@example.com' | sha256sum | cut -c1-64)\"]},
+       \"custom_data\": {\"value\": 129.9, \"currency\": \"EUR\"}}]}" >&2
+echo >&2
+curl -s "$SANDBOX/admin/stats" >&2
+echo >&2
 
 if [[ "$status" -ne 0 ]]; then
   die "$status sample request(s) did not get the expected answer"
@@ -69,6 +89,7 @@ cat >&2 <<MSG
 
 postback is running:
   collector   $URL   (POST /v1/events, POST /v1/collect, /metrics, /readyz)
+  sandbox     $SANDBOX   (Meta, Google Ads, TikTok endpoints; /admin/events, /admin/stats)
   broker      $BOOTSTRAP
   logs        $LOGS
 Press Ctrl-C to stop.

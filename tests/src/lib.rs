@@ -110,7 +110,18 @@ impl Broker {
         let dir = self.dir.as_ref().context("not a private broker")?;
         let url = format!("tcp://127.0.0.1:{}", self.port);
         let log = std::fs::File::create(dir.path().join("tansu.log"))?;
-        let child = Command::new(tansu_binary())
+        let mut command = Command::new(tansu_binary());
+        // If the test process dies (a panic in a signal, a kill -9 of the
+        // runner), its broker goes with it instead of lingering.
+        #[cfg(target_os = "linux")]
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = command
             .current_dir(dir.path())
             .args([
                 "broker",

@@ -1027,7 +1027,7 @@ fn validate_row(
     };
     let at_secs = parsed.timestamp();
     let now_secs = now_ms.div_euclid(1000);
-    if at_secs > now_secs + state.max_future_secs {
+    if at_secs > now_secs.saturating_add(state.max_future_secs) {
         return Err(AdsError::new(
             "dateError",
             "LATER_THAN_MAXIMUM_DATE",

@@ -229,7 +229,13 @@ fn parameters(
         let pairs: Vec<(String, String)> = serde_urlencoded::from_str(q)
             .map_err(|_| MetaError::invalid("query", "could not be parsed"))?;
         for (k, v) in pairs {
-            params.insert(k, Value::String(v));
+            let value = if k == "data" {
+                serde_json::from_str(&v)
+                    .map_err(|_| MetaError::invalid("data", "must be a JSON array"))?
+            } else {
+                Value::String(v)
+            };
+            params.insert(k, value);
         }
     }
     let content_type = headers
@@ -518,7 +524,7 @@ fn validate_event(
             "must be a positive Unix timestamp in seconds",
         ));
     }
-    if event_time > now + max_future_secs {
+    if event_time > now.saturating_add(max_future_secs) {
         let mut e = MetaError::invalid(
             format!("{p}.event_time"),
             "is in the future: send events after they happen (timestamps are Unix seconds, not milliseconds)",

@@ -132,7 +132,7 @@ impl OAuth {
         let lifetime = self.lifetime_secs();
         let token = format!("ya29.sandbox-{}", self.ids.alnum(48));
         let mut issued = self.issued.lock().unwrap_or_else(|e| e.into_inner());
-        issued.retain(|_, t| t.expires_at_ms + FORGET_AFTER_MS > now_ms);
+        issued.retain(|_, t| t.expires_at_ms.saturating_add(FORGET_AFTER_MS) > now_ms);
         let lifetime_ms = i64::try_from(lifetime)
             .unwrap_or(i64::MAX / 1000)
             .saturating_mul(1000);

@@ -363,7 +363,7 @@ fn validate_event(
             TikTokError::invalid(format!("{p}.event_time"), "Not a valid integer.")
         })?,
     };
-    if time <= 0 || time > now + max_future_secs {
+    if time <= 0 || time > now.saturating_add(max_future_secs) {
         return Err(TikTokError::invalid(
             format!("{p}.event_time"),
             "Must be a Unix timestamp in seconds, not in the future.",
