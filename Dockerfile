@@ -10,4 +10,5 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
     && useradd --system --uid 10001 postback
 COPY --from=build /out/ /usr/local/bin/
 COPY config/ /etc/postback/
+COPY services/sandbox/sandbox.example.toml /etc/postback/
 USER postback

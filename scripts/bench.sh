@@ -7,3 +7,4 @@ source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 "$ROOT/scripts/install-tansu.sh"
 cargo bench -p postback-collector --bench collector_throughput
+cargo bench -p postback-enricher --bench enricher_throughput

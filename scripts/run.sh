@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Brings the pipeline up locally and runs its main job: the broker (tansu),
-# the collector, the platform sandbox, sample traffic, and what landed on the
-# topics.
+# the collector, the enricher, the platform sandbox, sample traffic, and what
+# landed on the topics.
 #   scripts/run.sh          stay up until Ctrl-C
 #   scripts/run.sh --once   send the sample traffic, check it, stop (smoke test)
-# Ports: KAFKA_PORT (9092), COLLECTOR_PORT (8080), SANDBOX_PORT (8090).
+# Ports: KAFKA_PORT (9092), COLLECTOR_PORT (8080), ENRICHER_PORT (9091),
+# SANDBOX_PORT (8090).
 source "$(dirname "$0")/lib.sh"
 ONCE=0
 [[ "${1:-}" == "--once" ]] && ONCE=1
 KAFKA_PORT="${KAFKA_PORT:-9092}"
 COLLECTOR_PORT="${COLLECTOR_PORT:-8080}"
 SANDBOX_PORT="${SANDBOX_PORT:-8090}"
+ENRICHER_PORT="${ENRICHER_PORT:-9091}"
 BOOTSTRAP="127.0.0.1:$KAFKA_PORT"
 LOGS="$STATE/logs"
 mkdir -p "$LOGS"
@@ -18,7 +20,7 @@ export KAFKA_PORT
 
 "$ROOT/scripts/install-tansu.sh"
 say "building postback (release)"
-"$ROOT/scripts/build.sh" postback-collector postback-sandbox postback-ctl
+"$ROOT/scripts/build.sh" postback-collector postback-enricher postback-sandbox postback-ctl
 "$ROOT/scripts/broker.sh" start
 
 pids=()
@@ -37,10 +39,13 @@ start_service() { # start_service NAME BINARY ARGS...
   say "started $name (pid $!, log $LOGS/$name.log)"
 }
 
-export POSTBACK_KAFKA__BOOTSTRAP_SERVERS="$BOOTSTRAP"
-POSTBACK_HTTP__LISTEN="127.0.0.1:$COLLECTOR_PORT" \
+# Each service gets only the overrides it has keys for: configuration is
+# strict, so an unknown key (a typo, or another service's) is an error.
+POSTBACK_KAFKA__BOOTSTRAP_SERVERS="$BOOTSTRAP" POSTBACK_HTTP__LISTEN="127.0.0.1:$COLLECTOR_PORT" \
   start_service collector "$ROOT/target/release/postback-collector" --config "$ROOT/config/collector.local.toml"
 
+POSTBACK_KAFKA__BOOTSTRAP_SERVERS="$BOOTSTRAP" POSTBACK_OPS__LISTEN="127.0.0.1:$ENRICHER_PORT" \
+  start_service enricher "$ROOT/target/release/postback-enricher" --config "$ROOT/config/enricher.local.toml"
 POSTBACK_HTTP__LISTEN="127.0.0.1:$SANDBOX_PORT" \
   start_service sandbox "$ROOT/target/release/postback-sandbox" --config "$ROOT/services/sandbox/sandbox.example.toml"
 
@@ -54,6 +59,7 @@ wait_ready() { # wait_ready NAME URL
 URL="http://127.0.0.1:$COLLECTOR_PORT"
 SANDBOX="http://127.0.0.1:$SANDBOX_PORT"
 wait_ready collector "$URL"
+wait_ready enricher "http://127.0.0.1:$ENRICHER_PORT"
 wait_ready sandbox "$SANDBOX"
 
 status=0
@@ -62,11 +68,16 @@ status=0
 say "conversions.raw (decoded; personal data is still raw on this topic only):"
 "$ROOT/target/release/postback-ctl" --bootstrap "$BOOTSTRAP" tail conversions.raw --timeout-secs 3 \
   | tail -n 3 | cut -c1-400
+say "conversions.enriched (hashed identifiers, consent and eligibility per platform):"
+"$ROOT/target/release/postback-ctl" --bootstrap "$BOOTSTRAP" tail conversions.enriched --timeout-secs 5 \
+  | tail -n 2 | cut -c1-600
 say "conversions.rejected (dead letters):"
 "$ROOT/target/release/postback-ctl" --bootstrap "$BOOTSTRAP" tail conversions.rejected --timeout-secs 3 \
   | tail -n 2 | cut -c1-400
 say "collector metrics:"
 curl -s "$URL/metrics" | grep -E '^postback_collector_events_total' || true
+say "enricher metrics (eligibility by platform and reason):"
+curl -s "http://127.0.0.1:$ENRICHER_PORT/metrics" | grep -E '^postback_enricher_(records|eligibility)_total' || true
 say "platform sandbox (Meta test upload, then its admin view):"
 curl -s -X POST "$SANDBOX/v25.0/1234567890123456/events?access_token=EAAsandboxMetaToken" \
   -H 'Content-Type: application/json' \
@@ -89,6 +100,7 @@ cat >&2 <<MSG
 
 postback is running:
   collector   $URL   (POST /v1/events, POST /v1/collect, /metrics, /readyz)
+  enricher    http://127.0.0.1:$ENRICHER_PORT   (/metrics, /readyz)
   sandbox     $SANDBOX   (Meta, Google Ads, TikTok endpoints; /admin/events, /admin/stats)
   broker      $BOOTSTRAP
   logs        $LOGS

@@ -438,11 +438,36 @@ async fn collect_inner(
             "this origin is not allowed for the site key",
         );
     }
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok());
     let response = match split(state, body) {
-        Ok(s) => submit(state, "collect", s, &site.tenant, Some(Source::Browser)).await,
+        Ok(mut s) => {
+            if let Some(ua) = user_agent {
+                match &mut s {
+                    Submission::Single(v) => default_user_agent(v, ua),
+                    Submission::Batch(vs) => vs.iter_mut().for_each(|v| default_user_agent(v, ua)),
+                }
+            }
+            submit(state, "collect", s, &site.tenant, Some(Source::Browser)).await
+        }
         Err(e) => e.into_response(),
     };
     allow_origin(response, &origin)
+}
+
+/// A beacon comes from the visitor's browser, so its User-Agent header is
+/// the visitor's user agent (Meta requires it for website events); the
+/// event's own `user.user_agent` wins when given.
+fn default_user_agent(event: &mut Value, user_agent: &str) {
+    let Value::Object(m) = event else { return };
+    let user = m
+        .entry("user")
+        .or_insert_with(|| Value::Object(Default::default()));
+    if let Value::Object(u) = user {
+        u.entry("user_agent")
+            .or_insert_with(|| Value::String(user_agent.to_string()));
+    }
 }
 
 fn with_cors(

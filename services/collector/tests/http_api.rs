@@ -278,10 +278,12 @@ async fn a_browser_beacon_is_accepted_and_cors_is_enforced() {
     let mut beacon = event("web-1");
     beacon["pixels"] = json!({"meta": "fired", "google_ads": "not_fired"});
     // navigator.sendBeacon: text/plain, key in the query string.
+    beacon["user"].as_object_mut().unwrap().remove("user_agent");
     let r = client()
         .post(format!("{}/v1/collect?site_key={SITE_KEY}", c.base))
         .header("content-type", "text/plain;charset=UTF-8")
         .header("origin", ORIGIN)
+        .header("user-agent", "Mozilla/5.0 (beacon test)")
         .body(beacon.to_string())
         .send()
         .await
@@ -355,6 +357,11 @@ async fn a_browser_beacon_is_accepted_and_cors_is_enforced() {
     let first = events.iter().find(|e| e.event_id == "web-1").unwrap();
     assert_eq!(first.pixels["meta"], "fired");
     assert_eq!(first.pixels["google_ads"], "not_fired");
+    // The beacon's User-Agent header stands in for a missing user.user_agent.
+    assert_eq!(
+        first.user.as_ref().unwrap().user_agent.as_deref(),
+        Some("Mozilla/5.0 (beacon test)")
+    );
     c.stop().await;
 }
 

@@ -183,21 +183,46 @@ pub struct Client {
     pub browser: Option<String>,
 }
 
-/// One platform's normalised, SHA-256 hashed identifiers (hex).
+/// One platform's normalised identifiers, each the 32-byte SHA-256 digest
+/// of the normalised value (binary on the wire: half the size of hex, and
+/// these are the bulk of an enriched record). `hex()` gives the form the
+/// platforms' APIs take.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct PlatformIdentifiers {
     pub platform: String,
-    pub email: Option<String>,
-    pub phone: Option<String>,
-    pub first_name: Option<String>,
-    pub last_name: Option<String>,
-    pub date_of_birth: Option<String>,
-    pub gender: Option<String>,
-    pub city: Option<String>,
-    pub region: Option<String>,
-    pub postal_code: Option<String>,
-    pub country: Option<String>,
-    pub external_id: Option<String>,
+    #[serde(with = "apache_avro::serde_avro_bytes_opt", default)]
+    pub email: Option<Vec<u8>>,
+    #[serde(with = "apache_avro::serde_avro_bytes_opt", default)]
+    pub phone: Option<Vec<u8>>,
+    #[serde(with = "apache_avro::serde_avro_bytes_opt", default)]
+    pub first_name: Option<Vec<u8>>,
+    #[serde(with = "apache_avro::serde_avro_bytes_opt", default)]
+    pub last_name: Option<Vec<u8>>,
+    #[serde(with = "apache_avro::serde_avro_bytes_opt", default)]
+    pub date_of_birth: Option<Vec<u8>>,
+    #[serde(with = "apache_avro::serde_avro_bytes_opt", default)]
+    pub gender: Option<Vec<u8>>,
+    #[serde(with = "apache_avro::serde_avro_bytes_opt", default)]
+    pub city: Option<Vec<u8>>,
+    #[serde(with = "apache_avro::serde_avro_bytes_opt", default)]
+    pub region: Option<Vec<u8>>,
+    #[serde(with = "apache_avro::serde_avro_bytes_opt", default)]
+    pub postal_code: Option<Vec<u8>>,
+    #[serde(with = "apache_avro::serde_avro_bytes_opt", default)]
+    pub country: Option<Vec<u8>>,
+    #[serde(with = "apache_avro::serde_avro_bytes_opt", default)]
+    pub external_id: Option<Vec<u8>>,
+}
+
+/// Lowercase hex of a digest, as the platforms' APIs want hashed values.
+pub fn hex(digest: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(digest.len() * 2);
+    for b in digest {
+        out.push(HEX[usize::from(b >> 4)] as char);
+        out.push(HEX[usize::from(b & 0x0f)] as char);
+    }
+    out
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

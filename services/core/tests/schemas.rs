@@ -79,7 +79,7 @@ fn enriched_sample() -> ConversionEnriched {
         consent: raw.consent,
         identifiers: vec![PlatformIdentifiers {
             platform: "meta".into(),
-            email: Some("a".repeat(64)),
+            email: Some(vec![0xab; 32]),
             ..PlatformIdentifiers::default()
         }],
         decisions: vec![PlatformDecision {

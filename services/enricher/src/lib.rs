@@ -1,4 +1,89 @@
-//! The enricher: consumes conversions.raw and writes conversions.enriched.
-//! Raw personal data stops here.
+//! The enricher: consumes conversions.raw and writes conversions.enriched
+//! (same key), at least once, scaling by consumer group. Raw personal data
+//! stops here: what it writes carries per-platform normalised SHA-256
+//! hashes, consent and eligibility decisions, usable click ids and the
+//! device.
 
+pub mod click_ids;
+pub mod config;
+pub mod consent;
+pub mod device;
+pub mod eligibility;
+pub mod enrich;
+pub mod handler;
+pub mod metrics;
 pub mod normalize;
+
+use std::time::Duration;
+
+use postback_core::dead_letter::DeadLetters;
+use postback_core::kafka::{watch_broker, ConsumerLoop, ConsumerLoopConfig, Producer};
+use postback_core::metrics::ServiceMetrics;
+use postback_core::ops::{self, Readiness};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::EnricherConfig;
+
+pub const SERVICE: &str = "enricher";
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnricherError {
+    #[error("cannot create the Kafka producer: {0}")]
+    Producer(#[source] postback_core::kafka::KafkaError),
+    #[error(transparent)]
+    Consumer(#[from] postback_core::kafka::ConsumerLoopError),
+    #[error("ops server failed: {0}")]
+    Ops(#[source] std::io::Error),
+}
+
+/// Runs the enricher until `shutdown`, serving /healthz, /readyz and
+/// /metrics on `ops_listener`; drains the batch in hand before returning.
+pub async fn run(
+    config: EnricherConfig,
+    ops_listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), EnricherError> {
+    let service_metrics = ServiceMetrics::new(SERVICE);
+    let metrics = metrics::EnricherMetrics::new(&service_metrics);
+    let readiness = Readiness::new();
+    let producer =
+        Producer::new(&config.kafka, "postback-enricher").map_err(EnricherError::Producer)?;
+    let consumer = ConsumerLoop::new(
+        &config.kafka,
+        ConsumerLoopConfig {
+            group_id: config.consumer.group_id.clone(),
+            client_id: "postback-enricher".into(),
+            topics: vec![config.topics.raw.clone()],
+            max_batch: config.consumer.max_batch,
+            linger: Duration::from_millis(config.consumer.linger_ms),
+        },
+        producer.clone(),
+        &service_metrics,
+    )?;
+    let mut handler = handler::EnrichHandler::new(
+        enrich::Enricher::new(config.tenants(), config.platforms.clone()),
+        config.topics.enriched.clone(),
+        DeadLetters::new(handler::STAGE, config.topics.rejected.clone()),
+        metrics,
+    );
+    let probe = tokio::spawn(watch_broker(
+        producer.clone(),
+        readiness.clone(),
+        shutdown.clone(),
+    ));
+    let ops = tokio::spawn(ops::serve(
+        ops_listener,
+        ops::router(service_metrics, readiness),
+        shutdown.clone(),
+    ));
+    let result = consumer.run(&mut handler, shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = probe.await;
+    match ops.await {
+        Ok(Err(e)) => return Err(EnricherError::Ops(e)),
+        Err(e) => tracing::error!(error = %e, "ops server panicked"),
+        Ok(Ok(())) => {}
+    }
+    result.map_err(Into::into)
+}

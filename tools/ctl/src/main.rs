@@ -171,14 +171,43 @@ fn decode(bytes: &[u8]) -> serde_json::Value {
     match kind {
         Some(SchemaKind::ConversionRaw) => json::<ConversionRaw>(SchemaKind::ConversionRaw, bytes),
         Some(SchemaKind::ConversionEnriched) => {
-            json::<ConversionEnriched>(SchemaKind::ConversionEnriched, bytes)
+            let mut v = json::<ConversionEnriched>(SchemaKind::ConversionEnriched, bytes);
+            // Digests print as the hex the platforms receive.
+            if let Some(sets) = v.get_mut("identifiers").and_then(|i| i.as_array_mut()) {
+                for set in sets.iter_mut().filter_map(|s| s.as_object_mut()) {
+                    for value in set.values_mut() {
+                        if let Some(digest) = byte_array(value) {
+                            *value = serde_json::Value::String(postback_core::model::hex(&digest));
+                        }
+                    }
+                }
+            }
+            v
         }
         Some(SchemaKind::DeliveryStatus) => {
             json::<DeliveryStatus>(SchemaKind::DeliveryStatus, bytes)
         }
-        Some(SchemaKind::DeadLetter) => json::<DeadLetter>(SchemaKind::DeadLetter, bytes),
+        Some(SchemaKind::DeadLetter) => {
+            let mut v = json::<DeadLetter>(SchemaKind::DeadLetter, bytes);
+            for field in ["original_key", "original_value"] {
+                if let Some(slot) = v.get_mut(field) {
+                    if let Some(b) = byte_array(slot) {
+                        *slot = serde_json::Value::String(String::from_utf8_lossy(&b).into_owned());
+                    }
+                }
+            }
+            v
+        }
         None => serde_json::Value::String(String::from_utf8_lossy(bytes).into_owned()),
     }
+}
+
+/// A JSON array of numbers 0-255 as bytes (how serde renders Vec<u8>).
+fn byte_array(v: &serde_json::Value) -> Option<Vec<u8>> {
+    v.as_array()?
+        .iter()
+        .map(|n| n.as_u64().and_then(|n| u8::try_from(n).ok()))
+        .collect()
 }
 
 /// Produces one record per stdin line (e.g. JSON orders to an ingest topic).

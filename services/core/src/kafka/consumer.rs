@@ -300,11 +300,11 @@ impl ConsumerLoop {
             outputs.clear();
             for record in &batch {
                 handler.handle(record, &mut outputs);
-                self.metrics
-                    .records
-                    .with_label_values(&[record.topic.as_str()])
-                    .inc();
             }
+            count_by_topic(
+                &self.metrics.records,
+                batch.iter().map(|r| r.topic.as_str()),
+            );
             if !self.deliver(&outputs, &shutdown).await {
                 // Shut down while the broker would not take the outputs: the
                 // batch's offsets stay uncommitted and it is replayed later.
@@ -352,24 +352,17 @@ impl ConsumerLoop {
         let mut backoff = Duration::from_millis(100);
         while start < outputs.len() {
             let results = self.producer.send_all(&outputs[start..]).await;
-            let mut first_failure = None;
-            for (i, r) in results.iter().enumerate() {
-                match r {
-                    Ok(()) => {
-                        if first_failure.is_none() {
-                            self.metrics
-                                .produced
-                                .with_label_values(&[outputs[start + i].topic.as_str()])
-                                .inc();
-                        }
-                    }
-                    Err(e) => {
-                        if first_failure.is_none() {
-                            first_failure = Some((i, e.clone()));
-                        }
-                    }
-                }
-            }
+            let first_failure = results
+                .iter()
+                .enumerate()
+                .find_map(|(i, r)| r.as_ref().err().map(|e| (i, e.clone())));
+            let acknowledged = first_failure.as_ref().map_or(results.len(), |(i, _)| *i);
+            count_by_topic(
+                &self.metrics.produced,
+                outputs[start..start + acknowledged]
+                    .iter()
+                    .map(|o| o.topic.as_str()),
+            );
             let Some((i, error)) = first_failure else {
                 return true;
             };
@@ -416,6 +409,26 @@ impl ConsumerLoop {
         self.consumer.unsubscribe();
         self.producer.flush(Duration::from_secs(5));
         tracing::info!(group = %self.config.group_id, "consumer loop stopped");
+    }
+}
+
+/// Adds one per item to `counter{topic}`, looking each label up once per
+/// run of equal topics rather than once per record.
+fn count_by_topic<'a>(counter: &IntCounterVec, topics: impl Iterator<Item = &'a str>) {
+    let mut run: Option<(&str, u64)> = None;
+    for topic in topics {
+        match &mut run {
+            Some((t, n)) if *t == topic => *n += 1,
+            _ => {
+                if let Some((t, n)) = run {
+                    counter.with_label_values(&[t]).inc_by(n);
+                }
+                run = Some((topic, 1));
+            }
+        }
+    }
+    if let Some((t, n)) = run {
+        counter.with_label_values(&[t]).inc_by(n);
     }
 }
 

@@ -13,3 +13,4 @@ pub use consumer::{
     ConsumerLoop, ConsumerLoopConfig, ConsumerLoopError, InboundRecord, RecordHandler,
 };
 pub use producer::{DeliveryError, OutboundRecord, Producer};
+pub use rdkafka::error::KafkaError;

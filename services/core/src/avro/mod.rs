@@ -7,6 +7,8 @@
 //! it reads with. Published versions are never removed from `PUBLISHED`, so an
 //! old record stays readable after a schema moves on.
 
+mod decode;
+
 use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::{Arc, OnceLock};
@@ -54,25 +56,25 @@ pub const PUBLISHED: &[PublishedSchema] = &[
         kind: SchemaKind::ConversionRaw,
         version: 1,
         file: "conversion_raw.v1.avsc",
-        text: include_str!("../../../schemas/conversion_raw.v1.avsc"),
+        text: include_str!("../../../../schemas/conversion_raw.v1.avsc"),
     },
     PublishedSchema {
         kind: SchemaKind::ConversionEnriched,
         version: 1,
         file: "conversion_enriched.v1.avsc",
-        text: include_str!("../../../schemas/conversion_enriched.v1.avsc"),
+        text: include_str!("../../../../schemas/conversion_enriched.v1.avsc"),
     },
     PublishedSchema {
         kind: SchemaKind::DeliveryStatus,
         version: 1,
         file: "delivery_status.v1.avsc",
-        text: include_str!("../../../schemas/delivery_status.v1.avsc"),
+        text: include_str!("../../../../schemas/delivery_status.v1.avsc"),
     },
     PublishedSchema {
         kind: SchemaKind::DeadLetter,
         version: 1,
         file: "dead_letter.v1.avsc",
-        text: include_str!("../../../schemas/dead_letter.v1.avsc"),
+        text: include_str!("../../../../schemas/dead_letter.v1.avsc"),
     },
 ];
 
@@ -115,6 +117,8 @@ impl CodecError {
 struct RegisteredSchema {
     kind: SchemaKind,
     schema: Arc<Schema>,
+    /// No named-type references: the direct decoder can read it.
+    self_contained: bool,
 }
 
 /// Fingerprint -> writer schema, for every published version, plus the
@@ -164,6 +168,7 @@ impl SchemaRegistry {
             fingerprint,
             RegisteredSchema {
                 kind,
+                self_contained: decode::is_self_contained(&schema),
                 schema: schema.clone(),
             },
         );
@@ -187,6 +192,7 @@ impl SchemaRegistry {
             fingerprint,
             RegisteredSchema {
                 kind,
+                self_contained: decode::is_self_contained(&schema),
                 schema: Arc::new(schema),
             },
         );
@@ -422,28 +428,52 @@ impl<T: Serialize + DeserializeOwned> Codec<T> {
 
     pub fn decode(&self, bytes: &[u8]) -> Result<T, CodecError> {
         let fingerprint = peek_fingerprint(bytes)?;
-        let (kind, writer) = self
+        let registered = self
             .registry
-            .writer_schema(fingerprint)
+            .by_fingerprint
+            .get(&fingerprint)
             .ok_or(CodecError::UnknownSchema { fingerprint })?;
-        if kind != self.kind {
+        if registered.kind != self.kind {
             return Err(CodecError::WrongKind {
                 expected: self.kind.as_str(),
-                found: kind.as_str(),
+                found: registered.kind.as_str(),
             });
         }
-        let mut body = &bytes[HEADER_LEN..];
+        let body = &bytes[HEADER_LEN..];
+        if registered.self_contained {
+            let (value, read) = decode::from_slice::<T>(&registered.schema, body)
+                .map_err(|e| CodecError::Decode(e.to_string()))?;
+            if read != body.len() {
+                return Err(CodecError::Decode(format!(
+                    "{} trailing bytes after the datum",
+                    body.len() - read
+                )));
+            }
+            return Ok(value);
+        }
+        self.decode_resolving(fingerprint, &registered.schema, body)
+    }
+
+    /// The general path through apache-avro's `Value` and schema resolution,
+    /// for writer schemas the direct decoder does not handle.
+    fn decode_resolving(
+        &self,
+        fingerprint: u64,
+        writer: &Schema,
+        body: &[u8],
+    ) -> Result<T, CodecError> {
+        let mut rest = body;
         let reader = if fingerprint == self.fingerprint {
             None
         } else {
             Some(self.writer.as_ref())
         };
-        let value = apache_avro::from_avro_datum(writer, &mut body, reader)
+        let value = apache_avro::from_avro_datum(writer, &mut rest, reader)
             .map_err(|e| CodecError::Decode(e.to_string()))?;
-        if !body.is_empty() {
+        if !rest.is_empty() {
             return Err(CodecError::Decode(format!(
                 "{} trailing bytes after the datum",
-                body.len()
+                rest.len()
             )));
         }
         apache_avro::from_value(&value).map_err(|e| CodecError::Model(e.to_string()))
@@ -483,6 +513,44 @@ mod tests {
     fn every_published_schema_parses_and_has_a_distinct_fingerprint() {
         let registry = SchemaRegistry::from_published(PUBLISHED).unwrap();
         assert_eq!(registry.by_fingerprint.len(), PUBLISHED.len());
+        // ...and is read by the direct decoder, not the slow path.
+        assert!(registry.by_fingerprint.values().all(|r| r.self_contained));
+    }
+
+    /// The direct decoder and apache-avro's resolving path agree.
+    #[test]
+    fn both_decode_paths_agree() {
+        use crate::model::*;
+        let codec: Codec<DeadLetter> = Codec::new(SchemaKind::DeadLetter);
+        let letter = DeadLetter {
+            stage: "enricher".into(),
+            reason: "decode_failed".into(),
+            detail: "x".into(),
+            errors: vec![FieldError::new("a.b", "c"), FieldError::new("d", "é")],
+            tenant: None,
+            source_topic: Some("t".into()),
+            source_partition: Some(-1),
+            source_offset: Some(i64::MAX),
+            original_key: None,
+            original_value: Some(vec![0, 255, 7]),
+            time: -5,
+        };
+        let bytes = codec.encode(&letter).unwrap();
+        let fast = codec.decode(&bytes).unwrap();
+        let writer = SchemaRegistry::global()
+            .writer_schema(codec.fingerprint())
+            .unwrap()
+            .1
+            .clone();
+        let slow = codec
+            .decode_resolving(codec.fingerprint(), &writer, &bytes[HEADER_LEN..])
+            .unwrap();
+        assert_eq!(fast, letter);
+        assert_eq!(slow, letter);
+        // Every truncation is an error, never a panic.
+        for cut in HEADER_LEN..bytes.len() {
+            assert!(codec.decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
     }
 
     #[test]

@@ -1,0 +1,296 @@
+//! Enricher throughput on one core against a pass-through of the same
+//! records through the same broker (consume, produce the bytes unchanged,
+//! commit: the consumer loop with a handler that does nothing). The ratio is
+//! what enrichment costs. Target: enriched >= 70% of pass-through.
+//!
+//! `scripts/bench.sh`, or `cargo bench -p postback-enricher --bench enricher_throughput`.
+//! BENCH_EVENTS (default 100000).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::stream::{self, StreamExt};
+use postback_core::dead_letter::DeadLetters;
+use postback_core::kafka::{
+    producer_config, ConsumerLoop, ConsumerLoopConfig, InboundRecord, OutboundRecord, Producer,
+    RecordHandler,
+};
+use postback_core::metrics::ServiceMetrics;
+use postback_core::model::*;
+use postback_core::{Codec, Platform, SchemaKind};
+use postback_enricher::config::{ConsentDefault, PlatformWindows, TenantConfig, TenantConsent};
+use postback_enricher::enrich::Enricher;
+use postback_enricher::handler::EnrichHandler;
+use postback_enricher::metrics::EnricherMetrics;
+use postback_testkit::{unique, Broker};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio_util::sync::CancellationToken;
+
+const USER_AGENTS: &[&str] = &[
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Mobile/15E148 Safari/604.1",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
+    "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0",
+    "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Mobile Safari/537.36",
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.1 Safari/605.1.15",
+];
+
+fn raw(i: usize, now: i64) -> ConversionRaw {
+    ConversionRaw {
+        tenant: "bench".into(),
+        event_id: format!("e-{i}"),
+        event_name: "Purchase".into(),
+        event_time: now - 60_000,
+        received_at: now,
+        source: Source::Server,
+        action_source: Some("website".into()),
+        order: Some(Order {
+            order_id: Some(format!("o-{i}")),
+            value: Some("129.90".into()),
+            currency: Some("USD".into()),
+            items: vec![],
+        }),
+        user: Some(User {
+            email: Some(format!("Customer.{i}@Example.com")),
+            phone: Some(format!("(650) 555-{:04}", i % 10_000)),
+            first_name: Some("Jane".into()),
+            last_name: Some("Doe".into()),
+            city: Some("Menlo Park".into()),
+            region: Some("CA".into()),
+            postal_code: Some("94025".into()),
+            country: Some("US".into()),
+            external_id: Some(format!("cust-{i}")),
+            ip: Some("203.0.113.7".into()),
+            // A few hundred distinct user agents, as in real traffic.
+            user_agent: Some(format!(
+                "{} v/{}",
+                USER_AGENTS[i % USER_AGENTS.len()],
+                i % 300
+            )),
+            ..User::default()
+        }),
+        click_ids: Some(ClickIds {
+            gclid: Some(format!("Cj0KCQiA-{i:010}")),
+            fbclid: Some(format!("IwAR{i}")),
+            ..ClickIds::default()
+        }),
+        page: Some(Page {
+            url: Some("https://shop.example/thanks".into()),
+            referrer: None,
+        }),
+        consent: Some(Consent {
+            ad_storage: Some("granted".into()),
+            ad_user_data: Some("granted".into()),
+            ..Consent::default()
+        }),
+        pixels: Default::default(),
+    }
+}
+
+/// Counts handled records and stops the loop when all arrived.
+struct Counting<H> {
+    inner: H,
+    seen: Arc<AtomicUsize>,
+    target: usize,
+    done: CancellationToken,
+}
+
+impl<H: RecordHandler> RecordHandler for Counting<H> {
+    fn handle(&mut self, record: &InboundRecord, out: &mut Vec<OutboundRecord>) {
+        self.inner.handle(record, out);
+        if self.seen.fetch_add(1, Ordering::Relaxed) + 1 >= self.target {
+            self.done.cancel();
+        }
+    }
+}
+
+async fn timed<H: RecordHandler>(
+    broker: &Broker,
+    input: &str,
+    name: &str,
+    handler: H,
+    n: usize,
+) -> anyhow::Result<f64> {
+    let kafka = broker.kafka_config();
+    let producer = Producer::new(&kafka, name)?;
+    let consumer = ConsumerLoop::new(
+        &kafka,
+        ConsumerLoopConfig {
+            group_id: unique(name),
+            client_id: name.into(),
+            topics: vec![input.into()],
+            max_batch: 1000,
+            linger: Duration::from_millis(5),
+        },
+        producer,
+        &ServiceMetrics::new("bench"),
+    )?;
+    let done = CancellationToken::new();
+    let mut counting = Counting {
+        inner: handler,
+        seen: Arc::new(AtomicUsize::new(0)),
+        target: n,
+        done: done.clone(),
+    };
+    let started = Instant::now();
+    consumer.run(&mut counting, done).await?;
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
+struct PassThrough {
+    topic: String,
+}
+
+impl RecordHandler for PassThrough {
+    fn handle(&mut self, r: &InboundRecord, out: &mut Vec<OutboundRecord>) {
+        out.push(OutboundRecord::new(
+            self.topic.clone(),
+            r.key.clone(),
+            r.payload.clone().unwrap_or_default(),
+        ));
+    }
+}
+
+// One core: the stage's own work runs on this one thread (librdkafka keeps
+// its I/O threads either way, for both runs alike).
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let n: usize = std::env::var("BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let broker = Broker::start().await?;
+    let input = unique("bench.raw");
+    let (pass_out, enriched_out, rejected) = (
+        unique("bench.pass"),
+        unique("bench.enriched"),
+        unique("bench.rejected"),
+    );
+    for t in [&input, &pass_out, &enriched_out, &rejected] {
+        broker.create_topic(t, 6).await?;
+    }
+    let codec: Codec<ConversionRaw> = Codec::new(SchemaKind::ConversionRaw);
+    let now = now_millis();
+    let records: Vec<(Vec<u8>, Vec<u8>)> = (0..n)
+        .map(|i| {
+            let r = raw(i, now);
+            Ok((r.key(), codec.encode(&r)?))
+        })
+        .collect::<Result<_, postback_core::CodecError>>()?;
+    let producer: FutureProducer =
+        producer_config(&broker.kafka_config(), "bench-fill").create()?;
+    let failed = stream::iter(records.iter())
+        .map(|(k, p)| {
+            producer.send(
+                FutureRecord::to(&input).key(&k[..]).payload(&p[..]),
+                Duration::from_secs(30),
+            )
+        })
+        .buffer_unordered(5000)
+        .filter(|r| futures::future::ready(r.is_err()))
+        .count()
+        .await;
+    anyhow::ensure!(failed == 0, "{failed} input records not written");
+
+    let pass = timed(
+        &broker,
+        &input,
+        "bench-pass",
+        PassThrough {
+            topic: pass_out.clone(),
+        },
+        n,
+    )
+    .await?;
+    let tenants = [(
+        "bench".to_string(),
+        TenantConfig {
+            id: "bench".into(),
+            default_country: Some("US".into()),
+            platforms: Platform::ALL.to_vec(),
+            consent: TenantConsent {
+                default: ConsentDefault::Granted,
+                regions: vec![],
+            },
+        },
+    )]
+    .into_iter()
+    .collect();
+    let metrics = ServiceMetrics::new("enricher");
+    let handler = EnrichHandler::new(
+        Enricher::new(tenants, PlatformWindows::default()),
+        enriched_out.clone(),
+        DeadLetters::new("enricher", rejected.clone()),
+        EnricherMetrics::new(&metrics),
+    );
+    let enriched = timed(&broker, &input, "bench-enrich", handler, n).await?;
+    // Pass-through once more: the better of the two is the baseline.
+    let pass_again = timed(
+        &broker,
+        &input,
+        "bench-pass-2",
+        PassThrough { topic: pass_out },
+        n,
+    )
+    .await?;
+    let baseline = pass.max(pass_again);
+
+    // Where a record's time goes, without the broker (same records).
+    let sample = records.len().min(20_000);
+    let mut enricher = Enricher::new(
+        [(
+            "bench".to_string(),
+            TenantConfig {
+                id: "bench".into(),
+                default_country: Some("US".into()),
+                platforms: Platform::ALL.to_vec(),
+                consent: TenantConsent {
+                    default: ConsentDefault::Granted,
+                    regions: vec![],
+                },
+            },
+        )]
+        .into_iter()
+        .collect(),
+        PlatformWindows::default(),
+    );
+    let enriched_codec: Codec<ConversionEnriched> = Codec::new(SchemaKind::ConversionEnriched);
+    let t = Instant::now();
+    let decoded: Vec<ConversionRaw> = records[..sample]
+        .iter()
+        .map(|(_, p)| codec.decode(p))
+        .collect::<Result<_, _>>()?;
+    let decode_us = t.elapsed().as_secs_f64() * 1e6 / sample as f64;
+    let t = Instant::now();
+    let out: Vec<ConversionEnriched> = decoded
+        .into_iter()
+        .map(|r| enricher.enrich(r, now).record)
+        .collect();
+    let enrich_us = t.elapsed().as_secs_f64() * 1e6 / sample as f64;
+    let t = Instant::now();
+    let mut enriched_bytes = 0;
+    for r in &out {
+        enriched_bytes += enriched_codec.encode(r)?.len();
+    }
+    let encode_us = t.elapsed().as_secs_f64() * 1e6 / sample as f64;
+    println!(
+        "enricher benchmark: {n} raw conversions (~{} B each), one core, broker {}",
+        records.iter().map(|(_, p)| p.len()).sum::<usize>() / n.max(1),
+        if broker.is_private() {
+            "tansu (sqlite, private)"
+        } else {
+            "KAFKA_BOOTSTRAP_SERVERS"
+        }
+    );
+    println!("  pass-through consume+produce   {baseline:>10.0} events/s  (best of {pass:.0} and {pass_again:.0})");
+    println!("  enricher                       {enriched:>10.0} events/s");
+    println!(
+        "  ratio enricher / pass-through  {:>10.2}  (target >= 0.70)",
+        enriched / baseline
+    );
+    println!(
+        "  CPU per record, no broker: decode raw {decode_us:.1} us, enrich {enrich_us:.1} us, encode enriched {encode_us:.1} us; enriched record ~{} B",
+        enriched_bytes / sample.max(1)
+    );
+    Ok(())
+}
