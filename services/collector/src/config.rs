@@ -234,3 +234,13 @@ impl Validate for CollectorConfig {
         Ok(())
     }
 }
+
+impl postback_core::service::ServiceConfig for CollectorConfig {
+    fn log(&self) -> &LogConfig {
+        &self.log
+    }
+
+    fn listen(&self) -> SocketAddr {
+        self.http.listen
+    }
+}

@@ -10,7 +10,7 @@ use std::str::FromStr;
 use chrono::{DateTime, NaiveDate};
 use postback_core::currency::is_iso4217;
 use postback_core::model::{
-    ClickIds, Consent, ConversionRaw, FieldError, Item, Order, Page, Source, User,
+    is_sha256_hex, ClickIds, Consent, ConversionRaw, FieldError, Item, Order, Page, Source, User,
 };
 use postback_core::Platform;
 use rust_decimal::Decimal;
@@ -455,11 +455,6 @@ fn order_item(c: &mut Checker<'_>, field: &str, v: &Value) -> Option<Item> {
         quantity,
         price: c.decimal(&format!("{field}.price"), m.get("price")),
     })
-}
-
-/// A value that already is a SHA-256 hex digest (clients may pre-hash).
-pub fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 fn user(c: &mut Checker<'_>, v: &Value) -> Option<User> {

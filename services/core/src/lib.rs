@@ -13,6 +13,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod model;
 pub mod ops;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 

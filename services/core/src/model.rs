@@ -214,6 +214,12 @@ pub struct PlatformIdentifiers {
     pub external_id: Option<Vec<u8>>,
 }
 
+/// Whether `s` already is a SHA-256 digest in hex (either case): clients
+/// may send identifiers pre-hashed, and those are never hashed again.
+pub fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// Lowercase hex of a digest, as the platforms' APIs want hashed values.
 pub fn hex(digest: &[u8]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";

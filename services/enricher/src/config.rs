@@ -260,3 +260,13 @@ impl Validate for EnricherConfig {
         Ok(())
     }
 }
+
+impl postback_core::service::ServiceConfig for EnricherConfig {
+    fn log(&self) -> &LogConfig {
+        &self.log
+    }
+
+    fn listen(&self) -> SocketAddr {
+        self.ops.listen
+    }
+}

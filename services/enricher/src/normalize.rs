@@ -120,9 +120,7 @@ pub fn sha256_hex(s: &str) -> String {
 }
 
 /// Whether `s` is exactly 64 hex digits (either case), i.e. already a SHA-256.
-pub fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
-}
+pub use postback_core::model::is_sha256_hex;
 
 const META_FIELDS: &[Field] = &Field::ALL;
 const GOOGLE_ADS_FIELDS: &[Field] = &[

@@ -411,6 +411,16 @@ impl Validate for SandboxConfig {
     }
 }
 
+impl postback_core::service::ServiceConfig for SandboxConfig {
+    fn log(&self) -> &LogConfig {
+        &self.log
+    }
+
+    fn listen(&self) -> SocketAddr {
+        self.http.listen
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,55 @@
+//! The `main` every service binary shares: load and validate the
+//! configuration (exit 2 naming the bad key), set up logging, bind the
+//! listener, run until SIGINT/SIGTERM, and exit non-zero on failure.
+
+use std::fmt::Display;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use serde::de::DeserializeOwned;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, LogConfig, Validate};
+
+/// What `main` needs to know about a service's configuration.
+pub trait ServiceConfig: DeserializeOwned + Validate {
+    fn log(&self) -> &LogConfig;
+    /// Where the service's HTTP endpoints (at least the ops ones) listen.
+    fn listen(&self) -> SocketAddr;
+}
+
+pub async fn main<C, F, Fut, E>(binary: &str, run: F) -> ExitCode
+where
+    C: ServiceConfig,
+    F: FnOnce(C, TcpListener, CancellationToken) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: Display,
+{
+    let path = config::config_path_from_args();
+    let config: C = match config::load(path.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{binary}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    crate::telemetry::init(config.log());
+    let listen = config.listen();
+    let listener = match TcpListener::bind(listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(%listen, error = %e, "cannot listen");
+            return ExitCode::FAILURE;
+        }
+    };
+    let shutdown = crate::shutdown::on_signal();
+    match run(config, listener, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "{binary} failed");
+            ExitCode::FAILURE
+        }
+    }
+}
