@@ -125,7 +125,17 @@ impl<'a> Input<'a> {
         if n < 0 {
             self.long()?;
         }
-        Ok(n.unsigned_abs() as usize)
+        let count = usize::try_from(n.unsigned_abs()).unwrap_or(usize::MAX);
+        // Every item takes at least one byte in postback's schemas; a count
+        // past the bytes left is corrupt input, and trusting it would spin
+        // (think: an array of nulls "of length 2^62").
+        if count > self.buf.len() - self.pos {
+            return err(format!(
+                "block of {count} items in {} remaining bytes",
+                self.buf.len() - self.pos
+            ));
+        }
+        Ok(count)
     }
 }
 
@@ -191,14 +201,12 @@ impl<'de> de::Deserializer<'de> for Datum<'_, '_> {
             Schema::Array(a) => visitor.visit_seq(Items {
                 input,
                 schema: &a.items,
-                left: 0,
-                done: false,
+                blocks: Blocks::default(),
             }),
             Schema::Map(m) => visitor.visit_map(Entries {
                 input,
                 schema: &m.types,
-                left: 0,
-                done: false,
+                blocks: Blocks::default(),
             }),
             Schema::Record(r) => visitor.visit_map(Fields {
                 input,
@@ -317,11 +325,35 @@ impl<'de> de::MapAccess<'de> for Fields<'_, '_> {
     }
 }
 
+/// Where an array or map is in its blocks.
+#[derive(Default)]
+struct Blocks {
+    left: usize,
+    done: bool,
+}
+
+impl Blocks {
+    /// Whether another item follows (reading the next block header if due).
+    fn next(&mut self, input: &mut Input<'_>) -> Result<bool, DecodeError> {
+        if self.done {
+            return Ok(false);
+        }
+        if self.left == 0 {
+            self.left = input.block()?;
+            if self.left == 0 {
+                self.done = true;
+                return Ok(false);
+            }
+        }
+        self.left -= 1;
+        Ok(true)
+    }
+}
+
 struct Items<'r, 'a> {
     input: &'r mut Input<'a>,
     schema: &'r Schema,
-    left: usize,
-    done: bool,
+    blocks: Blocks,
 }
 
 impl<'de> de::SeqAccess<'de> for Items<'_, '_> {
@@ -331,17 +363,9 @@ impl<'de> de::SeqAccess<'de> for Items<'_, '_> {
         &mut self,
         seed: T,
     ) -> Result<Option<T::Value>, DecodeError> {
-        if self.done {
+        if !self.blocks.next(self.input)? {
             return Ok(None);
         }
-        if self.left == 0 {
-            self.left = self.input.block()?;
-            if self.left == 0 {
-                self.done = true;
-                return Ok(None);
-            }
-        }
-        self.left -= 1;
         seed.deserialize(Datum {
             input: self.input,
             schema: self.schema,
@@ -353,8 +377,7 @@ impl<'de> de::SeqAccess<'de> for Items<'_, '_> {
 struct Entries<'r, 'a> {
     input: &'r mut Input<'a>,
     schema: &'r Schema,
-    left: usize,
-    done: bool,
+    blocks: Blocks,
 }
 
 impl<'de> de::MapAccess<'de> for Entries<'_, '_> {
@@ -364,17 +387,9 @@ impl<'de> de::MapAccess<'de> for Entries<'_, '_> {
         &mut self,
         seed: K,
     ) -> Result<Option<K::Value>, DecodeError> {
-        if self.done {
+        if !self.blocks.next(self.input)? {
             return Ok(None);
         }
-        if self.left == 0 {
-            self.left = self.input.block()?;
-            if self.left == 0 {
-                self.done = true;
-                return Ok(None);
-            }
-        }
-        self.left -= 1;
         let key = self.input.str()?;
         seed.deserialize(key.into_deserializer()).map(Some)
     }

@@ -547,6 +547,11 @@ mod tests {
             .unwrap();
         assert_eq!(fast, letter);
         assert_eq!(slow, letter);
+        // A corrupt array count is an error, not a spin.
+        let mut corrupt = bytes[..HEADER_LEN].to_vec();
+        corrupt.extend_from_slice(&[2, b'x', 2, b'y', 2, b'z']); // stage, reason, detail
+        corrupt.extend_from_slice(&[0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]); // errors: ~2^62 items
+        assert!(codec.decode(&corrupt).is_err());
         // Every truncation is an error, never a panic.
         for cut in HEADER_LEN..bytes.len() {
             assert!(codec.decode(&bytes[..cut]).is_err(), "cut at {cut}");
