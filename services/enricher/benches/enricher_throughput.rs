@@ -202,7 +202,7 @@ async fn main() -> anyhow::Result<()> {
         n,
     )
     .await?;
-    let tenants = [(
+    let tenants: std::collections::BTreeMap<String, TenantConfig> = [(
         "bench".to_string(),
         TenantConfig {
             id: "bench".into(),
@@ -218,7 +218,7 @@ async fn main() -> anyhow::Result<()> {
     .collect();
     let metrics = ServiceMetrics::new("enricher");
     let handler = EnrichHandler::new(
-        Enricher::new(tenants, PlatformWindows::default()),
+        Enricher::new(tenants.clone(), PlatformWindows::default()),
         enriched_out.clone(),
         DeadLetters::new("enricher", rejected.clone()),
         EnricherMetrics::new(&metrics),
@@ -237,23 +237,7 @@ async fn main() -> anyhow::Result<()> {
 
     // Where a record's time goes, without the broker (same records).
     let sample = records.len().min(20_000);
-    let mut enricher = Enricher::new(
-        [(
-            "bench".to_string(),
-            TenantConfig {
-                id: "bench".into(),
-                default_country: Some("US".into()),
-                platforms: Platform::ALL.to_vec(),
-                consent: TenantConsent {
-                    default: ConsentDefault::Granted,
-                    regions: vec![],
-                },
-            },
-        )]
-        .into_iter()
-        .collect(),
-        PlatformWindows::default(),
-    );
+    let mut enricher = Enricher::new(tenants, PlatformWindows::default());
     let enriched_codec: Codec<ConversionEnriched> = Codec::new(SchemaKind::ConversionEnriched);
     let t = Instant::now();
     let decoded: Vec<ConversionRaw> = records[..sample]
