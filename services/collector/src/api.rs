@@ -266,6 +266,14 @@ async fn submit(
             )
                 .into_response()
         }
+        Err(PublishError::Delivery(postback_core::kafka::DeliveryError::TooLarge)) => {
+            // Retrying cannot help; a 503 would invite retries forever.
+            error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "event_too_large",
+                "an event is larger than the broker accepts; nothing in this request was stored",
+            )
+        }
         Err(PublishError::Encode(e)) => {
             tracing::error!(error = %e, "accepted event does not encode; schema and validator disagree");
             error(

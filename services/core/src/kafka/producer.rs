@@ -43,12 +43,16 @@ pub enum DeliveryError {
     NotAcknowledged(String),
     #[error("producer shut down before the record was acknowledged")]
     Cancelled,
+    /// The record is larger than the producer or broker accepts: retrying
+    /// cannot help.
+    #[error("record too large for the broker")]
+    TooLarge,
 }
 
 impl DeliveryError {
     /// Whether trying the same record again may succeed.
     pub fn is_retriable(&self) -> bool {
-        true
+        !matches!(self, DeliveryError::TooLarge)
     }
 }
 
@@ -137,6 +141,9 @@ impl Producer {
         }
         producer.send_result(fr).map_err(|(e, _)| match e {
             KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => DeliveryError::QueueFull,
+            KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge) => {
+                DeliveryError::TooLarge
+            }
             other => DeliveryError::NotAcknowledged(other.to_string()),
         })
     }
@@ -145,9 +152,22 @@ impl Producer {
     /// result per record, in order.
     pub async fn send_all(&self, records: &[OutboundRecord]) -> Vec<Result<(), DeliveryError>> {
         let (generation, producer) = self.current();
+        // Stop queueing at the first record the client refuses: queueing the
+        // ones after it would let them land before it is retried, and a
+        // conversion's records must stay in order.
         let mut pending = Vec::with_capacity(records.len());
+        let mut refused: Option<DeliveryError> = None;
         for record in records {
-            pending.push(Self::enqueue_on(&producer, record));
+            match &refused {
+                Some(e) => pending.push(Err(e.clone())),
+                None => {
+                    let r = Self::enqueue_on(&producer, record);
+                    if let Err(e) = &r {
+                        refused = Some(e.clone());
+                    }
+                    pending.push(r);
+                }
+            }
         }
         let waits = pending.into_iter().map(|p| async move {
             match p {
