@@ -302,6 +302,87 @@ pub fn validate_topic_name(key: &str, name: &str) -> Result<(), ConfigError> {
     }
 }
 
+/// How a stage consumes its input.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerConfig {
+    /// The consumer group; each service has its own default.
+    #[serde(default)]
+    pub group_id: Option<String>,
+    /// Most records handled (and acknowledged) as one unit.
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+    /// How long to wait for more records once one arrived.
+    #[serde(default = "default_linger_ms")]
+    pub linger_ms: u64,
+}
+
+fn default_max_batch() -> usize {
+    1000
+}
+fn default_linger_ms() -> u64 {
+    5
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        ConsumerConfig {
+            group_id: None,
+            max_batch: default_max_batch(),
+            linger_ms: default_linger_ms(),
+        }
+    }
+}
+
+impl ConsumerConfig {
+    /// The consumer loop's settings, `default_group` unless configured.
+    pub fn loop_config(
+        &self,
+        default_group: &str,
+        client_id: &str,
+        topics: Vec<String>,
+    ) -> crate::kafka::ConsumerLoopConfig {
+        crate::kafka::ConsumerLoopConfig {
+            group_id: self
+                .group_id
+                .clone()
+                .unwrap_or_else(|| default_group.to_string()),
+            client_id: client_id.to_string(),
+            topics,
+            max_batch: self.max_batch,
+            linger: std::time::Duration::from_millis(self.linger_ms),
+        }
+    }
+}
+
+impl Validate for ConsumerConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self
+            .group_id
+            .as_deref()
+            .is_some_and(|g| g.trim().is_empty())
+        {
+            return Err(ConfigError::invalid(
+                "consumer.group_id",
+                "must not be empty",
+            ));
+        }
+        if self.max_batch == 0 || self.max_batch > 10_000 {
+            return Err(ConfigError::invalid(
+                "consumer.max_batch",
+                "must be between 1 and 10000",
+            ));
+        }
+        if self.linger_ms > 10_000 {
+            return Err(ConfigError::invalid(
+                "consumer.linger_ms",
+                "must be at most 10000",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Where /healthz, /readyz and /metrics are served.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -9,6 +9,7 @@ pub mod avro;
 pub mod config;
 pub mod currency;
 pub mod dead_letter;
+pub mod eligibility;
 pub mod kafka;
 pub mod metrics;
 pub mod model;

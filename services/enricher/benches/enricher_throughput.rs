@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use futures::stream::{self, StreamExt};
 use postback_core::dead_letter::DeadLetters;
+use postback_core::eligibility::PlatformWindows;
 use postback_core::kafka::{
     producer_config, ConsumerLoop, ConsumerLoopConfig, InboundRecord, OutboundRecord, Producer,
     RecordHandler,
@@ -19,7 +20,7 @@ use postback_core::kafka::{
 use postback_core::metrics::ServiceMetrics;
 use postback_core::model::*;
 use postback_core::{Codec, Platform, SchemaKind};
-use postback_enricher::config::{ConsentDefault, PlatformWindows, TenantConfig, TenantConsent};
+use postback_enricher::config::{ConsentDefault, TenantConfig, TenantConsent};
 use postback_enricher::enrich::Enricher;
 use postback_enricher::handler::EnrichHandler;
 use postback_enricher::metrics::EnricherMetrics;

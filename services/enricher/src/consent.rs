@@ -13,23 +13,10 @@
 //! restricts processing but does not forbid the upload. A flag the event does
 //! not carry takes the tenant's default for the visitor's region.
 
+use postback_core::eligibility::ConsentDecision;
 use postback_core::model::Consent;
 
 use crate::config::{ConsentDefault, TenantConsent};
-
-/// What consent allows for one platform.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConsentDecision {
-    pub send_user_data: bool,
-    pub send_click_ids: bool,
-    pub limited_data_use: bool,
-}
-
-impl ConsentDecision {
-    pub fn allows_anything(&self) -> bool {
-        self.send_user_data || self.send_click_ids
-    }
-}
 
 fn granted(flag: Option<&str>, default: ConsentDefault) -> bool {
     match flag {

@@ -4,14 +4,14 @@
 
 use std::collections::BTreeMap;
 
+use postback_core::eligibility::{self, Evidence, PlatformWindows};
 use postback_core::model::{Client, ConversionEnriched, ConversionRaw, PlatformIdentifiers};
 use postback_core::Platform;
 
 use crate::click_ids::{self, Dropped};
-use crate::config::{PlatformWindows, TenantConfig, TenantConsent};
+use crate::config::{TenantConfig, TenantConsent};
 use crate::consent;
 use crate::device::DeviceParser;
-use crate::eligibility::{self, Evidence};
 use crate::normalize::{self, is_sha256_hex, Field, NormalizeError};
 
 pub struct Enricher {
@@ -86,11 +86,11 @@ impl Enricher {
             let evidence = Evidence {
                 configured,
                 consent,
-                age_ms: now_ms - raw.event_time,
-                window_ms: self
-                    .windows
-                    .window(platform, raw.action_source.as_deref())
-                    .as_millis() as i64,
+                too_old: now_ms - raw.event_time
+                    > self
+                        .windows
+                        .window(platform, raw.action_source.as_deref())
+                        .as_millis() as i64,
                 action_source: raw.action_source.as_deref(),
                 identifiers: ids.as_ref(),
                 click_ids: click_ids.as_ref(),

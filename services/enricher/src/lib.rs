@@ -8,16 +8,13 @@ pub mod click_ids;
 pub mod config;
 pub mod consent;
 pub mod device;
-pub mod eligibility;
 pub mod enrich;
 pub mod handler;
 pub mod metrics;
 pub mod normalize;
 
-use std::time::Duration;
-
 use postback_core::dead_letter::DeadLetters;
-use postback_core::kafka::{watch_broker, ConsumerLoop, ConsumerLoopConfig, Producer};
+use postback_core::kafka::{watch_broker, ConsumerLoop, Producer};
 use postback_core::metrics::ServiceMetrics;
 use postback_core::ops::{self, Readiness};
 use tokio::net::TcpListener;
@@ -51,13 +48,11 @@ pub async fn run(
         Producer::new(&config.kafka, "postback-enricher").map_err(EnricherError::Producer)?;
     let consumer = ConsumerLoop::new(
         &config.kafka,
-        ConsumerLoopConfig {
-            group_id: config.consumer.group_id.clone(),
-            client_id: "postback-enricher".into(),
-            topics: vec![config.topics.raw.clone()],
-            max_batch: config.consumer.max_batch,
-            linger: Duration::from_millis(config.consumer.linger_ms),
-        },
+        config.consumer.loop_config(
+            "postback-enricher",
+            "postback-enricher",
+            vec![config.topics.raw.clone()],
+        ),
         producer.clone(),
         &service_metrics,
     )?;

@@ -36,8 +36,8 @@ async fn start(broker: &Broker) -> Running {
         topics: topics.clone(),
         log: Default::default(),
         ops: Default::default(),
-        consumer: postback_enricher::config::ConsumerConfig {
-            group_id: unique("enricher"),
+        consumer: postback_core::config::ConsumerConfig {
+            group_id: Some(unique("enricher")),
             ..Default::default()
         },
         platforms: Default::default(),

@@ -15,10 +15,17 @@
 //!
 //! Per-partition order holds because a batch is handled in fetch order and
 //! the idempotent producer keeps the order of what it writes.
+//!
+//! Stateful stages get three more hooks (all optional): assignment changes,
+//! delivered to the handler after the poll that caused them and before any
+//! record of a newly assigned partition is handled (state restores there);
+//! a periodic `tick` for time-driven outputs, delivered like any other; and
+//! the acknowledgement of every output, with where it landed, before offsets
+//! are stored (state that mirrors a changelog is made durable there).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prometheus::{Histogram, IntCounter, IntCounterVec, IntGaugeVec};
@@ -34,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::KafkaConfig;
 use crate::kafka::client_config::consumer_config;
-use crate::kafka::producer::{OutboundRecord, Producer};
+use crate::kafka::producer::{Delivered, OutboundRecord, Producer};
 use crate::metrics::{batch_size_buckets, latency_buckets, ServiceMetrics};
 
 /// One consumed record, detached from the consumer.
@@ -49,11 +56,58 @@ pub struct InboundRecord {
     pub timestamp: Option<i64>,
 }
 
+/// A partition of a topic.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicPartition {
+    pub topic: String,
+    pub partition: i32,
+}
+
+/// Why a stateful handler cannot go on (its store failed, a restore
+/// stalled). The loop stops without storing the offsets of the batch in hand.
+pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
+
 /// A stage's logic: what one input record becomes. Anything the stage cannot
 /// process becomes a dead letter pushed to `out` like any other output, so a
 /// poison record never stops its partition.
+///
+/// The other methods are for stateful stages; stateless ones leave them be.
 pub trait RecordHandler: Send {
     fn handle(&mut self, record: &InboundRecord, out: &mut Vec<OutboundRecord>);
+
+    /// This instance now owns `partitions`. Called before any of their
+    /// records is handled. An error stops the loop: the instance leaves the
+    /// group and its partitions move to another one.
+    fn on_assigned(&mut self, _partitions: &[TopicPartition]) -> Result<(), HandlerError> {
+        Ok(())
+    }
+
+    /// This instance no longer owns `partitions`; none of their records is
+    /// handled any more, and nothing of theirs is in flight.
+    fn on_revoked(&mut self, _partitions: &[TopicPartition]) {}
+
+    /// How often `tick` runs; None (the default) never.
+    fn tick_interval(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Time-driven outputs (a window closing), delivered and acknowledged
+    /// like the outputs of records.
+    fn tick(&mut self, _out: &mut Vec<OutboundRecord>) {}
+
+    /// Every output pushed since the last call is acknowledged;
+    /// `deliveries[i]` is where the i-th one landed. An error stops the loop
+    /// before the batch's offsets are stored.
+    fn on_acknowledged(&mut self, _deliveries: &[Delivered]) -> Result<(), HandlerError> {
+        Ok(())
+    }
+}
+
+/// A rebalance as the loop hands it on, in the order they happened.
+#[derive(Debug)]
+enum AssignmentChange {
+    Assigned(Vec<TopicPartition>),
+    Revoked(Vec<TopicPartition>),
 }
 
 #[derive(Debug, Clone)]
@@ -77,6 +131,14 @@ pub enum ConsumerLoopError {
         #[source]
         source: KafkaError,
     },
+    #[error("cannot take over partitions {partitions}: {source}")]
+    Assign {
+        partitions: String,
+        #[source]
+        source: HandlerError,
+    },
+    #[error("the stage cannot go on: {0}")]
+    Handler(#[source] HandlerError),
 }
 
 struct LoopMetrics {
@@ -133,6 +195,7 @@ impl LoopMetrics {
 /// Rebalance bookkeeping and lag reporting, called from inside polls.
 pub struct LoopContext {
     revocations: AtomicU64,
+    changes: Mutex<Vec<AssignmentChange>>,
     lag: IntGaugeVec,
     rebalances: IntCounterVec,
     assigned: IntGaugeVec,
@@ -160,10 +223,12 @@ impl ConsumerContext for LoopContext {
                 self.revocations.fetch_add(1, Ordering::SeqCst);
                 self.rebalances.with_label_values(&["revoke"]).inc();
                 tracing::info!(partitions = %describe(tpl), "partitions revoked");
+                self.record_change(AssignmentChange::Revoked(partitions_of(tpl)));
             }
             Rebalance::Assign(tpl) => {
                 self.rebalances.with_label_values(&["assign"]).inc();
                 tracing::info!(partitions = %describe(tpl), "partitions assigned");
+                self.record_change(AssignmentChange::Assigned(partitions_of(tpl)));
             }
             Rebalance::Error(e) => {
                 self.rebalances.with_label_values(&["error"]).inc();
@@ -195,6 +260,32 @@ impl ConsumerContext for LoopContext {
     }
 }
 
+impl LoopContext {
+    fn record_change(&self, change: AssignmentChange) {
+        match self.changes.lock() {
+            Ok(mut changes) => changes.push(change),
+            Err(poisoned) => poisoned.into_inner().push(change),
+        }
+    }
+
+    fn take_changes(&self) -> Vec<AssignmentChange> {
+        match self.changes.lock() {
+            Ok(mut changes) => std::mem::take(&mut *changes),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        }
+    }
+}
+
+fn partitions_of(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
+    tpl.elements()
+        .iter()
+        .map(|e| TopicPartition {
+            topic: e.topic().to_string(),
+            partition: e.partition(),
+        })
+        .collect()
+}
+
 fn describe(tpl: &TopicPartitionList) -> String {
     tpl.elements()
         .iter()
@@ -219,6 +310,7 @@ impl ConsumerLoop {
     ) -> Result<Self, ConsumerLoopError> {
         let context = LoopContext {
             revocations: AtomicU64::new(0),
+            changes: Mutex::new(Vec::new()),
             lag: metrics.gauge_vec(
                 "consumer_lag_records",
                 "Records behind the partition's high watermark, per assigned partition.",
@@ -261,55 +353,74 @@ impl ConsumerLoop {
         handler: &mut H,
         shutdown: CancellationToken,
     ) -> Result<(), ConsumerLoopError> {
+        let result = self.run_batches(handler, &shutdown).await;
+        self.close();
+        result
+    }
+
+    async fn run_batches<H: RecordHandler>(
+        &self,
+        handler: &mut H,
+        shutdown: &CancellationToken,
+    ) -> Result<(), ConsumerLoopError> {
         let mut batch: Vec<InboundRecord> = Vec::with_capacity(self.config.max_batch);
         let mut outputs: Vec<OutboundRecord> = Vec::new();
+        let tick_interval = handler.tick_interval();
+        let mut next_tick = tokio::time::Instant::now() + tick_interval.unwrap_or_default();
         loop {
             batch.clear();
             let first = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                m = self.consumer.recv() => m,
+                _ = tokio::time::sleep_until(next_tick), if tick_interval.is_some() => None,
+                m = self.consumer.recv() => Some(m),
             };
+            let started = Instant::now();
+            let epoch = self.consumer.context().revocations.load(Ordering::SeqCst);
             match first {
-                Ok(m) => batch.push(detach(&m)),
-                Err(e) => {
+                None => {}
+                Some(Ok(m)) => {
+                    batch.push(detach(&m));
+                    self.collect(&mut batch).await;
+                }
+                Some(Err(e)) => {
                     self.receive_error(e).await;
                     continue;
                 }
             }
-            let started = Instant::now();
-            let epoch = self.consumer.context().revocations.load(Ordering::SeqCst);
-            let deadline = tokio::time::Instant::now() + self.config.linger;
-            while batch.len() < self.config.max_batch {
-                match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-                    Ok(Ok(m)) => batch.push(detach(&m)),
-                    Ok(Err(e)) => {
-                        self.receive_error(e).await;
-                        break;
-                    }
-                    Err(_) => break,
-                }
-            }
+            self.hand_over_assignment(handler)?;
             if self.consumer.context().revocations.load(Ordering::SeqCst) != epoch {
                 self.drop_revoked(&mut batch);
-                if batch.is_empty() {
-                    continue;
-                }
             }
 
             outputs.clear();
             for record in &batch {
                 handler.handle(record, &mut outputs);
             }
+            if let Some(interval) = tick_interval {
+                if tokio::time::Instant::now() >= next_tick {
+                    handler.tick(&mut outputs);
+                    next_tick = tokio::time::Instant::now() + interval;
+                }
+            }
+            if batch.is_empty() && outputs.is_empty() {
+                continue;
+            }
+            let Some(deliveries) = self.deliver(&outputs, shutdown).await else {
+                // Shut down while the broker would not take the outputs: the
+                // batch's offsets stay uncommitted and it is replayed later.
+                break;
+            };
+            handler
+                .on_acknowledged(&deliveries)
+                .map_err(ConsumerLoopError::Handler)?;
+            if batch.is_empty() {
+                continue;
+            }
             count_by_topic(
                 &self.metrics.records,
                 batch.iter().map(|r| r.topic.as_str()),
             );
-            if !self.deliver(&outputs, &shutdown).await {
-                // Shut down while the broker would not take the outputs: the
-                // batch's offsets stay uncommitted and it is replayed later.
-                break;
-            }
             self.store_offsets(&batch);
             self.metrics.batches.inc();
             self.metrics.batch_size.observe(batch.len() as f64);
@@ -317,7 +428,45 @@ impl ConsumerLoop {
                 .batch_seconds
                 .observe(started.elapsed().as_secs_f64());
         }
-        self.close();
+        Ok(())
+    }
+
+    /// Adds what the broker has to `batch`, up to `max_batch`, waiting at
+    /// most `linger` for it.
+    async fn collect(&self, batch: &mut Vec<InboundRecord>) {
+        let deadline = tokio::time::Instant::now() + self.config.linger;
+        while batch.len() < self.config.max_batch {
+            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                Ok(Ok(m)) => batch.push(detach(&m)),
+                Ok(Err(e)) => {
+                    self.receive_error(e).await;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Tells the handler of the rebalances the last polls went through.
+    fn hand_over_assignment<H: RecordHandler>(
+        &self,
+        handler: &mut H,
+    ) -> Result<(), ConsumerLoopError> {
+        for change in self.consumer.context().take_changes() {
+            match change {
+                AssignmentChange::Revoked(partitions) => handler.on_revoked(&partitions),
+                AssignmentChange::Assigned(partitions) => handler
+                    .on_assigned(&partitions)
+                    .map_err(|source| ConsumerLoopError::Assign {
+                        partitions: partitions
+                            .iter()
+                            .map(|p| format!("{}[{}]", p.topic, p.partition))
+                            .collect::<Vec<_>>()
+                            .join(","),
+                        source,
+                    })?,
+            }
+        }
         Ok(())
     }
 
@@ -346,8 +495,14 @@ impl ConsumerLoop {
     }
 
     /// Writes every output, retrying from the first unacknowledged one until
-    /// all are acknowledged. Returns false if shutdown interrupted it.
-    async fn deliver(&self, outputs: &[OutboundRecord], shutdown: &CancellationToken) -> bool {
+    /// all are acknowledged, and returns where each landed. None if shutdown
+    /// interrupted it.
+    async fn deliver(
+        &self,
+        outputs: &[OutboundRecord],
+        shutdown: &CancellationToken,
+    ) -> Option<Vec<Delivered>> {
+        let mut deliveries = Vec::with_capacity(outputs.len());
         let mut start = 0;
         let mut backoff = Duration::from_millis(100);
         while start < outputs.len() {
@@ -357,6 +512,11 @@ impl ConsumerLoop {
                 .enumerate()
                 .find_map(|(i, r)| r.as_ref().err().map(|e| (i, e.clone())));
             let acknowledged = first_failure.as_ref().map_or(results.len(), |(i, _)| *i);
+            deliveries.extend(
+                results[..acknowledged]
+                    .iter()
+                    .filter_map(|r| r.clone().ok()),
+            );
             count_by_topic(
                 &self.metrics.produced,
                 outputs[start..start + acknowledged]
@@ -364,7 +524,7 @@ impl ConsumerLoop {
                     .map(|o| o.topic.as_str()),
             );
             let Some((i, error)) = first_failure else {
-                return true;
+                return Some(deliveries);
             };
             // Re-send from the first failure on, so that per-key order holds;
             // records after it that did land are written again (duplicates
@@ -374,12 +534,12 @@ impl ConsumerLoop {
             tracing::warn!(%error, pending = outputs.len() - start, retry_in_ms = backoff.as_millis() as u64,
                 "outputs not acknowledged; holding the batch and retrying");
             tokio::select! {
-                _ = shutdown.cancelled() => return false,
+                _ = shutdown.cancelled() => return None,
                 _ = tokio::time::sleep(backoff) => {}
             }
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
-        true
+        Some(deliveries)
     }
 
     fn store_offsets(&self, batch: &[InboundRecord]) {

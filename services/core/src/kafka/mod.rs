@@ -10,7 +10,8 @@ mod producer;
 pub use admin::{create_topics, probe_broker, watch_broker, TopicSpec};
 pub use client_config::{consumer_config, producer_config};
 pub use consumer::{
-    ConsumerLoop, ConsumerLoopConfig, ConsumerLoopError, InboundRecord, RecordHandler,
+    ConsumerLoop, ConsumerLoopConfig, ConsumerLoopError, HandlerError, InboundRecord,
+    RecordHandler, TopicPartition,
 };
-pub use producer::{DeliveryError, OutboundRecord, Producer};
+pub use producer::{Delivered, DeliveryError, OutboundRecord, Producer};
 pub use rdkafka::error::KafkaError;

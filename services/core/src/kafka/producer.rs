@@ -19,6 +19,8 @@ use crate::kafka::client_config::producer_config;
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutboundRecord {
     pub topic: String,
+    /// Where to write it; None lets the partitioner choose by key.
+    pub partition: Option<i32>,
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
 }
@@ -27,10 +29,25 @@ impl OutboundRecord {
     pub fn new(topic: impl Into<String>, key: Option<Vec<u8>>, payload: Vec<u8>) -> Self {
         OutboundRecord {
             topic: topic.into(),
+            partition: None,
             key,
             payload,
         }
     }
+
+    /// The record, written to exactly `partition` (a changelog partition
+    /// mirrors its input partition, whatever the key hashes to).
+    pub fn to_partition(mut self, partition: i32) -> Self {
+        self.partition = Some(partition);
+        self
+    }
+}
+
+/// Where the broker stored an acknowledged record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    pub partition: i32,
+    pub offset: i64,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -139,6 +156,9 @@ impl Producer {
         if let Some(key) = &record.key {
             fr = fr.key(&key[..]);
         }
+        if let Some(partition) = record.partition {
+            fr = fr.partition(partition);
+        }
         producer.send_result(fr).map_err(|(e, _)| match e {
             KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => DeliveryError::QueueFull,
             KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge) => {
@@ -150,7 +170,10 @@ impl Producer {
 
     /// Writes every record and waits for all acknowledgements. Returns one
     /// result per record, in order.
-    pub async fn send_all(&self, records: &[OutboundRecord]) -> Vec<Result<(), DeliveryError>> {
+    pub async fn send_all(
+        &self,
+        records: &[OutboundRecord],
+    ) -> Vec<Result<Delivered, DeliveryError>> {
         let (generation, producer) = self.current();
         // Stop queueing at the first record the client refuses: queueing the
         // ones after it would let them land before it is retried, and a
@@ -201,9 +224,12 @@ fn resolve(
         rdkafka::producer::future_producer::OwnedDeliveryResult,
         futures::channel::oneshot::Canceled,
     >,
-) -> Result<(), DeliveryError> {
+) -> Result<Delivered, DeliveryError> {
     match result {
-        Ok(Ok(_)) => Ok(()),
+        Ok(Ok(delivery)) => Ok(Delivered {
+            partition: delivery.partition,
+            offset: delivery.offset,
+        }),
         Ok(Err((e, _))) => Err(DeliveryError::NotAcknowledged(e.to_string())),
         Err(_) => Err(DeliveryError::Cancelled),
     }

@@ -2,11 +2,17 @@
 //! not_eligible with one reason (no_consent, no_identifiers, no_click_id,
 //! too_old, platform_not_configured), checked in that order of precedence:
 //! configuration, consent, age, then what the platform needs to match.
+//!
+//! Shared because two stages decide it: the enricher for each report, and
+//! the deduplicator again for a conversion merged from several reports.
 
-use postback_core::model::{ClickIds, Client, Page, PlatformDecision, PlatformIdentifiers};
-use postback_core::Platform;
+use std::time::Duration;
 
-use crate::consent::ConsentDecision;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{ConfigError, Validate};
+use crate::model::{ClickIds, Client, Page, PlatformDecision, PlatformIdentifiers};
+use crate::Platform;
 
 pub const PLATFORM_NOT_CONFIGURED: &str = "platform_not_configured";
 pub const NO_CONSENT: &str = "no_consent";
@@ -14,12 +20,111 @@ pub const TOO_OLD: &str = "too_old";
 pub const NO_CLICK_ID: &str = "no_click_id";
 pub const NO_IDENTIFIERS: &str = "no_identifiers";
 
+/// How old an event a platform still accepts (reference/platform-apis.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlatformWindows {
+    /// Meta rejects events older than 7 days...
+    #[serde(default = "meta_days")]
+    pub meta_days: u32,
+    /// ...except physical_store events, up to 62 days.
+    #[serde(default = "meta_store_days")]
+    pub meta_physical_store_days: u32,
+    /// Google Ads click conversions: 90 days (EXPIRED_EVENT past it).
+    #[serde(default = "google_days")]
+    pub google_ads_days: u32,
+    /// TikTok does not document a limit; ttclid is valid 7 days, so 7 by default.
+    #[serde(default = "tiktok_days")]
+    pub tiktok_days: u32,
+}
+
+fn meta_days() -> u32 {
+    7
+}
+fn meta_store_days() -> u32 {
+    62
+}
+fn google_days() -> u32 {
+    90
+}
+fn tiktok_days() -> u32 {
+    7
+}
+
+impl Default for PlatformWindows {
+    fn default() -> Self {
+        PlatformWindows {
+            meta_days: meta_days(),
+            meta_physical_store_days: meta_store_days(),
+            google_ads_days: google_days(),
+            tiktok_days: tiktok_days(),
+        }
+    }
+}
+
+impl PlatformWindows {
+    /// How long after its event_time `platform` still accepts an event.
+    pub fn window(&self, platform: Platform, action_source: Option<&str>) -> Duration {
+        let days = match platform {
+            Platform::Meta if action_source == Some("physical_store") => {
+                self.meta_physical_store_days
+            }
+            Platform::Meta => self.meta_days,
+            Platform::GoogleAds => self.google_ads_days,
+            Platform::Tiktok => self.tiktok_days,
+        };
+        Duration::from_secs(u64::from(days) * 86_400)
+    }
+}
+
+impl Validate for PlatformWindows {
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (key, days) in [
+            ("platforms.meta_days", self.meta_days),
+            (
+                "platforms.meta_physical_store_days",
+                self.meta_physical_store_days,
+            ),
+            ("platforms.google_ads_days", self.google_ads_days),
+            ("platforms.tiktok_days", self.tiktok_days),
+        ] {
+            if days == 0 || days > 400 {
+                return Err(ConfigError::invalid(key, "must be between 1 and 400 days"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What consent allows for one platform.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConsentDecision {
+    pub send_user_data: bool,
+    pub send_click_ids: bool,
+    pub limited_data_use: bool,
+}
+
+impl ConsentDecision {
+    pub fn allows_anything(&self) -> bool {
+        self.send_user_data || self.send_click_ids
+    }
+
+    /// The consent a platform decision was made under.
+    pub fn of(decision: &PlatformDecision) -> Self {
+        ConsentDecision {
+            send_user_data: decision.send_user_data,
+            send_click_ids: decision.send_click_ids,
+            limited_data_use: decision.limited_data_use,
+        }
+    }
+}
+
 /// What the decision looks at, after consent was applied to it.
 pub struct Evidence<'a> {
     pub configured: bool,
     pub consent: ConsentDecision,
-    pub age_ms: i64,
-    pub window_ms: i64,
+    /// Older than the platform accepts (its window for the action source).
+    pub too_old: bool,
     pub action_source: Option<&'a str>,
     /// Hashed identifiers for this platform (already emptied if consent
     /// withholds user data).
@@ -69,7 +174,7 @@ fn reason(platform: Platform, e: &Evidence<'_>) -> Option<&'static str> {
     if !e.consent.allows_anything() {
         return Some(NO_CONSENT);
     }
-    if e.age_ms > e.window_ms {
+    if e.too_old {
         return Some(TOO_OLD);
     }
     let clicks = if e.consent.send_click_ids {
@@ -144,8 +249,7 @@ mod tests {
         Evidence {
             configured: true,
             consent,
-            age_ms: 1000,
-            window_ms: 7 * 86_400_000,
+            too_old: false,
             action_source: Some("system_generated"),
             identifiers: ids,
             click_ids: clicks,
@@ -186,7 +290,7 @@ mod tests {
     fn precedence_is_configuration_consent_age() {
         let mut e = evidence(consent(false, false), None, None);
         e.configured = false;
-        e.age_ms = i64::MAX;
+        e.too_old = true;
         assert_eq!(
             decide(Platform::Meta, &e).reason.as_deref(),
             Some(PLATFORM_NOT_CONFIGURED)

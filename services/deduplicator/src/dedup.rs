@@ -1,0 +1,513 @@
+//! The deduplicator's decisions, apart from Kafka: what a report of a
+//! conversion becomes (held, merged, emitted, duplicate, or a replay of one
+//! already applied), what a closing merge window emits, and when state
+//! changes reach the store.
+//!
+//! Every state change is staged twice: as a changelog record pushed with
+//! the outputs that caused it, and in `pending`. Only once the loop reports
+//! all outputs acknowledged does `pending` go to the store, with the
+//! changelog offset it now reflects. So the store never holds a change the
+//! changelog lacks, and a crash at any point leaves a store that a restore
+//! from its checkpoint brings up to date.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use postback_core::eligibility::{PlatformWindows, PLATFORM_NOT_CONFIGURED};
+use postback_core::kafka::{Delivered, OutboundRecord};
+use postback_core::model::{
+    ConversionEnriched, DeliveryStatus, FrontEndStatus, PlatformDecision, ServerSideStatus, Source,
+};
+use postback_core::{Codec, CodecError, Platform, SchemaKind};
+
+use crate::key::DedupKey;
+use crate::merge::merge;
+use crate::metrics::DedupMetrics;
+use crate::state::{FrontEnd, KeyState, Phase, Sources};
+use crate::store::{Change, StateStore, StoreError};
+
+pub const STAGE: &str = "deduplicator";
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub window_ms: i64,
+    /// 0: every first report is emitted at once.
+    pub merge_window_ms: i64,
+    pub platforms: PlatformWindows,
+    /// Most conversions one tick emits, so a backlog of closed windows
+    /// (after a long restore) goes out in bounded batches.
+    pub max_emits_per_tick: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct OutputTopics {
+    pub status: String,
+    pub changelog: String,
+    /// dispatch.<platform>, in `Platform::ALL` order.
+    pub dispatch: [String; 3],
+}
+
+impl OutputTopics {
+    fn dispatch(&self, platform: Platform) -> &str {
+        let i = Platform::ALL
+            .iter()
+            .position(|p| *p == platform)
+            .unwrap_or_default();
+        &self.dispatch[i]
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DedupError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A record could not be encoded for an output: it becomes a dead letter.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+}
+
+/// What became of one report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// First report of its key; waits for the merge window.
+    Held,
+    /// Merged into the held conversion of its key.
+    Merged,
+    /// First report, sent on at once (merge window 0).
+    Emitted,
+    /// Its key was already emitted within the dedup window.
+    Duplicate,
+    /// Applied before (a re-read after a crash or a partition move).
+    Replayed,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Held => "held",
+            Outcome::Merged => "merged",
+            Outcome::Emitted => "emitted",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Replayed => "replayed",
+        }
+    }
+}
+
+pub struct Deduplicator {
+    store: StateStore,
+    settings: Settings,
+    topics: OutputTopics,
+    enriched: Codec<ConversionEnriched>,
+    status: Codec<DeliveryStatus>,
+    metrics: DedupMetrics,
+    owned: BTreeSet<i32>,
+    /// State changes whose outputs are not acknowledged yet, per partition.
+    pending: HashMap<i32, HashMap<DedupKey, KeyState>>,
+    /// (index in the outputs, partition) of each changelog record pushed
+    /// since the last acknowledgement.
+    changelog_slots: Vec<(usize, i32)>,
+    /// Held conversions by when their merge window closes.
+    timers: BTreeSet<(i64, i32, DedupKey)>,
+}
+
+impl Deduplicator {
+    pub fn new(
+        store: StateStore,
+        settings: Settings,
+        topics: OutputTopics,
+        metrics: DedupMetrics,
+    ) -> Self {
+        Deduplicator {
+            store,
+            settings,
+            topics,
+            enriched: Codec::new(SchemaKind::ConversionEnriched),
+            status: Codec::new(SchemaKind::DeliveryStatus),
+            metrics,
+            owned: BTreeSet::new(),
+            pending: HashMap::new(),
+            changelog_slots: Vec::new(),
+            timers: BTreeSet::new(),
+        }
+    }
+
+    pub fn store_mut(&mut self) -> &mut StateStore {
+        &mut self.store
+    }
+
+    pub fn store(&self) -> &StateStore {
+        &self.store
+    }
+
+    /// Starts serving `partition`, whose store is up to date (restored):
+    /// its held conversions get their timers back. Returns how many.
+    pub fn adopt(&mut self, partition: i32) -> Result<usize, StoreError> {
+        self.store.open_partition(partition)?;
+        let held = self.store.held(partition)?;
+        let n = held.len();
+        for (key, emit_at) in held {
+            self.timers.insert((emit_at, partition, key));
+        }
+        self.owned.insert(partition);
+        self.metrics.held.set(self.timers.len() as i64);
+        Ok(n)
+    }
+
+    /// Stops serving `partition`; its new owner emits what it held.
+    pub fn release(&mut self, partition: i32) {
+        self.owned.remove(&partition);
+        self.timers.retain(|(_, p, _)| *p != partition);
+        self.pending.remove(&partition);
+        self.store.close_partition(partition);
+        self.metrics.held.set(self.timers.len() as i64);
+    }
+
+    pub fn owned(&self) -> &BTreeSet<i32> {
+        &self.owned
+    }
+
+    pub fn held_count(&self) -> usize {
+        self.timers.len()
+    }
+
+    fn current(
+        &self,
+        partition: i32,
+        key: &DedupKey,
+        now: i64,
+    ) -> Result<Option<KeyState>, StoreError> {
+        let state = match self.pending.get(&partition).and_then(|m| m.get(key)) {
+            Some(s) => Some(s.clone()),
+            None => self.store.get(partition, key)?,
+        };
+        Ok(state.filter(|s| !s.is_expired(now)))
+    }
+
+    /// Applies one report read from `partition` at `offset`.
+    pub fn report(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        record: ConversionEnriched,
+        now: i64,
+        out: &mut Vec<OutboundRecord>,
+    ) -> Result<Outcome, DedupError> {
+        let key = DedupKey::new(&record.tenant, &record.event_name, &record.event_id);
+        let (state, outcome) = match self.current(partition, &key, now)? {
+            Some(s) if offset <= s.last_offset => return Ok(Outcome::Replayed),
+            None => self.first_report(partition, &key, offset, record, now, out)?,
+            Some(mut s) => {
+                s.last_offset = offset;
+                s.sources.add(record.source);
+                s.reports = s.reports.saturating_add(1);
+                observe_pixels(&mut s.front_end, &record);
+                let outcome = match &s.phase {
+                    Phase::Held {
+                        emit_at,
+                        record: held,
+                    } => {
+                        let merged = match self.enriched.decode(held) {
+                            Ok(held) => merge(held, record, &self.settings.platforms, now),
+                            Err(e) => {
+                                // Only this stage writes these bytes; if they
+                                // are unreadable the newer report stands alone.
+                                tracing::error!(error = %e, "held conversion unreadable; keeping the new report");
+                                record
+                            }
+                        };
+                        s.phase = Phase::Held {
+                            emit_at: *emit_at,
+                            record: self.enriched.encode(&merged)?,
+                        };
+                        Outcome::Merged
+                    }
+                    Phase::Emitted { .. } => {
+                        self.duplicate_statuses(&s, &record, now, out)?;
+                        Outcome::Duplicate
+                    }
+                };
+                (s, outcome)
+            }
+        };
+        self.stage(partition, key, state, out);
+        Ok(outcome)
+    }
+
+    fn first_report(
+        &mut self,
+        partition: i32,
+        key: &DedupKey,
+        offset: i64,
+        record: ConversionEnriched,
+        now: i64,
+        out: &mut Vec<OutboundRecord>,
+    ) -> Result<(KeyState, Outcome), DedupError> {
+        let mut state = KeyState {
+            first_seen: now,
+            expires_at: now.saturating_add(self.settings.window_ms),
+            last_offset: offset,
+            first_source: record.source,
+            sources: Sources::of(record.source),
+            reports: 1,
+            front_end: FrontEnd::default(),
+            phase: Phase::Emitted { at: now },
+        };
+        observe_pixels(&mut state.front_end, &record);
+        if self.settings.merge_window_ms == 0 {
+            self.emit(&mut state, &record, now, out)?;
+            return Ok((state, Outcome::Emitted));
+        }
+        let emit_at = now.saturating_add(self.settings.merge_window_ms);
+        state.phase = Phase::Held {
+            emit_at,
+            record: self.enriched.encode(&record)?,
+        };
+        self.timers.insert((emit_at, partition, key.clone()));
+        Ok((state, Outcome::Held))
+    }
+
+    /// Emits the held conversions whose merge window closed by `now`.
+    /// Returns how many.
+    pub fn tick(&mut self, now: i64, out: &mut Vec<OutboundRecord>) -> Result<usize, DedupError> {
+        let mut emitted = 0;
+        while emitted < self.settings.max_emits_per_tick {
+            match self.timers.first() {
+                Some((at, _, _)) if *at <= now => {}
+                _ => break,
+            }
+            let Some((emit_at, partition, key)) = self.timers.pop_first() else {
+                break;
+            };
+            if !self.owned.contains(&partition) {
+                continue;
+            }
+            let Some(mut state) = self.current(partition, &key, now)? else {
+                continue;
+            };
+            let record = match &state.phase {
+                // A stale timer (the key was re-held with another deadline).
+                Phase::Held { emit_at: due, .. } if *due != emit_at => continue,
+                Phase::Emitted { .. } => continue,
+                Phase::Held { record, .. } => match self.enriched.decode(record) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!(error = %e, "held conversion unreadable; it cannot be emitted");
+                        self.metrics
+                            .dead_letters
+                            .with_label_values(&["unreadable_state"])
+                            .inc();
+                        state.phase = Phase::Emitted { at: now };
+                        self.stage(partition, key, state, out);
+                        continue;
+                    }
+                },
+            };
+            self.emit(&mut state, &record, now, out)?;
+            self.stage(partition, key, state, out);
+            emitted += 1;
+        }
+        self.metrics.held.set(self.timers.len() as i64);
+        Ok(emitted)
+    }
+
+    /// Pushes the conversion to the dispatch topic of every platform it is
+    /// eligible for, and a status record per configured platform.
+    fn emit(
+        &self,
+        state: &mut KeyState,
+        record: &ConversionEnriched,
+        now: i64,
+        out: &mut Vec<OutboundRecord>,
+    ) -> Result<(), CodecError> {
+        let key = record.key();
+        let reported_by = state.sources.describe();
+        for decision in &record.decisions {
+            let Some(platform) = Platform::parse(&decision.platform) else {
+                continue;
+            };
+            if decision.reason.as_deref() == Some(PLATFORM_NOT_CONFIGURED) {
+                continue;
+            }
+            let server_side = if decision.eligible {
+                let payload = self.enriched.encode(&for_platform(record, decision))?;
+                out.push(OutboundRecord::new(
+                    self.topics.dispatch(platform),
+                    Some(key.clone()),
+                    payload,
+                ));
+                self.metrics
+                    .emitted
+                    .with_label_values(&[platform.as_str()])
+                    .inc();
+                ServerSideStatus::Eligible
+            } else {
+                self.metrics
+                    .not_eligible
+                    .with_label_values(&[
+                        platform.as_str(),
+                        decision.reason.as_deref().unwrap_or("unknown"),
+                    ])
+                    .inc();
+                ServerSideStatus::NotEligible
+            };
+            let status = DeliveryStatus {
+                reason: decision.reason.clone(),
+                reported_by: Some(reported_by.clone()),
+                ..self.status_base(record, platform, state, server_side, now)
+            };
+            out.push(OutboundRecord::new(
+                &self.topics.status,
+                Some(key.clone()),
+                self.status.encode(&status)?,
+            ));
+        }
+        self.metrics
+            .hold_seconds
+            .observe(((now - state.first_seen).max(0) as f64) / 1000.0);
+        state.phase = Phase::Emitted { at: now };
+        Ok(())
+    }
+
+    fn duplicate_statuses(
+        &self,
+        state: &KeyState,
+        record: &ConversionEnriched,
+        now: i64,
+        out: &mut Vec<OutboundRecord>,
+    ) -> Result<(), CodecError> {
+        let key = record.key();
+        let first = format!(
+            "{} report first seen at {}",
+            state.first_source.as_str(),
+            state.first_seen
+        );
+        for decision in &record.decisions {
+            let Some(platform) = Platform::parse(&decision.platform) else {
+                continue;
+            };
+            if decision.reason.as_deref() == Some(PLATFORM_NOT_CONFIGURED) {
+                continue;
+            }
+            let status = DeliveryStatus {
+                duplicate_of: Some(first.clone()),
+                reported_by: Some(record.source.as_str().to_string()),
+                ..self.status_base(record, platform, state, ServerSideStatus::Duplicate, now)
+            };
+            out.push(OutboundRecord::new(
+                &self.topics.status,
+                Some(key.clone()),
+                self.status.encode(&status)?,
+            ));
+        }
+        Ok(())
+    }
+
+    fn status_base(
+        &self,
+        record: &ConversionEnriched,
+        platform: Platform,
+        state: &KeyState,
+        server_side: ServerSideStatus,
+        now: i64,
+    ) -> DeliveryStatus {
+        DeliveryStatus {
+            tenant: record.tenant.clone(),
+            event_id: record.event_id.clone(),
+            event_name: record.event_name.clone(),
+            platform: platform.as_str().to_string(),
+            stage: STAGE.to_string(),
+            front_end: Some(state.front_end.get(platform)),
+            server_side,
+            reason: None,
+            attempt: None,
+            next_attempt_at: None,
+            duplicate_of: None,
+            reported_by: None,
+            platform_request_id: None,
+            time: now,
+        }
+    }
+
+    /// Records `state` as `key`'s new state: a changelog record now, the
+    /// store once the outputs are acknowledged.
+    fn stage(
+        &mut self,
+        partition: i32,
+        key: DedupKey,
+        state: KeyState,
+        out: &mut Vec<OutboundRecord>,
+    ) {
+        self.changelog_slots.push((out.len(), partition));
+        out.push(
+            OutboundRecord::new(
+                &self.topics.changelog,
+                Some(key.as_bytes().to_vec()),
+                state.encode(),
+            )
+            .to_partition(partition),
+        );
+        self.pending
+            .entry(partition)
+            .or_default()
+            .insert(key, state);
+    }
+
+    /// The outputs pushed since the last call are acknowledged
+    /// (`deliveries[i]` for the i-th): the staged state goes to the store,
+    /// with the changelog offsets it now reflects.
+    pub fn acknowledged(&mut self, deliveries: &[Delivered]) -> Result<(), StoreError> {
+        let mut checkpoints: BTreeMap<i32, i64> = BTreeMap::new();
+        for (slot, partition) in self.changelog_slots.drain(..) {
+            match deliveries.get(slot) {
+                Some(d) if d.partition == partition => {
+                    let c = checkpoints.entry(partition).or_insert(0);
+                    *c = (*c).max(d.offset + 1);
+                }
+                other => tracing::error!(slot, partition, delivered = ?other,
+                    "changelog acknowledgement does not match what was sent; checkpoint not moved"),
+            }
+        }
+        let changes = self.pending.iter().flat_map(|(partition, states)| {
+            states.iter().map(|(key, state)| Change {
+                partition: *partition,
+                key,
+                state: Some(state),
+            })
+        });
+        let checkpoints: Vec<(i32, i64)> = checkpoints.into_iter().collect();
+        self.store.write(changes, &checkpoints)?;
+        self.pending.clear();
+        Ok(())
+    }
+}
+
+/// The browser report's pixels: which platform tags fired on the page.
+fn observe_pixels(front_end: &mut FrontEnd, record: &ConversionEnriched) {
+    if record.source != Source::Browser {
+        return;
+    }
+    for (platform, status) in &record.pixels {
+        let Some(platform) = Platform::parse(platform) else {
+            continue;
+        };
+        let status = match status.as_str() {
+            "fired" => FrontEndStatus::Fired,
+            "not_fired" => FrontEndStatus::NotFired,
+            _ => continue,
+        };
+        front_end.observe(platform, status);
+    }
+}
+
+/// What a platform's dispatcher gets: its own hashes and decision only.
+fn for_platform(record: &ConversionEnriched, decision: &PlatformDecision) -> ConversionEnriched {
+    ConversionEnriched {
+        identifiers: record
+            .identifiers
+            .iter()
+            .filter(|i| i.platform == decision.platform)
+            .cloned()
+            .collect(),
+        decisions: vec![decision.clone()],
+        ..record.clone()
+    }
+}

@@ -1,0 +1,217 @@
+//! The deduplicator: consumes conversions.enriched and writes each
+//! conversion once to dispatch.<platform> for every platform it is eligible
+//! for, merging the browser's and the server's reports of it that arrive
+//! within the merge window, and a status record per configured platform for
+//! everything it decides (eligible, not eligible, duplicate). Its state is
+//! per input partition, in an on-disk store mirrored to a compacted
+//! changelog topic, so it survives crashes and follows partitions between
+//! instances.
+
+pub mod config;
+pub mod dedup;
+pub mod handler;
+pub mod key;
+pub mod merge;
+pub mod metrics;
+pub mod restore;
+pub mod state;
+pub mod store;
+
+use std::time::Duration;
+
+use postback_core::dead_letter::DeadLetters;
+use postback_core::kafka::{
+    create_topics, watch_broker, ConsumerLoop, KafkaError, Producer, TopicSpec,
+};
+use postback_core::metrics::ServiceMetrics;
+use postback_core::ops::{self, Readiness};
+use postback_core::Platform;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::DeduplicatorConfig;
+use crate::dedup::{Deduplicator, OutputTopics, Settings};
+use crate::store::{StateStore, StoreConfig};
+
+pub const SERVICE: &str = "deduplicator";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeduplicatorError {
+    #[error("cannot create the Kafka producer: {0}")]
+    Producer(#[source] KafkaError),
+    #[error("cannot read the partitions of {topic}: {source}")]
+    Metadata {
+        topic: String,
+        #[source]
+        source: KafkaError,
+    },
+    #[error("cannot create the changelog topic {topic}: {source}")]
+    Changelog {
+        topic: String,
+        #[source]
+        source: KafkaError,
+    },
+    #[error("changelog {changelog} has {existing} partitions but {input} has {partitions}: each input partition needs its own changelog partition")]
+    ChangelogPartitions {
+        changelog: String,
+        existing: i32,
+        input: String,
+        partitions: i32,
+    },
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Restore(#[from] restore::RestoreError),
+    #[error(transparent)]
+    Consumer(#[from] postback_core::kafka::ConsumerLoopError),
+    #[error("ops server failed: {0}")]
+    Ops(#[source] std::io::Error),
+}
+
+/// Runs the deduplicator until `shutdown`, serving /healthz, /readyz and
+/// /metrics on `ops_listener`.
+pub async fn run(
+    config: DeduplicatorConfig,
+    ops_listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), DeduplicatorError> {
+    let service_metrics = ServiceMetrics::new(SERVICE);
+    let metrics = metrics::DedupMetrics::new(&service_metrics);
+    let readiness = Readiness::new();
+    let producer = Producer::new(&config.kafka, "postback-deduplicator")
+        .map_err(DeduplicatorError::Producer)?;
+    ensure_changelog(&config).await?;
+
+    let store = StateStore::open(&StoreConfig {
+        dir: config.state.dir.clone(),
+        cache_bytes: config.state.cache_mb << 20,
+        memtable_bytes: config.state.memtable_mb << 20,
+    })?;
+    let dedup = Deduplicator::new(
+        store,
+        Settings {
+            window_ms: config.dedup.window().as_millis() as i64,
+            merge_window_ms: config.dedup.merge_window().as_millis() as i64,
+            platforms: config.platforms.clone(),
+            max_emits_per_tick: config.consumer.max_batch,
+        },
+        OutputTopics {
+            status: config.topics.status.clone(),
+            changelog: config.state.changelog_topic.clone(),
+            dispatch: Platform::ALL.map(|p| config.topics.dispatch(p)),
+        },
+        metrics.clone(),
+    );
+    let restorer = restore::Restorer::new(
+        &config.kafka,
+        config.state.changelog_topic.clone(),
+        "postback-deduplicator",
+        Duration::from_secs(config.state.restore_stall_secs),
+        metrics.clone(),
+    )?;
+    let tick = (config.dedup.merge_window() / 20)
+        .clamp(Duration::from_millis(20), Duration::from_millis(250));
+    let mut handler = handler::DedupHandler::new(
+        dedup,
+        restorer,
+        config.topics.enriched.clone(),
+        DeadLetters::new(dedup::STAGE, config.topics.rejected.clone()),
+        metrics,
+        tick,
+    );
+    let consumer = ConsumerLoop::new(
+        &config.kafka,
+        config.consumer.loop_config(
+            "postback-deduplicator",
+            "postback-deduplicator",
+            vec![config.topics.enriched.clone()],
+        ),
+        producer.clone(),
+        &service_metrics,
+    )?;
+    let probe = tokio::spawn(watch_broker(
+        producer.clone(),
+        readiness.clone(),
+        shutdown.clone(),
+    ));
+    let ops = tokio::spawn(ops::serve(
+        ops_listener,
+        ops::router(service_metrics, readiness),
+        shutdown.clone(),
+    ));
+    let result = consumer.run(&mut handler, shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = probe.await;
+    match ops.await {
+        Ok(Err(e)) => return Err(DeduplicatorError::Ops(e)),
+        Err(e) => tracing::error!(error = %e, "ops server panicked"),
+        Ok(Ok(())) => {}
+    }
+    result.map_err(Into::into)
+}
+
+/// Creates the changelog topic if it is missing, with as many partitions as
+/// the input (a changelog partition mirrors an input partition), compacted
+/// and with a retention just past the dedup window; refuses to start if an
+/// existing one does not match the input.
+async fn ensure_changelog(config: &DeduplicatorConfig) -> Result<(), DeduplicatorError> {
+    let changelog = config.state.changelog_topic.clone();
+    let input = config.topics.enriched.clone();
+    let partitions = partition_count(&config.kafka, &input).await?;
+    let retention_ms = config.dedup.window_secs * 1000 + 3_600_000;
+    let mut spec = TopicSpec::new(&changelog, partitions);
+    spec.configs = vec![
+        ("cleanup.policy".into(), "compact,delete".into()),
+        ("retention.ms".into(), retention_ms.to_string()),
+    ];
+    create_topics(&config.kafka, &[spec])
+        .await
+        .map_err(|source| DeduplicatorError::Changelog {
+            topic: changelog.clone(),
+            source,
+        })?;
+    let existing = partition_count(&config.kafka, &changelog).await?;
+    if existing != partitions {
+        return Err(DeduplicatorError::ChangelogPartitions {
+            changelog,
+            existing,
+            input,
+            partitions,
+        });
+    }
+    Ok(())
+}
+
+async fn partition_count(
+    kafka: &postback_core::config::KafkaConfig,
+    topic: &str,
+) -> Result<i32, DeduplicatorError> {
+    let err = |source| DeduplicatorError::Metadata {
+        topic: topic.to_string(),
+        source,
+    };
+    let mut cfg = rdkafka::ClientConfig::new();
+    cfg.set("bootstrap.servers", &kafka.bootstrap_servers);
+    for (k, v) in &kafka.properties {
+        cfg.set(k, v);
+    }
+    let client: BaseConsumer = cfg.create().map_err(err)?;
+    let name = topic.to_string();
+    let metadata = tokio::task::spawn_blocking(move || {
+        client.fetch_metadata(Some(&name), Duration::from_secs(30))
+    })
+    .await
+    .map_err(|_| err(KafkaError::Canceled))?
+    .map_err(err)?;
+    metadata
+        .topics()
+        .first()
+        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+        .map(|t| t.partitions().len() as i32)
+        .ok_or_else(|| {
+            err(KafkaError::MetadataFetch(
+                rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
+            ))
+        })
+}

@@ -1,0 +1,282 @@
+//! Running deduplicators against a private broker: in-process (graceful
+//! stops, metrics) or as a child process (kill -9).
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use postback_core::config::{ConsumerConfig, TopicsConfig};
+use postback_core::model::{ConversionEnriched, DeliveryStatus, Source};
+use postback_core::{Codec, SchemaKind};
+use postback_deduplicator::config::{DedupConfig, DeduplicatorConfig, StateConfig};
+use postback_testkit::fixtures::enriched_report;
+use postback_testkit::{unique, Broker};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const PLATFORMS: [&str; 3] = ["meta", "google_ads", "tiktok"];
+
+pub struct Pipeline {
+    pub broker: Broker,
+    pub topics: TopicsConfig,
+    pub changelog: String,
+    pub group: String,
+    pub input_partitions: i32,
+}
+
+impl Pipeline {
+    pub async fn start(input_partitions: i32) -> anyhow::Result<Pipeline> {
+        let broker = Broker::start().await?;
+        let topics = TopicsConfig {
+            enriched: unique("enriched"),
+            status: unique("status"),
+            rejected: unique("rejected"),
+            dispatch_prefix: format!("{}.", unique("dispatch")),
+            ..TopicsConfig::default()
+        };
+        broker
+            .create_topic(&topics.enriched, input_partitions)
+            .await?;
+        for t in [&topics.status, &topics.rejected] {
+            broker.create_topic(t, 1).await?;
+        }
+        for p in PLATFORMS {
+            broker
+                .create_topic(&format!("{}{p}", topics.dispatch_prefix), 1)
+                .await?;
+        }
+        Ok(Pipeline {
+            broker,
+            topics,
+            // Created by the deduplicator itself, like in production.
+            changelog: unique("changelog"),
+            group: unique("dedup"),
+            input_partitions,
+        })
+    }
+
+    pub fn config(&self, state_dir: &Path, dedup: DedupConfig) -> DeduplicatorConfig {
+        DeduplicatorConfig {
+            kafka: self.broker.kafka_config(),
+            topics: self.topics.clone(),
+            log: Default::default(),
+            ops: Default::default(),
+            consumer: ConsumerConfig {
+                group_id: Some(self.group.clone()),
+                max_batch: 200,
+                linger_ms: 5,
+            },
+            platforms: Default::default(),
+            dedup,
+            state: StateConfig {
+                dir: state_dir.to_path_buf(),
+                changelog_topic: self.changelog.clone(),
+                cache_mb: 8,
+                memtable_mb: 4,
+                restore_stall_secs: 30,
+            },
+        }
+    }
+
+    /// Produces reports, keyed like the collector keys them.
+    pub async fn send(&self, reports: &[ConversionEnriched]) -> anyhow::Result<()> {
+        let codec: Codec<ConversionEnriched> = Codec::new(SchemaKind::ConversionEnriched);
+        for r in reports {
+            self.broker
+                .produce(&self.topics.enriched, &r.key(), &codec.encode(r)?)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Everything on dispatch.<platform> after `n` arrived (or `timeout`),
+    /// plus whatever else shows up within `settle` (to see extra emissions).
+    pub async fn dispatched(
+        &self,
+        platform: &str,
+        n: usize,
+        timeout: Duration,
+        settle: Duration,
+    ) -> anyhow::Result<Vec<ConversionEnriched>> {
+        let topic = format!("{}{platform}", self.topics.dispatch_prefix);
+        let mut got = self.broker.consume(&topic, n, timeout).await?;
+        if got.len() >= n && !settle.is_zero() {
+            // Read again from the start, waiting for one more than expected.
+            got = self.broker.consume(&topic, n + 1, settle).await?;
+        }
+        let codec: Codec<ConversionEnriched> = Codec::new(SchemaKind::ConversionEnriched);
+        got.iter()
+            .map(|r| Ok(codec.decode(r.payload.as_deref().unwrap_or_default())?))
+            .collect()
+    }
+
+    pub async fn statuses(
+        &self,
+        n: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<DeliveryStatus>> {
+        let got = self.broker.consume(&self.topics.status, n, timeout).await?;
+        let codec: Codec<DeliveryStatus> = Codec::new(SchemaKind::DeliveryStatus);
+        got.iter()
+            .map(|r| Ok(codec.decode(r.payload.as_deref().unwrap_or_default())?))
+            .collect()
+    }
+}
+
+pub fn report(id: &str, name: &str, source: Source) -> ConversionEnriched {
+    enriched_report(
+        "acme",
+        id,
+        name,
+        source,
+        postback_core::model::now_millis() - 60_000,
+    )
+}
+
+/// How many times each event id was dispatched.
+pub fn counts(records: &[ConversionEnriched]) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for r in records {
+        *out.entry(format!("{}/{}", r.event_name, r.event_id))
+            .or_default() += 1;
+    }
+    out
+}
+
+/// A deduplicator running inside the test process.
+pub struct InProcess {
+    pub shutdown: CancellationToken,
+    pub ops: String,
+    task: JoinHandle<Result<(), postback_deduplicator::DeduplicatorError>>,
+}
+
+impl InProcess {
+    pub async fn start(config: DeduplicatorConfig) -> anyhow::Result<InProcess> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let ops = format!("http://{}", listener.local_addr()?);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(postback_deduplicator::run(
+            config,
+            listener,
+            shutdown.clone(),
+        ));
+        Ok(InProcess {
+            shutdown,
+            ops,
+            task,
+        })
+    }
+
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        Ok(reqwest::get(format!("{}/metrics", self.ops))
+            .await?
+            .text()
+            .await?)
+    }
+
+    /// A metric's value (summed over its label sets), 0 when absent.
+    pub async fn metric(&self, name: &str) -> anyhow::Result<f64> {
+        Ok(self
+            .metrics()
+            .await?
+            .lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
+    }
+
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.task.await??;
+        Ok(())
+    }
+}
+
+/// A deduplicator as its own process, for kill -9.
+pub struct Process {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Process {
+    pub fn start(config: &DeduplicatorConfig, dir: &Path, name: &str) -> anyhow::Result<Process> {
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(&path, toml_of(config))?;
+        let log = dir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log)?;
+        let child = Command::new(env!("CARGO_BIN_EXE_postback-deduplicator"))
+            .arg("--config")
+            .arg(&path)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::from(file.try_clone()?))
+            .stderr(Stdio::from(file))
+            .spawn()?;
+        Ok(Process { child, log })
+    }
+
+    /// SIGKILL: no shutdown, no final commit, nothing flushed.
+    pub fn kill_9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill_9();
+    }
+}
+
+fn toml_of(c: &DeduplicatorConfig) -> String {
+    format!(
+        r#"[kafka]
+bootstrap_servers = "{bootstrap}"
+
+[topics]
+enriched = "{enriched}"
+status = "{status}"
+rejected = "{rejected}"
+dispatch_prefix = "{dispatch}"
+
+[ops]
+listen = "127.0.0.1:0"
+
+[consumer]
+group_id = "{group}"
+max_batch = {max_batch}
+
+[dedup]
+window_secs = {window}
+merge_window_ms = {merge}
+
+[state]
+dir = "{dir}"
+changelog_topic = "{changelog}"
+cache_mb = 8
+memtable_mb = 4
+
+[log]
+format = "json"
+level = "info"
+"#,
+        bootstrap = c.kafka.bootstrap_servers,
+        enriched = c.topics.enriched,
+        status = c.topics.status,
+        rejected = c.topics.rejected,
+        dispatch = c.topics.dispatch_prefix,
+        group = c
+            .consumer
+            .group_id
+            .as_deref()
+            .unwrap_or("postback-deduplicator"),
+        max_batch = c.consumer.max_batch,
+        window = c.dedup.window_secs,
+        merge = c.dedup.merge_window_ms,
+        dir = c.state.dir.display(),
+        changelog = c.state.changelog_topic,
+    )
+}
