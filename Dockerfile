@@ -7,7 +7,8 @@ RUN cargo build --release --bins && \
 
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --uid 10001 postback
+    && useradd --system --uid 10001 postback \
+    && mkdir -p /var/lib/postback && chown postback /var/lib/postback
 COPY --from=build /out/ /usr/local/bin/
 COPY config/ /etc/postback/
 COPY services/sandbox/sandbox.example.toml /etc/postback/

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Brings the pipeline up locally and runs its main job: the broker (tansu),
-# the collector, the enricher, the platform sandbox, sample traffic, and what
-# landed on the topics.
+# the collector, the enricher, the deduplicator, the platform sandbox, sample
+# traffic, and what landed on the topics.
 #   scripts/run.sh          stay up until Ctrl-C
 #   scripts/run.sh --once   send the sample traffic, check it, stop (smoke test)
 # Ports: KAFKA_PORT (9092), COLLECTOR_PORT (8080), ENRICHER_PORT (9091),
-# SANDBOX_PORT (8090).
+# DEDUPLICATOR_PORT (9093), SANDBOX_PORT (8090).
 source "$(dirname "$0")/lib.sh"
 ONCE=0
 [[ "${1:-}" == "--once" ]] && ONCE=1
@@ -13,6 +13,7 @@ KAFKA_PORT="${KAFKA_PORT:-9092}"
 COLLECTOR_PORT="${COLLECTOR_PORT:-8080}"
 SANDBOX_PORT="${SANDBOX_PORT:-8090}"
 ENRICHER_PORT="${ENRICHER_PORT:-9091}"
+DEDUPLICATOR_PORT="${DEDUPLICATOR_PORT:-9093}"
 BOOTSTRAP="127.0.0.1:$KAFKA_PORT"
 LOGS="$STATE/logs"
 mkdir -p "$LOGS"
@@ -20,7 +21,7 @@ export KAFKA_PORT
 
 "$ROOT/scripts/install-tansu.sh"
 say "building postback (release)"
-"$ROOT/scripts/build.sh" postback-collector postback-enricher postback-sandbox postback-ctl
+"$ROOT/scripts/build.sh" postback-collector postback-enricher postback-deduplicator postback-sandbox postback-ctl
 "$ROOT/scripts/broker.sh" start
 
 pids=()
@@ -46,6 +47,9 @@ POSTBACK_KAFKA__BOOTSTRAP_SERVERS="$BOOTSTRAP" POSTBACK_HTTP__LISTEN="127.0.0.1:
 
 POSTBACK_KAFKA__BOOTSTRAP_SERVERS="$BOOTSTRAP" POSTBACK_OPS__LISTEN="127.0.0.1:$ENRICHER_PORT" \
   start_service enricher "$ROOT/target/release/postback-enricher" --config "$ROOT/config/enricher.local.toml"
+POSTBACK_KAFKA__BOOTSTRAP_SERVERS="$BOOTSTRAP" POSTBACK_OPS__LISTEN="127.0.0.1:$DEDUPLICATOR_PORT" \
+  POSTBACK_STATE__DIR="$STATE/deduplicator" \
+  start_service deduplicator "$ROOT/target/release/postback-deduplicator" --config "$ROOT/config/deduplicator.local.toml"
 POSTBACK_HTTP__LISTEN="127.0.0.1:$SANDBOX_PORT" \
   start_service sandbox "$ROOT/target/release/postback-sandbox" --config "$ROOT/services/sandbox/sandbox.example.toml"
 
@@ -60,6 +64,7 @@ URL="http://127.0.0.1:$COLLECTOR_PORT"
 SANDBOX="http://127.0.0.1:$SANDBOX_PORT"
 wait_ready collector "$URL"
 wait_ready enricher "http://127.0.0.1:$ENRICHER_PORT"
+wait_ready deduplicator "http://127.0.0.1:$DEDUPLICATOR_PORT"
 wait_ready sandbox "$SANDBOX"
 
 status=0
@@ -74,10 +79,24 @@ say "conversions.enriched (hashed identifiers, consent and eligibility per platf
 say "conversions.rejected (dead letters):"
 "$ROOT/target/release/postback-ctl" --bootstrap "$BOOTSTRAP" tail conversions.rejected --timeout-secs 3 \
   | tail -n 2 | cut -c1-400
+say "dispatch.meta (one record per conversion and platform; the browser and server reports of"
+say "order-1001 come out merged once the 10 s merge window closes):"
+dispatched="$("$ROOT/target/release/postback-ctl" --bootstrap "$BOOTSTRAP" tail dispatch.meta --count 1 --timeout-secs 30)"
+echo "$dispatched" | cut -c1-600
+if [[ -z "$dispatched" ]]; then
+  say "nothing reached dispatch.meta; see $LOGS/deduplicator.log"
+  status=$((status + 1))
+fi
+say "conversions.status (the deduplicator's decision per platform: eligible, not_eligible + reason, duplicate):"
+"$ROOT/target/release/postback-ctl" --bootstrap "$BOOTSTRAP" tail conversions.status --timeout-secs 3 \
+  | tail -n 6 | cut -c1-400
 say "collector metrics:"
 curl -s "$URL/metrics" | grep -E '^postback_collector_events_total' || true
 say "enricher metrics (eligibility by platform and reason):"
 curl -s "http://127.0.0.1:$ENRICHER_PORT/metrics" | grep -E '^postback_enricher_(records|eligibility)_total' || true
+say "deduplicator metrics:"
+curl -s "http://127.0.0.1:$DEDUPLICATOR_PORT/metrics" \
+  | grep -E '^postback_deduplicator_(reports|emitted|merges|duplicates)_total|^postback_deduplicator_held_conversions' || true
 say "platform sandbox (Meta test upload, then its admin view):"
 curl -s -X POST "$SANDBOX/v25.0/1234567890123456/events?access_token=EAAsandboxMetaToken" \
   -H 'Content-Type: application/json' \
@@ -101,6 +120,7 @@ cat >&2 <<MSG
 postback is running:
   collector   $URL   (POST /v1/events, POST /v1/collect, /metrics, /readyz)
   enricher    http://127.0.0.1:$ENRICHER_PORT   (/metrics, /readyz)
+  dedup       http://127.0.0.1:$DEDUPLICATOR_PORT   (/metrics, /readyz; state in $STATE/deduplicator)
   sandbox     $SANDBOX   (Meta, Google Ads, TikTok endpoints; /admin/events, /admin/stats)
   broker      $BOOTSTRAP
   logs        $LOGS

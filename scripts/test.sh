@@ -5,8 +5,8 @@
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 "$ROOT/scripts/setup.sh"
-export POSTBACK_PYTHON
-POSTBACK_PYTHON="$(venv_python)"
+export AVRO_CROSSCHECK_PYTHON
+AVRO_CROSSCHECK_PYTHON="$(venv_python)"
 
 say "cargo fmt --check"
 cargo fmt --all -- --check

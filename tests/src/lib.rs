@@ -78,18 +78,26 @@ impl Broker {
                 });
             }
         }
-        let dir = tempfile::Builder::new()
-            .prefix("postback-tansu")
-            .tempdir()?;
-        let port = free_port();
-        let mut broker = Broker {
-            bootstrap: format!("127.0.0.1:{port}"),
-            port,
-            dir: Some(dir),
-            child: None,
-        };
-        broker.spawn().await?;
-        Ok(broker)
+        // A free port can be taken by another test between our check and
+        // tansu's bind; tansu then exits, and we try another port.
+        let mut last_error = None;
+        for _ in 0..5 {
+            let dir = tempfile::Builder::new()
+                .prefix("postback-tansu")
+                .tempdir()?;
+            let port = free_port();
+            let mut broker = Broker {
+                bootstrap: format!("127.0.0.1:{port}"),
+                port,
+                dir: Some(dir),
+                child: None,
+            };
+            match broker.spawn().await {
+                Ok(()) => return Ok(broker),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| anyhow::anyhow!("tansu did not start")))
     }
 
     /// Whether this test owns the broker process (and so can stop it).
@@ -149,6 +157,20 @@ impl Broker {
             if let Some(c) = self.child.as_mut() {
                 if let Ok(Some(status)) = c.try_wait() {
                     bail!("tansu exited at start: {status}");
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Something answered on the port; make sure it is our broker and not
+        // another test's that got the port first (ours would exit on bind).
+        for _ in 0..6 {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    self.child = None;
+                    bail!(
+                        "tansu exited at start (port {} taken?): {status}",
+                        self.port
+                    );
                 }
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -259,7 +259,7 @@ fn a_reader_that_does_not_know_the_writer_schema_reports_unknown_schema() {
 }
 
 /// fastavro, an independent implementation, decodes our bytes and agrees on
-/// the fingerprint. scripts/test installs it; set POSTBACK_PYTHON to choose
+/// the fingerprint. scripts/test installs it; set AVRO_CROSSCHECK_PYTHON to choose
 /// the interpreter.
 #[test]
 fn fastavro_decodes_what_the_services_write() {
@@ -304,7 +304,7 @@ fn fastavro_decodes_what_the_services_write() {
     }
     let manifest_path = dir.path().join("manifest.json");
     std::fs::write(&manifest_path, serde_json::to_vec(&manifest).unwrap()).unwrap();
-    let python = std::env::var("POSTBACK_PYTHON").unwrap_or_else(|_| "python3".into());
+    let python = std::env::var("AVRO_CROSSCHECK_PYTHON").unwrap_or_else(|_| "python3".into());
     let script = format!(
         "{}/../../scripts/avro_crosscheck.py",
         env!("CARGO_MANIFEST_DIR")

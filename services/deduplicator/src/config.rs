@@ -37,7 +37,7 @@ pub struct DeduplicatorConfig {
 
 fn default_ops() -> OpsConfig {
     OpsConfig {
-        listen: SocketAddr::from(([0, 0, 0, 0], 9092)),
+        listen: SocketAddr::from(([0, 0, 0, 0], 9093)),
     }
 }
 

@@ -90,10 +90,15 @@ async fn topics(kafka: &KafkaConfig, args: &mut Args) -> anyhow::Result<()> {
         );
         if let Some(configs) = parts.next() {
             for kv in configs.split(',') {
-                let (k, v) = kv
-                    .split_once('=')
-                    .with_context(|| format!("{file}:{}: config `{kv}`", n + 1))?;
-                spec.configs.push((k.to_string(), v.to_string()));
+                match (kv.split_once('='), spec.configs.last_mut()) {
+                    (Some((k, v)), _) => spec.configs.push((k.to_string(), v.to_string())),
+                    // A list value: cleanup.policy=compact,delete.
+                    (None, Some((_, v))) if !kv.is_empty() => {
+                        v.push(',');
+                        v.push_str(kv);
+                    }
+                    (None, _) => bail!("{file}:{}: config `{kv}` is not key=value", n + 1),
+                }
             }
         }
         specs.push(spec);

@@ -96,7 +96,8 @@ pub trait RecordHandler: Send {
     fn tick(&mut self, _out: &mut Vec<OutboundRecord>) {}
 
     /// Every output pushed since the last call is acknowledged;
-    /// `deliveries[i]` is where the i-th one landed. An error stops the loop
+    /// `deliveries[i]` is where the i-th one landed (partition -1 for an
+    /// output dropped because the broker can never take it). An error stops the loop
     /// before the batch's offsets are stored.
     fn on_acknowledged(&mut self, _deliveries: &[Delivered]) -> Result<(), HandlerError> {
         Ok(())
@@ -148,6 +149,7 @@ struct LoopMetrics {
     batch_seconds: Histogram,
     produced: IntCounterVec,
     delivery_retries: IntCounter,
+    dropped_outputs: IntCounterVec,
     dropped_revoked: IntCounter,
     receive_errors: IntCounter,
 }
@@ -179,6 +181,11 @@ impl LoopMetrics {
             delivery_retries: m.counter(
                 "delivery_retries_total",
                 "Times a batch's outputs were re-sent after the broker did not acknowledge them.",
+            ),
+            dropped_outputs: m.counter_vec(
+                "dropped_outputs_total",
+                "Outputs the broker can never take (larger than it accepts), dropped so the partition goes on, by topic.",
+                &["topic"],
             ),
             dropped_revoked: m.counter(
                 "consumer_revoked_records_total",
@@ -526,6 +533,25 @@ impl ConsumerLoop {
             let Some((i, error)) = first_failure else {
                 return Some(deliveries);
             };
+            if !error.is_retriable() {
+                // The broker can never take this record (too large): holding
+                // the batch would stop the partition for good. Count it,
+                // say which topic, and go on without it; its slot in the
+                // deliveries is marked so a handler can tell.
+                let dropped = &outputs[start + i];
+                self.metrics
+                    .dropped_outputs
+                    .with_label_values(&[dropped.topic.as_str()])
+                    .inc();
+                tracing::error!(%error, topic = %dropped.topic, bytes = dropped.payload.len(),
+                    "output can never be written; dropped");
+                deliveries.push(Delivered {
+                    partition: -1,
+                    offset: -1,
+                });
+                start += i + 1;
+                continue;
+            }
             // Re-send from the first failure on, so that per-key order holds;
             // records after it that did land are written again (duplicates
             // are absorbed downstream, losses would not be).

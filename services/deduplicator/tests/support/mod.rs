@@ -208,10 +208,17 @@ impl Process {
         std::fs::write(&path, toml_of(config))?;
         let log = dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log)?;
-        let child = Command::new(env!("CARGO_BIN_EXE_postback-deduplicator"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_postback-deduplicator"));
+        // The configuration is strict: the test's own POSTBACK_* variables
+        // would be read as (unknown) configuration keys.
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("POSTBACK_") {
+                command.env_remove(name);
+            }
+        }
+        let child = command
             .arg("--config")
             .arg(&path)
-            .env_remove("RUST_LOG")
             .stdout(Stdio::from(file.try_clone()?))
             .stderr(Stdio::from(file))
             .spawn()?;
