@@ -63,6 +63,10 @@ pub enum DedupError {
     /// A record could not be encoded for an output: it becomes a dead letter.
     #[error(transparent)]
     Codec(#[from] CodecError),
+    /// A changelog record was dropped as too large for the broker: the state
+    /// it carries would be lost on the next restore, so the stage stops.
+    #[error("changelog record for partition {partition} could not be written (too large)")]
+    ChangelogDropped { partition: i32 },
 }
 
 /// What became of one report.
@@ -443,7 +447,12 @@ impl Deduplicator {
                 Some(key.as_bytes().to_vec()),
                 state.encode(),
             )
-            .to_partition(partition),
+            .to_partition(partition)
+            // The changelog claims the emission happened: written only once
+            // the dispatch and status records are acknowledged, so a crash
+            // between them re-emits (absorbed by the platforms' dedup)
+            // rather than losing the conversion.
+            .deferred(),
         );
         self.pending
             .entry(partition)
@@ -454,10 +463,14 @@ impl Deduplicator {
     /// The outputs pushed since the last call are acknowledged
     /// (`deliveries[i]` for the i-th): the staged state goes to the store,
     /// with the changelog offsets it now reflects.
-    pub fn acknowledged(&mut self, deliveries: &[Delivered]) -> Result<(), StoreError> {
+    pub fn acknowledged(&mut self, deliveries: &[Delivered]) -> Result<(), DedupError> {
         let mut checkpoints: BTreeMap<i32, i64> = BTreeMap::new();
-        for (slot, partition) in self.changelog_slots.drain(..) {
+        for (slot, partition) in std::mem::take(&mut self.changelog_slots) {
             match deliveries.get(slot) {
+                Some(d) if d.partition < 0 => {
+                    self.pending.clear();
+                    return Err(DedupError::ChangelogDropped { partition });
+                }
                 Some(d) if d.partition == partition => {
                     let c = checkpoints.entry(partition).or_insert(0);
                     *c = (*c).max(d.offset + 1);

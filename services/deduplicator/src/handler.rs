@@ -14,7 +14,6 @@ use postback_core::{Codec, CodecError, SchemaKind};
 use crate::dedup::{DedupError, Deduplicator, Outcome};
 use crate::metrics::DedupMetrics;
 use crate::restore::Restorer;
-use crate::store::StoreError;
 
 pub struct DedupHandler {
     dedup: Deduplicator,
@@ -26,7 +25,7 @@ pub struct DedupHandler {
     tick_interval: Duration,
     /// A store failure seen while handling: the loop stops at the next
     /// acknowledgement, before the batch's offsets are stored.
-    fatal: Option<StoreError>,
+    fatal: Option<DedupError>,
     gauges_updated: Option<Instant>,
 }
 
@@ -122,7 +121,9 @@ impl RecordHandler for DedupHandler {
         {
             Ok(outcome) => self.count(outcome, source),
             Err(DedupError::Codec(e)) => self.dead_letter(record, &e, out),
-            Err(DedupError::Store(e)) => self.fatal = Some(e),
+            Err(e @ (DedupError::Store(_) | DedupError::ChangelogDropped { .. })) => {
+                self.fatal = Some(e)
+            }
         }
     }
 
@@ -163,7 +164,9 @@ impl RecordHandler for DedupHandler {
         }
         match self.dedup.tick(now_millis(), out) {
             Ok(_) => {}
-            Err(DedupError::Store(e)) => self.fatal = Some(e),
+            Err(e @ (DedupError::Store(_) | DedupError::ChangelogDropped { .. })) => {
+                self.fatal = Some(e)
+            }
             Err(DedupError::Codec(e)) => {
                 tracing::error!(error = %e, "cannot encode an emitted conversion")
             }

@@ -251,8 +251,15 @@ fn decide(
             states_consent(held.consent.as_ref()),
             states_consent(incoming.consent.as_ref()),
         ) {
-            (true, false) => ConsentDecision::of(h),
-            (false, true) => ConsentDecision::of(i),
+            // Limited data use restricts, so it holds if either side asked.
+            (true, false) => ConsentDecision {
+                limited_data_use: h.limited_data_use || i.limited_data_use,
+                ..ConsentDecision::of(h)
+            },
+            (false, true) => ConsentDecision {
+                limited_data_use: h.limited_data_use || i.limited_data_use,
+                ..ConsentDecision::of(i)
+            },
             _ => {
                 let (h, i) = (ConsentDecision::of(h), ConsentDecision::of(i));
                 ConsentDecision {
@@ -488,6 +495,29 @@ mod tests {
             .decisions
             .iter()
             .all(|d| !d.send_click_ids && d.limited_data_use));
+    }
+
+    #[test]
+    fn limited_data_use_from_either_side_holds() {
+        // The server asks for LDU without stating consent flags; the browser
+        // states a grant: the grant decides, LDU still applies.
+        let mut s = server();
+        s.consent = Some(Consent {
+            limited_data_use: Some(true),
+            ..Default::default()
+        });
+        for d in &mut s.decisions {
+            d.limited_data_use = true;
+        }
+        let mut b = browser();
+        b.consent = Some(Consent {
+            ad_storage: Some("granted".into()),
+            ad_user_data: Some("granted".into()),
+            ..Default::default()
+        });
+        let m = merge(s, b, &PlatformWindows::default(), NOW);
+        assert!(m.decisions.iter().all(|d| d.limited_data_use));
+        assert_eq!(m.consent.unwrap().limited_data_use, Some(true));
     }
 
     #[test]

@@ -120,10 +120,12 @@ impl StateStore {
     /// or truncated, so the local copy cannot be brought up to date).
     pub fn clear_partition(&mut self, partition: i32) -> Result<(), StoreError> {
         self.open_partition(partition)?;
+        // The checkpoint goes first: a crash half-way must leave "restore
+        // from scratch", never an emptied state that claims an offset.
+        self.meta.remove(checkpoint_key(partition))?;
         let ks = self.keyspaces(partition)?;
         ks.state.clear()?;
         ks.held.clear()?;
-        self.meta.remove(checkpoint_key(partition))?;
         Ok(())
     }
 
@@ -262,13 +264,15 @@ impl CompactionFilter for ExpiryFilter {
         ctx: &Context,
     ) -> fjall::compaction::filter::CompactionFilterResult {
         let expired = encoded_expiry(&item.value()?).is_some_and(|at| at <= self.now);
-        Ok(match (expired, ctx.is_last_level) {
-            (false, _) => Verdict::Keep,
-            // Nothing older lies below the last level, so no tombstone is
-            // needed; above it, a tombstone keeps older versions hidden
-            // (they expired earlier still, but lookups need not know that).
-            (true, true) => Verdict::Destroy,
-            (true, false) => Verdict::Remove,
+        // Remove, never Destroy: a key is written several times (held, then
+        // emitted), the filter sees each version on its own, and destroying
+        // the newest would bring back an older held one. The tombstone keeps
+        // them all hidden until compaction drops it at the last level.
+        let _ = ctx;
+        Ok(if expired {
+            Verdict::Remove
+        } else {
+            Verdict::Keep
         })
     }
 }
@@ -373,6 +377,49 @@ mod tests {
         s.clear_partition(3).unwrap();
         assert_eq!(s.get(3, &b).unwrap(), None);
         assert_eq!(s.checkpoint(3).unwrap(), None);
+    }
+
+    #[test]
+    fn compaction_never_brings_back_an_older_version() {
+        // Held, then emitted (and since expired), in two different tables:
+        // compaction filters each version on its own.
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = store(dir.path());
+        s.open_partition(0).unwrap();
+        let k = DedupKey::new("t", "Purchase", "twice-written");
+        let held = state(
+            Phase::Held {
+                emit_at: 1,
+                record: vec![9; 16],
+            },
+            i64::MAX,
+        );
+        let expired = state(Phase::Emitted { at: 2 }, 1);
+        let ks = s.keyspaces(0).unwrap().state.clone();
+        s.write(
+            [Change {
+                partition: 0,
+                key: &k,
+                state: Some(&held),
+            }],
+            &[],
+        )
+        .unwrap();
+        ks.rotate_memtable_and_wait().unwrap();
+        s.write(
+            [Change {
+                partition: 0,
+                key: &k,
+                state: Some(&expired),
+            }],
+            &[],
+        )
+        .unwrap();
+        ks.rotate_memtable_and_wait().unwrap();
+        ks.major_compact().unwrap();
+        let now = s.get(0, &k).unwrap();
+        assert!(now.as_ref().is_none_or(|st| !st.is_held()), "{now:?}");
+        assert!(s.held(0).unwrap().is_empty());
     }
 
     #[test]

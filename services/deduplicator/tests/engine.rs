@@ -368,6 +368,61 @@ fn not_eligible_and_unconfigured_platforms() {
 }
 
 #[test]
+fn a_dropped_changelog_record_stops_the_stage_and_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = open(dir.path(), MERGE);
+    h.dedup
+        .report(
+            0,
+            1,
+            report("big", "Purchase", Source::Server),
+            T0,
+            &mut h.out,
+        )
+        .unwrap();
+    // The loop marks an output the broker could never take with partition -1.
+    let dropped: Vec<Delivered> = h
+        .out
+        .iter()
+        .map(|_| Delivered {
+            partition: -1,
+            offset: -1,
+        })
+        .collect();
+    assert!(h.dedup.acknowledged(&dropped).is_err());
+    h.out.clear();
+    // Nothing reached the store: the record is handled anew after a restart.
+    drop(h);
+    let mut h = open(dir.path(), MERGE);
+    assert_eq!(
+        h.replay(0, 1, report("big", "Purchase", Source::Server), T0),
+        Outcome::Held
+    );
+}
+
+#[test]
+fn changelog_records_are_written_after_what_they_claim() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = open(dir.path(), 0);
+    let o = h
+        .dedup
+        .report(
+            0,
+            1,
+            report("order", "Purchase", Source::Server),
+            T0,
+            &mut h.out,
+        )
+        .unwrap();
+    assert_eq!(o, Outcome::Emitted);
+    let (deferred, first): (Vec<_>, Vec<_>) = h.out.iter().partition(|o| o.deferred);
+    assert_eq!(deferred.len(), 1);
+    assert_eq!(deferred[0].topic, "changelog");
+    assert!(first.iter().all(|o| o.topic != "changelog") && first.len() == 6);
+    h.ack();
+}
+
+#[test]
 fn a_released_partition_stops_emitting() {
     let dir = tempfile::tempdir().unwrap();
     let mut h = open(dir.path(), MERGE);

@@ -153,7 +153,7 @@ async fn keys_expire_after_the_window() -> anyhow::Result<()> {
     let dedup = InProcess::start(p.config(
         state.path(),
         DedupConfig {
-            window_secs: 3,
+            window_secs: 6,
             merge_window_ms: 0,
         },
     ))
@@ -164,7 +164,7 @@ async fn keys_expire_after_the_window() -> anyhow::Result<()> {
         1
     );
     p.send(&[report("exp", "Purchase", Source::Server)]).await?;
-    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    tokio::time::sleep(Duration::from_millis(6_500)).await;
     p.send(&[report("exp", "Purchase", Source::Server)]).await?;
     let sent = p.dispatched("tiktok", 2, WAIT, SETTLE).await?;
     assert_eq!(

@@ -40,7 +40,7 @@ async fn kill_9_with_held_conversions_loses_nothing_and_emits_nothing_twice() ->
         &dir.path().join("state"),
         DedupConfig {
             window_secs: 3600,
-            merge_window_ms: 2_000,
+            merge_window_ms: 3_000,
         },
     );
     let mut first = Process::start(&config, dir.path(), "first")?;
@@ -55,9 +55,19 @@ async fn kill_9_with_held_conversions_loses_nothing_and_emits_nothing_twice() ->
         "log: {}",
         std::fs::read_to_string(&first.log)?
     );
-    // Held at the crash: c-100..c-149, inside their merge window.
+    // Held at the crash: c-100..c-149, inside their merge window (kill as
+    // soon as the deduplicator holds some, whatever the machine's load).
     p.send(&reports(100..150, Source::Browser)).await?;
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    let started = Instant::now();
+    while first
+        .metric("postback_deduplicator_held_conversions")
+        .await
+        .unwrap_or(0.0)
+        == 0.0
+    {
+        anyhow::ensure!(started.elapsed() < WAIT, "nothing held");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     first.kill_9();
 
     // While it is down: the other side of the held ones, new conversions,

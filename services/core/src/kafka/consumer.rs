@@ -413,7 +413,7 @@ impl ConsumerLoop {
             if batch.is_empty() && outputs.is_empty() {
                 continue;
             }
-            let Some(deliveries) = self.deliver(&outputs, shutdown).await else {
+            let Some(deliveries) = self.deliver_in_order(&outputs, shutdown).await else {
                 // Shut down while the broker would not take the outputs: the
                 // batch's offsets stay uncommitted and it is replayed later.
                 break;
@@ -499,6 +499,35 @@ impl ConsumerLoop {
         self.metrics
             .dropped_revoked
             .inc_by((before - batch.len()) as u64);
+    }
+
+    /// Writes the outputs, the deferred ones only once all others are
+    /// acknowledged; returns where each landed, in the order of `outputs`.
+    async fn deliver_in_order(
+        &self,
+        outputs: &[OutboundRecord],
+        shutdown: &CancellationToken,
+    ) -> Option<Vec<Delivered>> {
+        if !outputs.iter().any(|o| o.deferred) {
+            return self.deliver(outputs, shutdown).await;
+        }
+        let (deferred, first): (Vec<(usize, &OutboundRecord)>, Vec<_>) =
+            outputs.iter().enumerate().partition(|(_, o)| o.deferred);
+        let mut deliveries = vec![
+            Delivered {
+                partition: -1,
+                offset: -1
+            };
+            outputs.len()
+        ];
+        for group in [first, deferred] {
+            let records: Vec<OutboundRecord> = group.iter().map(|(_, o)| (*o).clone()).collect();
+            let landed = self.deliver(&records, shutdown).await?;
+            for ((i, _), d) in group.iter().zip(landed) {
+                deliveries[*i] = d;
+            }
+        }
+        Some(deliveries)
     }
 
     /// Writes every output, retrying from the first unacknowledged one until

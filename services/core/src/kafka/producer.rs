@@ -23,6 +23,11 @@ pub struct OutboundRecord {
     pub partition: Option<i32>,
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
+    /// Written only after every other output of its batch is acknowledged.
+    /// For records that claim the others happened (a state changelog): they
+    /// go to other partitions, whose acknowledgements come in any order, and
+    /// a claim must never land without what it claims.
+    pub deferred: bool,
 }
 
 impl OutboundRecord {
@@ -32,7 +37,14 @@ impl OutboundRecord {
             partition: None,
             key,
             payload,
+            deferred: false,
         }
+    }
+
+    /// The record, written after the rest of its batch (see `deferred`).
+    pub fn deferred(mut self) -> Self {
+        self.deferred = true;
+        self
     }
 
     /// The record, written to exactly `partition` (a changelog partition
@@ -230,6 +242,11 @@ fn resolve(
             partition: delivery.partition,
             offset: delivery.offset,
         }),
+        // The broker's own size limit (message.max.bytes) can be below the
+        // producer's: same verdict, retrying cannot help.
+        Ok(Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _))) => {
+            Err(DeliveryError::TooLarge)
+        }
         Ok(Err((e, _))) => Err(DeliveryError::NotAcknowledged(e.to_string())),
         Err(_) => Err(DeliveryError::Cancelled),
     }

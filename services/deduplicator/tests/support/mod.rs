@@ -180,13 +180,7 @@ impl InProcess {
 
     /// A metric's value (summed over its label sets), 0 when absent.
     pub async fn metric(&self, name: &str) -> anyhow::Result<f64> {
-        Ok(self
-            .metrics()
-            .await?
-            .lines()
-            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum())
+        Ok(sum_metric(&self.metrics().await?, name))
     }
 
     pub async fn stop(self) -> anyhow::Result<()> {
@@ -200,12 +194,14 @@ impl InProcess {
 pub struct Process {
     child: Child,
     pub log: PathBuf,
+    pub ops: String,
 }
 
 impl Process {
     pub fn start(config: &DeduplicatorConfig, dir: &Path, name: &str) -> anyhow::Result<Process> {
         let path = dir.join(format!("{name}.toml"));
-        std::fs::write(&path, toml_of(config))?;
+        let port = postback_testkit::free_port();
+        std::fs::write(&path, toml_of(config, port))?;
         let log = dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log)?;
         let mut command = Command::new(env!("CARGO_BIN_EXE_postback-deduplicator"));
@@ -222,7 +218,23 @@ impl Process {
             .stdout(Stdio::from(file.try_clone()?))
             .stderr(Stdio::from(file))
             .spawn()?;
-        Ok(Process { child, log })
+        Ok(Process {
+            child,
+            log,
+            ops: format!("http://127.0.0.1:{port}"),
+        })
+    }
+
+    /// A metric's value (summed over its label sets); None while the
+    /// process does not answer yet.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let text = reqwest::get(format!("{}/metrics", self.ops))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        Some(sum_metric(&text, name))
     }
 
     /// SIGKILL: no shutdown, no final commit, nothing flushed.
@@ -238,7 +250,14 @@ impl Drop for Process {
     }
 }
 
-fn toml_of(c: &DeduplicatorConfig) -> String {
+fn sum_metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn toml_of(c: &DeduplicatorConfig, ops_port: u16) -> String {
     format!(
         r#"[kafka]
 bootstrap_servers = "{bootstrap}"
@@ -250,7 +269,7 @@ rejected = "{rejected}"
 dispatch_prefix = "{dispatch}"
 
 [ops]
-listen = "127.0.0.1:0"
+listen = "127.0.0.1:{ops_port}"
 
 [consumer]
 group_id = "{group}"
