@@ -8,3 +8,4 @@ cd "$ROOT"
 "$ROOT/scripts/install-tansu.sh"
 cargo bench -p postback-collector --bench collector_throughput
 cargo bench -p postback-enricher --bench enricher_throughput
+cargo bench -p postback-deduplicator --bench dedup_throughput

@@ -120,8 +120,15 @@ pub async fn run(
         metrics,
         tick,
     );
+    // A partition's restore runs between polls; give it room before the
+    // group counts this member as stuck (unless the operator chose).
+    let mut kafka = config.kafka.clone();
+    kafka
+        .consumer_properties
+        .entry("max.poll.interval.ms".into())
+        .or_insert_with(|| "900000".into());
     let consumer = ConsumerLoop::new(
-        &config.kafka,
+        &kafka,
         config.consumer.loop_config(
             "postback-deduplicator",
             "postback-deduplicator",
