@@ -42,6 +42,10 @@ use postback_testkit::{unique, Broker};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
 
+// As in the deduplicator's binary.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const PARTITIONS: i32 = 6;
 
 fn env(name: &str, default: usize) -> usize {

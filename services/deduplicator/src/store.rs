@@ -9,10 +9,13 @@
 //! prefix of what was written, including its changelog checkpoint.
 //!
 //! Layout: one database per instance; per input partition a `state.<p>`
-//! keyspace (dedup key -> `KeyState` bytes) and a small `held.<p>` index of
-//! the keys waiting for their merge window (dedup key -> emit time), so the
-//! timers can be rebuilt without scanning every key. The `meta` keyspace
-//! keeps, per partition, the changelog offset the state reflects.
+//! keyspace (dedup key -> `KeyState` bytes, small: a held state's record is
+//! not in it) and a `held.<p>` keyspace of the conversions waiting for
+//! their merge window (dedup key -> emit time and the merged record), so the
+//! timers can be rebuilt without scanning every key, and the big keyspace's
+//! compactions never rewrite kilobyte records that live for seconds. The
+//! `meta` keyspace keeps, per partition, the changelog offset the state
+//! reflects.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -22,7 +25,7 @@ use fjall::compaction::filter::{CompactionFilter, Context, Factory, ItemAccessor
 use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 
 use crate::key::DedupKey;
-use crate::state::{encoded_expiry, KeyState};
+use crate::state::{encoded_expiry, KeyState, Phase};
 
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
@@ -136,11 +139,22 @@ impl StateStore {
     }
 
     pub fn get(&self, partition: i32, key: &DedupKey) -> Result<Option<KeyState>, StoreError> {
-        let Some(bytes) = self.keyspaces(partition)?.state.get(key.as_bytes())? else {
+        let ks = self.keyspaces(partition)?;
+        let Some(bytes) = ks.state.get(key.as_bytes())? else {
             return Ok(None);
         };
         match KeyState::decode(&bytes) {
-            Ok(s) => Ok(Some(s)),
+            Ok(mut s) => {
+                if let Phase::Held { record, .. } = &mut s.phase {
+                    match ks.held.get(key.as_bytes())? {
+                        Some(entry) if entry.len() >= 8 => *record = entry[8..].to_vec(),
+                        // Left empty: emitting it fails to decode and is
+                        // reported as unreadable state.
+                        _ => tracing::error!(partition, "held state without its record"),
+                    }
+                }
+                Ok(Some(s))
+            }
             Err(e) => {
                 // Only this process writes the store; a value it cannot read
                 // is treated as absent (the key is seen as new) rather than
@@ -171,18 +185,30 @@ impl StateStore {
             let ks = self.keyspaces(c.partition)?;
             let key = c.key.as_bytes();
             match c.state {
-                Some(state) => {
-                    batch.insert(&ks.state, key, state.encode());
-                    match state.phase {
-                        crate::state::Phase::Held { emit_at, .. } => {
-                            batch.insert(&ks.held, key, emit_at.to_be_bytes())
-                        }
-                        // The held index is tiny and mostly in memory: a
-                        // lookup is cheaper than a tombstone per write.
-                        _ if ks.held.contains_key(key)? => batch.remove(&ks.held, key),
-                        _ => {}
+                Some(state) => match &state.phase {
+                    Phase::Held { emit_at, record } => {
+                        let small = KeyState {
+                            phase: Phase::Held {
+                                emit_at: *emit_at,
+                                record: Vec::new(),
+                            },
+                            ..state.clone()
+                        };
+                        batch.insert(&ks.state, key, small.encode());
+                        let mut entry = Vec::with_capacity(8 + record.len());
+                        entry.extend_from_slice(&emit_at.to_be_bytes());
+                        entry.extend_from_slice(record);
+                        batch.insert(&ks.held, key, entry);
                     }
-                }
+                    Phase::Emitted { .. } => {
+                        batch.insert(&ks.state, key, state.encode());
+                        // The held keyspace is small and mostly in memory: a
+                        // lookup is cheaper than a tombstone per write.
+                        if ks.held.contains_key(key)? {
+                            batch.remove(&ks.held, key);
+                        }
+                    }
+                },
                 None => {
                     batch.remove(&ks.state, key);
                     if ks.held.contains_key(key)? {
@@ -203,7 +229,8 @@ impl StateStore {
         let mut out = Vec::new();
         for guard in self.keyspaces(partition)?.held.iter() {
             let (k, v) = guard.into_inner()?;
-            let (Ok(key), Ok(at)) = (DedupKey::from_bytes(&k), <[u8; 8]>::try_from(&v[..])) else {
+            let at = v.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok());
+            let (Ok(key), Some(at)) = (DedupKey::from_bytes(&k), at) else {
                 tracing::error!(partition, "unreadable held-index entry skipped");
                 continue;
             };
@@ -280,7 +307,7 @@ impl CompactionFilter for ExpiryFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{FrontEnd, Phase, Sources};
+    use crate::state::{FrontEnd, Sources};
     use postback_core::model::Source;
 
     fn state(phase: Phase, expires_at: i64) -> KeyState {
@@ -355,7 +382,13 @@ mod tests {
         s.open_partition(3).unwrap();
         assert_eq!(s.checkpoint(3).unwrap(), Some(11));
         assert_eq!(s.checkpoint(4).unwrap(), None);
-        assert!(s.get(3, &a).unwrap().unwrap().is_held());
+        assert_eq!(
+            s.get(3, &a).unwrap().unwrap().phase,
+            Phase::Held {
+                emit_at: 500,
+                record: vec![1, 2, 3]
+            }
+        );
         assert_eq!(
             s.get(3, &b).unwrap().unwrap().phase,
             Phase::Emitted { at: 9 }
