@@ -237,14 +237,26 @@ impl<'de> de::Deserializer<'de> for Datum<'_, '_> {
 
     fn deserialize_enum<V: Visitor<'de>>(
         self,
-        _name: &'static str,
-        _variants: &'static [&'static str],
+        name: &'static str,
+        variants: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, DecodeError> {
         match self.schema {
             Schema::Enum(e) => {
                 let i = self.input.len()?;
                 match e.symbols.get(i) {
+                    // Avro's rule for a symbol the reader does not know: the
+                    // enum's default (a newer writer added a status, say).
+                    // Defaults never change between versions, so the
+                    // writer's is the reader's.
+                    Some(s) if !variants.contains(&s.as_str()) => match &e.default {
+                        Some(d) if variants.contains(&d.as_str()) => {
+                            visitor.visit_enum(d.as_str().into_deserializer())
+                        }
+                        _ => err(format!(
+                            "enum symbol `{s}` unknown to the reader and no default"
+                        )),
+                    },
                     Some(s) => visitor.visit_enum(s.as_str().into_deserializer()),
                     None => err(format!("enum index {i} out of range")),
                 }
@@ -256,7 +268,7 @@ impl<'de> de::Deserializer<'de> for Datum<'_, '_> {
                     input: self.input,
                     schema: variant,
                 }
-                .deserialize_enum(_name, _variants, visitor)
+                .deserialize_enum(name, variants, visitor)
             }
             other => err(format!("expected an enum, the writer has {other:?}")),
         }
@@ -402,5 +414,41 @@ impl<'de> de::MapAccess<'de> for Entries<'_, '_> {
             input: self.input,
             schema: self.schema,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ServerSideStatus;
+
+    #[derive(Debug, serde::Deserialize)]
+    struct Status {
+        server_side: ServerSideStatus,
+    }
+
+    fn schema(symbols: &str) -> Schema {
+        Schema::parse_str(&format!(
+            r#"{{"type": "record", "name": "S", "fields": [{{"name": "server_side", "type":
+               {{"type": "enum", "name": "ServerSideStatus", "symbols": [{symbols}], "default": "unknown"}}}}]}}"#
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_symbol_the_reader_does_not_know_reads_as_the_default() {
+        // A newer writer with a status this reader lacks ("throttled", index 1).
+        let newer = schema(r#""delivered", "throttled", "unknown""#);
+        let (s, _) = from_slice::<Status>(&newer, &[2]).unwrap();
+        assert_eq!(s.server_side, ServerSideStatus::Unknown);
+        let (s, _) = from_slice::<Status>(&newer, &[0]).unwrap();
+        assert_eq!(s.server_side, ServerSideStatus::Delivered);
+        // Without a default it stays an error, as Avro says.
+        let no_default = Schema::parse_str(
+            r#"{"type": "record", "name": "S", "fields": [{"name": "server_side", "type":
+               {"type": "enum", "name": "E", "symbols": ["delivered", "throttled"]}}]}"#,
+        )
+        .unwrap();
+        assert!(from_slice::<Status>(&no_default, &[2]).is_err());
     }
 }
