@@ -5,6 +5,7 @@
 //! behind. When `KAFKA_BOOTSTRAP_SERVERS` is set the tests use that broker
 //! instead (real Kafka) and isolate themselves by unique topic names.
 
+pub mod bench;
 pub mod fixtures;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -18,17 +18,11 @@
 //! BENCH_RATE (default 20000).
 
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::stream::{self, StreamExt};
 use postback_core::dead_letter::DeadLetters;
 use postback_core::eligibility::PlatformWindows;
-use postback_core::kafka::{
-    producer_config, ConsumerLoop, ConsumerLoopConfig, Delivered, HandlerError, InboundRecord,
-    OutboundRecord, Producer, RecordHandler, TopicPartition,
-};
+use postback_core::kafka::{Delivered, OutboundRecord};
 use postback_core::metrics::ServiceMetrics;
 use postback_core::model::{now_millis, ConversionEnriched, Source};
 use postback_core::{Codec, SchemaKind};
@@ -37,10 +31,9 @@ use postback_deduplicator::handler::DedupHandler;
 use postback_deduplicator::metrics::DedupMetrics;
 use postback_deduplicator::restore::Restorer;
 use postback_deduplicator::store::{StateStore, StoreConfig};
+use postback_testkit::bench::{fill, timed, PassThrough};
 use postback_testkit::fixtures::enriched_report;
 use postback_testkit::{unique, Broker};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use tokio_util::sync::CancellationToken;
 
 // As in the deduplicator's binary.
 #[global_allocator]
@@ -205,85 +198,6 @@ impl Engine {
     }
 }
 
-/// Forwards everything to the stage's handler; stops the loop once `target`
-/// records were handled.
-struct Counting<H> {
-    inner: H,
-    seen: Arc<AtomicUsize>,
-    target: usize,
-    done: CancellationToken,
-}
-
-impl<H: RecordHandler> RecordHandler for Counting<H> {
-    fn handle(&mut self, record: &InboundRecord, out: &mut Vec<OutboundRecord>) {
-        self.inner.handle(record, out);
-        if self.seen.fetch_add(1, Ordering::Relaxed) + 1 >= self.target {
-            self.done.cancel();
-        }
-    }
-    fn on_assigned(&mut self, p: &[TopicPartition]) -> Result<(), HandlerError> {
-        self.inner.on_assigned(p)
-    }
-    fn on_revoked(&mut self, p: &[TopicPartition]) {
-        self.inner.on_revoked(p)
-    }
-    fn tick_interval(&self) -> Option<Duration> {
-        self.inner.tick_interval()
-    }
-    fn tick(&mut self, out: &mut Vec<OutboundRecord>) {
-        self.inner.tick(out)
-    }
-    fn on_acknowledged(&mut self, d: &[Delivered]) -> Result<(), HandlerError> {
-        self.inner.on_acknowledged(d)
-    }
-}
-
-struct PassThrough {
-    topic: String,
-}
-
-impl RecordHandler for PassThrough {
-    fn handle(&mut self, r: &InboundRecord, out: &mut Vec<OutboundRecord>) {
-        out.push(OutboundRecord::new(
-            self.topic.clone(),
-            r.key.clone(),
-            r.payload.clone().unwrap_or_default(),
-        ));
-    }
-}
-
-async fn timed<H: RecordHandler>(
-    broker: &Broker,
-    input: &str,
-    name: &str,
-    handler: H,
-    n: usize,
-) -> anyhow::Result<f64> {
-    let kafka = broker.kafka_config();
-    let consumer = ConsumerLoop::new(
-        &kafka,
-        ConsumerLoopConfig {
-            group_id: unique(name),
-            client_id: name.into(),
-            topics: vec![input.into()],
-            max_batch: 1000,
-            linger: Duration::from_millis(5),
-        },
-        Producer::new(&kafka, name)?,
-        &ServiceMetrics::new("bench"),
-    )?;
-    let done = CancellationToken::new();
-    let mut counting = Counting {
-        inner: handler,
-        seen: Arc::new(AtomicUsize::new(0)),
-        target: n,
-        done: done.clone(),
-    };
-    let started = Instant::now();
-    consumer.run(&mut counting, done).await?;
-    Ok(n as f64 / started.elapsed().as_secs_f64())
-}
-
 struct BrokerRun {
     dedup: f64,
     pass: f64,
@@ -317,20 +231,7 @@ async fn through_broker(
             Ok((r.key(), codec.encode(&r)?))
         })
         .collect::<Result<_, postback_core::CodecError>>()?;
-    let producer: FutureProducer =
-        producer_config(&broker.kafka_config(), "bench-fill").create()?;
-    let failed = stream::iter(records.iter())
-        .map(|(k, p)| {
-            producer.send(
-                FutureRecord::to(&input).key(&k[..]).payload(&p[..]),
-                Duration::from_secs(30),
-            )
-        })
-        .buffer_unordered(5000)
-        .filter(|r| futures::future::ready(r.is_err()))
-        .count()
-        .await;
-    anyhow::ensure!(failed == 0, "{failed} input records not written");
+    fill(broker, &input, &records).await?;
 
     let pass = timed(
         broker,

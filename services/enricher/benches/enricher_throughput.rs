@@ -6,17 +6,10 @@
 //! `scripts/bench.sh`, or `cargo bench -p postback-enricher --bench enricher_throughput`.
 //! BENCH_EVENTS (default 100000).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use futures::stream::{self, StreamExt};
 use postback_core::dead_letter::DeadLetters;
 use postback_core::eligibility::PlatformWindows;
-use postback_core::kafka::{
-    producer_config, ConsumerLoop, ConsumerLoopConfig, InboundRecord, OutboundRecord, Producer,
-    RecordHandler,
-};
 use postback_core::metrics::ServiceMetrics;
 use postback_core::model::*;
 use postback_core::{Codec, Platform, SchemaKind};
@@ -24,9 +17,8 @@ use postback_enricher::config::{ConsentDefault, TenantConfig, TenantConsent};
 use postback_enricher::enrich::Enricher;
 use postback_enricher::handler::EnrichHandler;
 use postback_enricher::metrics::EnricherMetrics;
+use postback_testkit::bench::{fill, timed, PassThrough};
 use postback_testkit::{unique, Broker};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use tokio_util::sync::CancellationToken;
 
 const USER_AGENTS: &[&str] = &[
     "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Mobile/15E148 Safari/604.1",
@@ -88,70 +80,6 @@ fn raw(i: usize, now: i64) -> ConversionRaw {
     }
 }
 
-/// Counts handled records and stops the loop when all arrived.
-struct Counting<H> {
-    inner: H,
-    seen: Arc<AtomicUsize>,
-    target: usize,
-    done: CancellationToken,
-}
-
-impl<H: RecordHandler> RecordHandler for Counting<H> {
-    fn handle(&mut self, record: &InboundRecord, out: &mut Vec<OutboundRecord>) {
-        self.inner.handle(record, out);
-        if self.seen.fetch_add(1, Ordering::Relaxed) + 1 >= self.target {
-            self.done.cancel();
-        }
-    }
-}
-
-async fn timed<H: RecordHandler>(
-    broker: &Broker,
-    input: &str,
-    name: &str,
-    handler: H,
-    n: usize,
-) -> anyhow::Result<f64> {
-    let kafka = broker.kafka_config();
-    let producer = Producer::new(&kafka, name)?;
-    let consumer = ConsumerLoop::new(
-        &kafka,
-        ConsumerLoopConfig {
-            group_id: unique(name),
-            client_id: name.into(),
-            topics: vec![input.into()],
-            max_batch: 1000,
-            linger: Duration::from_millis(5),
-        },
-        producer,
-        &ServiceMetrics::new("bench"),
-    )?;
-    let done = CancellationToken::new();
-    let mut counting = Counting {
-        inner: handler,
-        seen: Arc::new(AtomicUsize::new(0)),
-        target: n,
-        done: done.clone(),
-    };
-    let started = Instant::now();
-    consumer.run(&mut counting, done).await?;
-    Ok(n as f64 / started.elapsed().as_secs_f64())
-}
-
-struct PassThrough {
-    topic: String,
-}
-
-impl RecordHandler for PassThrough {
-    fn handle(&mut self, r: &InboundRecord, out: &mut Vec<OutboundRecord>) {
-        out.push(OutboundRecord::new(
-            self.topic.clone(),
-            r.key.clone(),
-            r.payload.clone().unwrap_or_default(),
-        ));
-    }
-}
-
 // One core: the stage's own work runs on this one thread (librdkafka keeps
 // its I/O threads either way, for both runs alike).
 #[tokio::main(flavor = "current_thread")]
@@ -178,20 +106,7 @@ async fn main() -> anyhow::Result<()> {
             Ok((r.key(), codec.encode(&r)?))
         })
         .collect::<Result<_, postback_core::CodecError>>()?;
-    let producer: FutureProducer =
-        producer_config(&broker.kafka_config(), "bench-fill").create()?;
-    let failed = stream::iter(records.iter())
-        .map(|(k, p)| {
-            producer.send(
-                FutureRecord::to(&input).key(&k[..]).payload(&p[..]),
-                Duration::from_secs(30),
-            )
-        })
-        .buffer_unordered(5000)
-        .filter(|r| futures::future::ready(r.is_err()))
-        .count()
-        .await;
-    anyhow::ensure!(failed == 0, "{failed} input records not written");
+    fill(&broker, &input, &records).await?;
 
     let pass = timed(
         &broker,
