@@ -1,0 +1,163 @@
+//! A tenant's account on the platform: its credentials, the pace its quota
+//! allows this instance, how many requests may be in flight, and whether the
+//! platform told it to back off.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use postback_core::Platform;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use crate::config::{DispatcherConfig, GoogleAdsAccount, MetaAccount, TiktokAccount};
+use crate::pacing::Pacer;
+
+pub enum Credentials {
+    Meta(MetaAccount),
+    GoogleAds(GoogleAdsAccount),
+    Tiktok(TiktokAccount),
+}
+
+pub struct Account {
+    pub tenant: String,
+    /// The platform's id of the account (pixel, customer); logs only.
+    pub id: String,
+    pub credentials: Credentials,
+    pub pacer: Pacer,
+    pub requests: Semaphore,
+    throttle: Mutex<Option<Instant>>,
+    throttle_streak: AtomicU32,
+}
+
+impl Account {
+    fn new(
+        tenant: &str,
+        id: &str,
+        credentials: Credentials,
+        quota: Option<f64>,
+        config: &DispatcherConfig,
+    ) -> Self {
+        Account {
+            tenant: tenant.to_owned(),
+            id: id.to_owned(),
+            credentials,
+            pacer: Pacer::new(quota, config.dispatch.quota_headroom),
+            requests: Semaphore::new(config.dispatch.max_concurrent_requests),
+            throttle: Mutex::new(None),
+            throttle_streak: AtomicU32::new(0),
+        }
+    }
+
+    /// When the platform last asked this account to come back, if later
+    /// than now.
+    pub fn throttled_until(&self) -> Option<Instant> {
+        let guard = match self.throttle.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        guard.filter(|t| *t > Instant::now())
+    }
+
+    /// The platform throttled a request: every request of the account waits
+    /// `retry_after` if it said, else a pause that doubles while throttles
+    /// keep coming. Returns when requests may go again.
+    pub fn throttled(&self, retry_after: Option<Duration>, pause: Duration) -> Instant {
+        let streak = self.throttle_streak.fetch_add(1, Ordering::Relaxed).min(6);
+        let wait = retry_after.unwrap_or_else(|| pause * 2u32.pow(streak));
+        let until = Instant::now() + wait;
+        let mut guard = match self.throttle.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let until = guard.map_or(until, |t| t.max(until));
+        *guard = Some(until);
+        until
+    }
+
+    /// The platform failed a request (5xx, timeout): the other requests of
+    /// the account hold back until `until` too, rather than each finding
+    /// out on its own (one probe, not a stampede, while a platform is down).
+    pub fn hold_until(&self, until: Instant) {
+        let mut guard = match self.throttle.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        *guard = Some(guard.map_or(until, |t| t.max(until)));
+    }
+
+    /// A request went through: throttling is over.
+    pub fn answered(&self) {
+        self.throttle_streak.store(0, Ordering::Relaxed);
+    }
+}
+
+/// Every configured account of the platform, by tenant.
+pub struct Accounts {
+    by_tenant: HashMap<String, Arc<Account>>,
+}
+
+impl Accounts {
+    pub fn from_config(config: &DispatcherConfig) -> Self {
+        let mut by_tenant = HashMap::new();
+        match config.platform() {
+            Platform::Meta => {
+                for (tenant, a) in &config.meta.accounts {
+                    let account = Account::new(
+                        tenant,
+                        &a.pixel_id,
+                        Credentials::Meta(a.clone()),
+                        a.quota_per_sec,
+                        config,
+                    );
+                    by_tenant.insert(tenant.clone(), Arc::new(account));
+                }
+            }
+            Platform::GoogleAds => {
+                for (tenant, a) in &config.google_ads.accounts {
+                    let account = Account::new(
+                        tenant,
+                        &a.customer_id,
+                        Credentials::GoogleAds(a.clone()),
+                        a.quota_per_sec,
+                        config,
+                    );
+                    by_tenant.insert(tenant.clone(), Arc::new(account));
+                }
+            }
+            Platform::Tiktok => {
+                for (tenant, a) in &config.tiktok.accounts {
+                    let account = Account::new(
+                        tenant,
+                        &a.pixel_code,
+                        Credentials::Tiktok(a.clone()),
+                        a.quota_per_sec,
+                        config,
+                    );
+                    by_tenant.insert(tenant.clone(), Arc::new(account));
+                }
+            }
+        }
+        Accounts { by_tenant }
+    }
+
+    pub fn get(&self, tenant: &str) -> Option<&Arc<Account>> {
+        self.by_tenant.get(tenant)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_tenant.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_tenant.is_empty()
+    }
+
+    /// This instance now owns `share` of the input partitions.
+    pub fn set_share(&self, share: f64) {
+        for a in self.by_tenant.values() {
+            a.pacer.set_share(share);
+        }
+    }
+}

@@ -1,0 +1,353 @@
+//! Meta Conversions API: `POST {base}/{version}/{pixel_id}/events`.
+//!
+//! One invalid event fails the whole request (HTTP 400, Graph API error
+//! object); throttling is a Graph error code (4, 17, 32, 341, 613), whatever
+//! the HTTP status. The token travels in the JSON body, never in the URL, so
+//! no proxy or access log ever holds it.
+
+use postback_core::model::{hex, ConversionEnriched, PlatformIdentifiers};
+use postback_core::Platform;
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+
+use super::{
+    decimal_number, index_after, retry_after, transport_error, unexpected, Answer, Reason,
+};
+use crate::config::{MetaAccount, MetaConfig};
+
+/// Graph API error codes that mean "slow down".
+const THROTTLE_CODES: &[i64] = &[4, 17, 32, 341, 613, 80004];
+/// Graph API codes for a temporary problem on Meta's side.
+const TRANSIENT_CODES: &[i64] = &[1, 2];
+const INVALID_TOKEN: i64 = 190;
+const TOO_OLD_SUBCODE: i64 = 2_804_003;
+
+pub struct MetaAdapter {
+    base_url: String,
+    version: String,
+    http: reqwest::Client,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    data: &'a [&'a Value],
+    access_token: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    test_event_code: Option<&'a str>,
+}
+
+impl MetaAdapter {
+    pub fn new(config: &MetaConfig, http: reqwest::Client) -> Self {
+        MetaAdapter {
+            base_url: config.base_url.clone(),
+            version: config.api_version.clone(),
+            http,
+        }
+    }
+
+    /// One server event, as the reference describes it.
+    pub fn row(&self, _account: &MetaAccount, e: &ConversionEnriched) -> Value {
+        let platform = Platform::Meta.as_str();
+        let decision = e.decisions.iter().find(|d| d.platform == platform);
+        let send_user_data = decision.is_none_or(|d| d.send_user_data);
+        let send_click_ids = decision.is_none_or(|d| d.send_click_ids);
+        let ldu = decision.is_some_and(|d| d.limited_data_use);
+        let page_url = e.page.as_ref().and_then(|p| p.url.clone());
+        let client = e.client.as_ref();
+
+        let mut user = Map::new();
+        if send_user_data {
+            if let Some(ids) = e.identifiers.iter().find(|i| i.platform == platform) {
+                hashed_user_data(ids, &mut user);
+            }
+            if let Some(ip) = client.and_then(|c| c.ip.as_ref()) {
+                user.insert("client_ip_address".into(), json!(ip));
+            }
+        }
+        if let Some(ua) = client.and_then(|c| c.user_agent.as_ref()) {
+            user.insert("client_user_agent".into(), json!(ua));
+        }
+        if send_click_ids {
+            if let Some(c) = &e.click_ids {
+                if let Some(fbc) = &c.fbc {
+                    user.insert("fbc".into(), json!(fbc));
+                }
+                if let Some(fbp) = &c.fbp {
+                    user.insert("fbp".into(), json!(fbp));
+                }
+            }
+        }
+
+        let action_source = e.action_source.clone().unwrap_or_else(|| {
+            if page_url.is_some() {
+                "website".into()
+            } else {
+                "system_generated".into()
+            }
+        });
+        let mut event = Map::new();
+        event.insert("event_name".into(), json!(e.event_name));
+        event.insert("event_time".into(), json!(e.event_time.div_euclid(1000)));
+        event.insert("event_id".into(), json!(e.event_id));
+        event.insert("action_source".into(), json!(action_source));
+        if let Some(url) = page_url {
+            event.insert("event_source_url".into(), json!(url));
+        }
+        event.insert("user_data".into(), Value::Object(user));
+        if let Some(custom) = custom_data(e) {
+            event.insert("custom_data".into(), Value::Object(custom));
+        }
+        if ldu {
+            // LDU with country/state 0: Meta geolocates the event itself.
+            event.insert("data_processing_options".into(), json!(["LDU"]));
+            event.insert("data_processing_options_country".into(), json!(0));
+            event.insert("data_processing_options_state".into(), json!(0));
+        }
+        Value::Object(event)
+    }
+
+    pub async fn send(&self, account: &MetaAccount, rows: &[&Value]) -> Answer {
+        let url = format!(
+            "{}/{}/{}/events",
+            self.base_url, self.version, account.pixel_id
+        );
+        let body = Body {
+            data: rows,
+            access_token: &account.access_token,
+            test_event_code: account.test_event_code.as_deref(),
+        };
+        let response = match self.http.post(&url).json(&body).send().await {
+            Ok(r) => r,
+            Err(e) => return transport_error(e),
+        };
+        let status = response.status();
+        let retry = retry_after(response.headers());
+        let text = match response.bytes().await {
+            Ok(b) => b,
+            Err(e) => return transport_error(e),
+        };
+        classify(status, retry, &text)
+    }
+}
+
+fn hashed_user_data(ids: &PlatformIdentifiers, user: &mut Map<String, Value>) {
+    for (key, digest) in [
+        ("em", &ids.email),
+        ("ph", &ids.phone),
+        ("fn", &ids.first_name),
+        ("ln", &ids.last_name),
+        ("db", &ids.date_of_birth),
+        ("ge", &ids.gender),
+        ("ct", &ids.city),
+        ("st", &ids.region),
+        ("zp", &ids.postal_code),
+        ("country", &ids.country),
+        ("external_id", &ids.external_id),
+    ] {
+        if let Some(d) = digest {
+            user.insert(key.into(), json!([hex(d)]));
+        }
+    }
+}
+
+fn custom_data(e: &ConversionEnriched) -> Option<Map<String, Value>> {
+    let order = e.order.as_ref()?;
+    let mut c = Map::new();
+    if let Some(v) = order.value.as_deref().and_then(decimal_number) {
+        c.insert("value".into(), v);
+    }
+    if let Some(cur) = &order.currency {
+        c.insert("currency".into(), json!(cur.to_ascii_uppercase()));
+    }
+    if let Some(id) = &order.order_id {
+        c.insert("order_id".into(), json!(id));
+    }
+    let contents: Vec<Value> = order
+        .items
+        .iter()
+        .filter_map(|item| {
+            let id = item.id.as_ref()?;
+            let mut o = Map::new();
+            o.insert("id".into(), json!(id));
+            if let Some(q) = item.quantity {
+                o.insert("quantity".into(), json!(q));
+            }
+            if let Some(p) = item.price.as_deref().and_then(decimal_number) {
+                o.insert("item_price".into(), p);
+            }
+            Some(Value::Object(o))
+        })
+        .collect();
+    if !contents.is_empty() {
+        let ids: Vec<Value> = contents.iter().map(|c| c["id"].clone()).collect();
+        c.insert("content_ids".into(), Value::Array(ids));
+        c.insert("content_type".into(), json!("product"));
+        let items: i64 = order.items.iter().map(|i| i.quantity.unwrap_or(1)).sum();
+        c.insert("num_items".into(), json!(items));
+        c.insert("contents".into(), Value::Array(contents));
+    }
+    (!c.is_empty()).then_some(c)
+}
+
+/// What Meta's answer means.
+pub fn classify(
+    status: reqwest::StatusCode,
+    retry: Option<std::time::Duration>,
+    body: &[u8],
+) -> Answer {
+    let Ok(value) = serde_json::from_slice::<Value>(body) else {
+        return unexpected(status, retry);
+    };
+    if status.is_success() {
+        if value.get("events_received").is_some() {
+            return Answer::Accepted {
+                request_id: value
+                    .get("fbtrace_id")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
+            };
+        }
+        return unexpected(status, retry);
+    }
+    let Some(error) = value.get("error") else {
+        return unexpected(status, retry);
+    };
+    let code = error.get("code").and_then(Value::as_i64).unwrap_or(0);
+    let subcode = error.get("error_subcode").and_then(Value::as_i64);
+    let message = error
+        .get("message")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let title = error
+        .get("error_user_title")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let request_id = error
+        .get("fbtrace_id")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let code_label = match subcode {
+        Some(s) => format!("{code}/{s}"),
+        None => code.to_string(),
+    };
+    let explanation = if title.is_empty() || message.contains(title) {
+        message.to_owned()
+    } else {
+        format!("{title}: {message}")
+    };
+    let reason = Reason::new(code_label, explanation);
+    if THROTTLE_CODES.contains(&code) || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+        return Answer::Throttled {
+            reason,
+            retry_after: retry,
+        };
+    }
+    let transient = error
+        .get("is_transient")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    if code == INVALID_TOKEN
+        || transient
+        || status.is_server_error()
+        || TRANSIENT_CODES.contains(&code)
+    {
+        return Answer::Transient {
+            reason,
+            retry_after: retry,
+        };
+    }
+    let user_msg = error
+        .get("error_user_msg")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let index = index_after(message, "data[").or_else(|| index_after(user_msg, "data["));
+    Answer::Rejected {
+        request_id,
+        reason,
+        index,
+        expired: subcode == Some(TOO_OLD_SUBCODE),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::StatusCode;
+
+    #[test]
+    fn success_carries_the_trace_id() {
+        let a = classify(
+            StatusCode::OK,
+            None,
+            br#"{"events_received":2,"messages":[],"fbtrace_id":"AbC"}"#,
+        );
+        assert_eq!(
+            a,
+            Answer::Accepted {
+                request_id: Some("AbC".into())
+            }
+        );
+    }
+
+    #[test]
+    fn throttle_is_the_code_not_the_status() {
+        let a = classify(
+            StatusCode::BAD_REQUEST,
+            None,
+            br#"{"error":{"message":"(#17) User request limit reached","code":17,"is_transient":true}}"#,
+        );
+        assert!(matches!(a, Answer::Throttled { .. }), "{a:?}");
+    }
+
+    #[test]
+    fn a_bad_event_names_its_index_and_age_is_expiry() {
+        let a = classify(
+            StatusCode::BAD_REQUEST,
+            None,
+            br#"{"error":{"message":"(#100) param data[7].user_data.em must be a SHA-256 hash","code":100,"fbtrace_id":"T"}}"#,
+        );
+        let Answer::Rejected {
+            index,
+            expired,
+            reason,
+            request_id,
+        } = a
+        else {
+            panic!("{a:?}")
+        };
+        assert_eq!((index, expired), (Some(7), false));
+        assert_eq!(reason.code, "100");
+        assert_eq!(request_id.as_deref(), Some("T"));
+        let a = classify(
+            StatusCode::BAD_REQUEST,
+            None,
+            br#"{"error":{"message":"Invalid parameter","code":100,"error_subcode":2804003,"error_user_msg":"The parameter data[0].event_time"}}"#,
+        );
+        assert!(matches!(
+            a,
+            Answer::Rejected {
+                expired: true,
+                index: Some(0),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn outages_and_bad_tokens_are_transient() {
+        for (status, body) in [
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                &br#"{"error":{"code":2,"message":"(#2) Service temporarily unavailable"}}"#[..],
+            ),
+            (
+                StatusCode::UNAUTHORIZED,
+                br#"{"error":{"code":190,"message":"Invalid OAuth access token"}}"#,
+            ),
+            (StatusCode::BAD_GATEWAY, b"<html>bad gateway</html>"),
+        ] {
+            let a = classify(status, None, body);
+            assert!(matches!(a, Answer::Transient { .. }), "{a:?}");
+        }
+    }
+}

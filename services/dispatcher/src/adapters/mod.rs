@@ -1,0 +1,290 @@
+//! One adapter per platform: how an enriched conversion becomes a row of the
+//! platform's request, and how the platform's answer becomes an [`Answer`].
+//!
+//! Adapters know the wire format and the meaning of every answer; they know
+//! nothing of retries, pacing or Kafka. The delivery engine acts on what they
+//! classify, the same way for every platform.
+
+pub mod google_ads;
+pub mod google_oauth;
+pub mod meta;
+pub mod tiktok;
+
+use std::time::Duration;
+
+use postback_core::eligibility::PLATFORM_NOT_CONFIGURED;
+use postback_core::model::ConversionEnriched;
+use postback_core::Platform;
+use reqwest::header::HeaderMap;
+use serde_json::Value;
+
+use crate::account::{Account, Credentials};
+use crate::config::DispatcherConfig;
+
+/// A platform's reason, split into a short code (a metric label: bounded,
+/// from the platform's own vocabulary) and its explanation (status records).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reason {
+    pub code: String,
+    pub message: String,
+}
+
+impl Reason {
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Reason {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+
+    /// For a status record: code and explanation, bounded in size.
+    pub fn describe(&self) -> String {
+        let mut s = if self.message.is_empty() {
+            self.code.clone()
+        } else {
+            format!("{}: {}", self.code, self.message)
+        };
+        if s.len() > 500 {
+            let cut = (0..=500)
+                .rev()
+                .find(|i| s.is_char_boundary(*i))
+                .unwrap_or(0);
+            s.truncate(cut);
+        }
+        s
+    }
+}
+
+/// What one row of a request that the platform answered row by row became.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RowResult {
+    Delivered,
+    /// The platform already has it (a resend after a crash): delivered.
+    AlreadyDelivered,
+    Rejected(Reason),
+    /// Too old for the platform.
+    Expired(Reason),
+    /// Try this row again later (e.g. Google's TOO_RECENT_EVENT).
+    Retry(Reason),
+}
+
+/// How the platform answered one request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// Every event was accepted.
+    Accepted { request_id: Option<String> },
+    /// The platform answered per row (Google's partial failure);
+    /// `rows[i]` is the i-th event of the request.
+    Rows {
+        request_id: Option<String>,
+        rows: Vec<RowResult>,
+    },
+    /// The whole request was refused for its content (Meta and TikTok refuse
+    /// a batch for one bad event). `index` is the event the error names, if
+    /// it names one; `expired` when the reason is the event's age.
+    Rejected {
+        request_id: Option<String>,
+        reason: Reason,
+        index: Option<usize>,
+        expired: bool,
+    },
+    /// Slow down; not a failure of the events.
+    Throttled {
+        reason: Reason,
+        retry_after: Option<Duration>,
+    },
+    /// Try again later (5xx, timeouts, connection errors, credentials the
+    /// platform refused): counts as a failed attempt.
+    Transient {
+        reason: Reason,
+        retry_after: Option<Duration>,
+    },
+}
+
+impl Answer {
+    /// The requests_total outcome label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Answer::Accepted { .. } => "accepted",
+            Answer::Rows { rows, .. } => {
+                if rows
+                    .iter()
+                    .all(|r| matches!(r, RowResult::Delivered | RowResult::AlreadyDelivered))
+                {
+                    "accepted"
+                } else {
+                    "partial"
+                }
+            }
+            Answer::Rejected { .. } => "rejected",
+            Answer::Throttled { .. } => "throttled",
+            Answer::Transient { .. } => "transient",
+        }
+    }
+}
+
+/// Why a conversion cannot be sent on this platform at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotSendable {
+    pub reason: &'static str,
+    pub detail: String,
+}
+
+impl NotSendable {
+    pub fn not_configured(detail: impl Into<String>) -> Self {
+        NotSendable {
+            reason: PLATFORM_NOT_CONFIGURED,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// The adapter of the platform this dispatcher serves.
+pub enum Adapter {
+    Meta(meta::MetaAdapter),
+    GoogleAds(google_ads::GoogleAdsAdapter),
+    Tiktok(tiktok::TiktokAdapter),
+}
+
+impl Adapter {
+    pub fn new(config: &DispatcherConfig, http: reqwest::Client) -> Self {
+        match config.platform() {
+            Platform::Meta => Adapter::Meta(meta::MetaAdapter::new(&config.meta, http)),
+            Platform::GoogleAds => {
+                Adapter::GoogleAds(google_ads::GoogleAdsAdapter::new(&config.google_ads, http))
+            }
+            Platform::Tiktok => Adapter::Tiktok(tiktok::TiktokAdapter::new(&config.tiktok, http)),
+        }
+    }
+
+    /// The request row for `event`, built once and reused by every attempt.
+    pub fn row(&self, account: &Account, event: &ConversionEnriched) -> Result<Value, NotSendable> {
+        match (self, &account.credentials) {
+            (Adapter::Meta(a), Credentials::Meta(c)) => Ok(a.row(c, event)),
+            (Adapter::GoogleAds(a), Credentials::GoogleAds(c)) => a.row(c, event),
+            (Adapter::Tiktok(a), Credentials::Tiktok(_)) => Ok(a.row(event)),
+            _ => Err(NotSendable::not_configured(
+                "the account is for another platform",
+            )),
+        }
+    }
+
+    /// What, besides the account, events must share to go in one request
+    /// (TikTok's event_source is per request).
+    pub fn group(&self, event: &ConversionEnriched) -> &'static str {
+        match self {
+            Adapter::Tiktok(_) => tiktok::event_source(event.action_source.as_deref()),
+            _ => "",
+        }
+    }
+
+    /// Sends `rows` (all of `group`) as one request of `account`.
+    pub async fn send(&self, account: &Account, group: &str, rows: &[&Value]) -> Answer {
+        match (self, &account.credentials) {
+            (Adapter::Meta(a), Credentials::Meta(c)) => a.send(c, rows).await,
+            (Adapter::GoogleAds(a), Credentials::GoogleAds(c)) => a.send(c, rows).await,
+            (Adapter::Tiktok(a), Credentials::Tiktok(c)) => a.send(c, group, rows).await,
+            _ => Answer::Transient {
+                reason: Reason::new("misconfigured", "the account is for another platform"),
+                retry_after: None,
+            },
+        }
+    }
+}
+
+/// Retry-After in seconds (the HTTP-date form is rare on these APIs and
+/// falls back to the configured pause).
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+/// A transport failure: never the platform's verdict on the events.
+pub fn transport_error(e: reqwest::Error) -> Answer {
+    let code = if e.is_timeout() {
+        "timeout"
+    } else if e.is_connect() {
+        "connect"
+    } else if e.is_decode() {
+        "bad_response"
+    } else {
+        "transport"
+    };
+    // Without the URL: Meta's carries nothing secret, but keep one rule.
+    Answer::Transient {
+        reason: Reason::new(code, e.without_url().to_string()),
+        retry_after: None,
+    }
+}
+
+/// An answer that is not in the platform's shape (a proxy's error page, say).
+pub fn unexpected(status: reqwest::StatusCode, retry: Option<Duration>) -> Answer {
+    let reason = Reason::new(
+        format!("http_{}", status.as_u16()),
+        "answer not in the platform's format",
+    );
+    if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+        Answer::Throttled {
+            reason,
+            retry_after: retry,
+        }
+    } else {
+        Answer::Transient {
+            reason,
+            retry_after: retry,
+        }
+    }
+}
+
+/// The index after `prefix` in a field path (`data[3].user_data` with
+/// `data[`, `data.3.user` with `data.`), if the platform's error names one.
+pub fn index_after(text: &str, prefix: &str) -> Option<usize> {
+    let at = text.find(prefix)? + prefix.len();
+    let digits: String = text[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+/// Decimal text as the JSON number the platforms want.
+pub fn decimal_number(text: &str) -> Option<Value> {
+    let d: rust_decimal::Decimal = text.trim().parse().ok()?;
+    let f: f64 = rust_decimal::prelude::ToPrimitive::to_f64(&d)?;
+    serde_json::Number::from_f64(f).map(Value::Number)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indexes_are_read_from_field_paths() {
+        assert_eq!(
+            index_after("(#100) param data[17].user_data.em must", "data["),
+            Some(17)
+        );
+        assert_eq!(index_after("data.3.user.email: Must be", "data."), Some(3));
+        assert_eq!(index_after("Batch.0.properties", "Batch."), Some(0));
+        assert_eq!(index_after("no index here", "data["), None);
+    }
+
+    #[test]
+    fn reasons_are_bounded() {
+        let r = Reason::new("100", "é".repeat(400));
+        assert!(r.describe().len() <= 500);
+        assert!(r.describe().starts_with("100: "));
+    }
+
+    #[test]
+    fn decimals_become_numbers() {
+        assert_eq!(decimal_number("129.90"), Some(serde_json::json!(129.9)));
+        assert_eq!(decimal_number("x"), None);
+    }
+}

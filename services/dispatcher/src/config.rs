@@ -1,0 +1,555 @@
+//! The dispatcher's configuration: which platform it serves, the accounts of
+//! every tenant on that platform (credentials, ids, quota), and how it
+//! batches, paces and retries.
+//!
+//! Accounts are tables keyed by tenant, so a secret can come from the
+//! environment without touching the file:
+//! `POSTBACK_META__ACCOUNTS__DEMO__ACCESS_TOKEN=...`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use postback_core::config::{
+    ConfigError, ConsumerConfig, KafkaConfig, LogConfig, OpsConfig, TopicsConfig, Validate,
+};
+use postback_core::eligibility::PlatformWindows;
+use postback_core::Platform;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DispatcherConfig {
+    /// The platform this instance serves (`--platform` sets it too).
+    #[serde(default)]
+    pub platform: Option<Platform>,
+    #[serde(default)]
+    pub kafka: KafkaConfig,
+    #[serde(default)]
+    pub topics: TopicsConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default = "default_ops")]
+    pub ops: OpsConfig,
+    #[serde(default)]
+    pub consumer: ConsumerConfig,
+    /// How old an event each platform still accepts.
+    #[serde(default)]
+    pub platforms: PlatformWindows,
+    #[serde(default)]
+    pub dispatch: DispatchConfig,
+    #[serde(default)]
+    pub meta: MetaConfig,
+    #[serde(default)]
+    pub google_ads: GoogleAdsConfig,
+    #[serde(default)]
+    pub tiktok: TiktokConfig,
+}
+
+fn default_ops() -> OpsConfig {
+    OpsConfig {
+        listen: SocketAddr::from(([0, 0, 0, 0], 9094)),
+    }
+}
+
+/// Batching, pacing and retries; the same for every platform.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DispatchConfig {
+    /// Most events per request; 0 means the platform's own limit (Meta
+    /// 1,000, Google Ads 2,000, TikTok 1,000), and more is capped to it.
+    #[serde(default)]
+    pub max_batch_events: usize,
+    /// How long a batch that is not full waits for more events.
+    #[serde(default = "default_linger_ms")]
+    pub linger_ms: u64,
+    /// Events read but without a final outcome yet; past it the consumer
+    /// pauses (lag grows, memory does not).
+    #[serde(default = "default_max_pending")]
+    pub max_pending_events: usize,
+    /// Requests in flight per account at once.
+    #[serde(default = "default_concurrency")]
+    pub max_concurrent_requests: usize,
+    /// One request's timeout (connect, send and answer).
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Failed attempts (5xx, timeouts, auth) after which a conversion is
+    /// failed and dead-lettered for replay. Throttles never count.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// First retry delay; doubles per failed attempt, with full jitter.
+    #[serde(default = "default_backoff_initial_ms")]
+    pub backoff_initial_ms: u64,
+    #[serde(default = "default_backoff_max_ms")]
+    pub backoff_max_ms: u64,
+    /// Pause after a throttle answer that says nothing about when to come back.
+    #[serde(default = "default_throttle_pause_ms")]
+    pub throttle_pause_ms: u64,
+    /// Share of the account quota actually used, so that the instances'
+    /// pacing jitter never adds up to more than the quota.
+    #[serde(default = "default_quota_headroom")]
+    pub quota_headroom: f64,
+    /// Split a rejected batch around the event the platform's error names
+    /// (checked by sending it alone) before falling back to halving.
+    #[serde(default = "yes")]
+    pub use_error_index: bool,
+}
+
+fn default_linger_ms() -> u64 {
+    250
+}
+fn default_max_pending() -> usize {
+    20_000
+}
+fn default_concurrency() -> usize {
+    4
+}
+fn default_request_timeout_ms() -> u64 {
+    30_000
+}
+fn default_max_attempts() -> u32 {
+    // With the default backoff (0.5 s doubling to 5 min): about an hour.
+    20
+}
+fn default_backoff_initial_ms() -> u64 {
+    500
+}
+fn default_backoff_max_ms() -> u64 {
+    300_000
+}
+fn default_throttle_pause_ms() -> u64 {
+    2_000
+}
+fn default_quota_headroom() -> f64 {
+    0.95
+}
+fn yes() -> bool {
+    true
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        DispatchConfig {
+            max_batch_events: 0,
+            linger_ms: default_linger_ms(),
+            max_pending_events: default_max_pending(),
+            max_concurrent_requests: default_concurrency(),
+            request_timeout_ms: default_request_timeout_ms(),
+            max_attempts: default_max_attempts(),
+            backoff_initial_ms: default_backoff_initial_ms(),
+            backoff_max_ms: default_backoff_max_ms(),
+            throttle_pause_ms: default_throttle_pause_ms(),
+            quota_headroom: default_quota_headroom(),
+            use_error_index: true,
+        }
+    }
+}
+
+impl DispatchConfig {
+    pub fn linger(&self) -> Duration {
+        Duration::from_millis(self.linger_ms)
+    }
+
+    /// Most events per request on `platform`.
+    pub fn batch_limit(&self, platform: Platform) -> usize {
+        let max = platform_batch_limit(platform);
+        match self.max_batch_events {
+            0 => max,
+            n => n.min(max),
+        }
+    }
+}
+
+/// The platform's documented maximum events per request.
+pub fn platform_batch_limit(platform: Platform) -> usize {
+    match platform {
+        Platform::Meta => 1000,
+        Platform::GoogleAds => 2000,
+        Platform::Tiktok => 1000,
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetaConfig {
+    #[serde(default = "meta_base_url")]
+    pub base_url: String,
+    #[serde(default = "meta_version")]
+    pub api_version: String,
+    /// Per tenant.
+    #[serde(default)]
+    pub accounts: BTreeMap<String, MetaAccount>,
+}
+
+fn meta_base_url() -> String {
+    "https://graph.facebook.com".into()
+}
+fn meta_version() -> String {
+    "v25.0".into()
+}
+
+impl Default for MetaConfig {
+    fn default() -> Self {
+        MetaConfig {
+            base_url: meta_base_url(),
+            api_version: meta_version(),
+            accounts: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetaAccount {
+    pub pixel_id: String,
+    pub access_token: String,
+    /// Sends every event as a test event (Events Manager's Test Events tab).
+    #[serde(default)]
+    pub test_event_code: Option<String>,
+    /// Requests per second for this pixel across all instances; none = unpaced.
+    #[serde(default)]
+    pub quota_per_sec: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GoogleAdsConfig {
+    #[serde(default = "google_base_url")]
+    pub base_url: String,
+    #[serde(default = "google_version")]
+    pub api_version: String,
+    /// OAuth 2.0 token endpoint for the refresh-token grant.
+    #[serde(default = "google_token_url")]
+    pub token_url: String,
+    /// Refresh an access token this long before it expires.
+    #[serde(default = "google_refresh_margin")]
+    pub token_refresh_margin_secs: u64,
+    #[serde(default)]
+    pub accounts: BTreeMap<String, GoogleAdsAccount>,
+}
+
+fn google_base_url() -> String {
+    "https://googleads.googleapis.com".into()
+}
+fn google_version() -> String {
+    "v23".into()
+}
+fn google_token_url() -> String {
+    "https://oauth2.googleapis.com/token".into()
+}
+fn google_refresh_margin() -> u64 {
+    300
+}
+
+impl Default for GoogleAdsConfig {
+    fn default() -> Self {
+        GoogleAdsConfig {
+            base_url: google_base_url(),
+            api_version: google_version(),
+            token_url: google_token_url(),
+            token_refresh_margin_secs: google_refresh_margin(),
+            accounts: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GoogleAdsAccount {
+    /// Digits only, no dashes.
+    pub customer_id: String,
+    /// The manager account, when the customer is reached through one.
+    #[serde(default)]
+    pub login_customer_id: Option<String>,
+    pub developer_token: String,
+    pub client_id: String,
+    pub client_secret: String,
+    pub refresh_token: String,
+    /// Conversion action id per event name (`Purchase = "111111111"`);
+    /// events with no action are not sent (not_eligible, platform_not_configured).
+    #[serde(default)]
+    pub conversion_actions: BTreeMap<String, String>,
+    #[serde(default)]
+    pub quota_per_sec: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TiktokConfig {
+    #[serde(default = "tiktok_base_url")]
+    pub base_url: String,
+    #[serde(default)]
+    pub accounts: BTreeMap<String, TiktokAccount>,
+}
+
+fn tiktok_base_url() -> String {
+    "https://business-api.tiktok.com".into()
+}
+
+impl Default for TiktokConfig {
+    fn default() -> Self {
+        TiktokConfig {
+            base_url: tiktok_base_url(),
+            accounts: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TiktokAccount {
+    pub pixel_code: String,
+    pub access_token: String,
+    #[serde(default)]
+    pub test_event_code: Option<String>,
+    #[serde(default)]
+    pub quota_per_sec: Option<f64>,
+}
+
+// Credentials never reach a log line, not even a Debug one.
+macro_rules! redacted_debug {
+    ($t:ty, $id:ident) => {
+        impl std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($t))
+                    .field(stringify!($id), &self.$id)
+                    .finish_non_exhaustive()
+            }
+        }
+    };
+}
+redacted_debug!(MetaAccount, pixel_id);
+redacted_debug!(GoogleAdsAccount, customer_id);
+redacted_debug!(TiktokAccount, pixel_code);
+
+impl DispatcherConfig {
+    /// The platform, once validated.
+    pub fn platform(&self) -> Platform {
+        self.platform.unwrap_or(Platform::Meta)
+    }
+
+    /// The consumer group: one per platform unless configured.
+    pub fn group_id(&self) -> String {
+        self.consumer
+            .group_id
+            .clone()
+            .unwrap_or_else(|| format!("postback-dispatcher-{}", self.platform().as_str()))
+    }
+}
+
+fn check_url(key: &str, url: &str) -> Result<(), ConfigError> {
+    if !(url.starts_with("http://") || url.starts_with("https://")) || url.ends_with('/') {
+        return Err(ConfigError::invalid(
+            key,
+            "must be an http(s) URL without a trailing slash",
+        ));
+    }
+    Ok(())
+}
+
+fn check_quota(key: String, quota: Option<f64>) -> Result<(), ConfigError> {
+    if let Some(q) = quota {
+        if !(q > 0.0 && q <= 1_000_000.0) {
+            return Err(ConfigError::invalid(key, "must be between 0 and 1000000"));
+        }
+    }
+    Ok(())
+}
+
+fn check_present(key: String, value: &str) -> Result<(), ConfigError> {
+    if value.trim().is_empty() {
+        return Err(ConfigError::invalid(key, "must be set"));
+    }
+    Ok(())
+}
+
+fn check_digits(key: String, value: &str) -> Result<(), ConfigError> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ConfigError::invalid(key, "must be digits only"));
+    }
+    Ok(())
+}
+
+impl Validate for DispatcherConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.platform.is_none() {
+            return Err(ConfigError::invalid(
+                "platform",
+                "must be set (meta, google_ads or tiktok), in the file, POSTBACK_PLATFORM or --platform",
+            ));
+        }
+        self.kafka.validate()?;
+        self.topics.validate()?;
+        self.consumer.validate()?;
+        self.platforms.validate()?;
+        let d = &self.dispatch;
+        if d.max_batch_events > 2000 {
+            return Err(ConfigError::invalid(
+                "dispatch.max_batch_events",
+                "must be at most 2000 (0 = the platform's limit)",
+            ));
+        }
+        if d.linger_ms > 60_000 {
+            return Err(ConfigError::invalid(
+                "dispatch.linger_ms",
+                "must be at most 60000",
+            ));
+        }
+        if !(1..=10_000_000).contains(&d.max_pending_events) {
+            return Err(ConfigError::invalid(
+                "dispatch.max_pending_events",
+                "must be between 1 and 10000000",
+            ));
+        }
+        if !(1..=256).contains(&d.max_concurrent_requests) {
+            return Err(ConfigError::invalid(
+                "dispatch.max_concurrent_requests",
+                "must be between 1 and 256",
+            ));
+        }
+        if !(100..=600_000).contains(&d.request_timeout_ms) {
+            return Err(ConfigError::invalid(
+                "dispatch.request_timeout_ms",
+                "must be between 100 and 600000",
+            ));
+        }
+        if !(1..=1000).contains(&d.max_attempts) {
+            return Err(ConfigError::invalid(
+                "dispatch.max_attempts",
+                "must be between 1 and 1000",
+            ));
+        }
+        if d.backoff_initial_ms == 0 || d.backoff_initial_ms > d.backoff_max_ms {
+            return Err(ConfigError::invalid(
+                "dispatch.backoff_initial_ms",
+                "must be at least 1 and at most dispatch.backoff_max_ms",
+            ));
+        }
+        if d.backoff_max_ms > 3_600_000 {
+            return Err(ConfigError::invalid(
+                "dispatch.backoff_max_ms",
+                "must be at most 3600000 (one hour)",
+            ));
+        }
+        if d.throttle_pause_ms == 0 || d.throttle_pause_ms > 3_600_000 {
+            return Err(ConfigError::invalid(
+                "dispatch.throttle_pause_ms",
+                "must be between 1 and 3600000",
+            ));
+        }
+        if !(d.quota_headroom > 0.0 && d.quota_headroom <= 1.0) {
+            return Err(ConfigError::invalid(
+                "dispatch.quota_headroom",
+                "must be in (0, 1]",
+            ));
+        }
+        check_url("meta.base_url", &self.meta.base_url)?;
+        check_url("google_ads.base_url", &self.google_ads.base_url)?;
+        check_url("google_ads.token_url", &self.google_ads.token_url)?;
+        check_url("tiktok.base_url", &self.tiktok.base_url)?;
+        for (tenant, a) in &self.meta.accounts {
+            let k = |f: &str| format!("meta.accounts.{tenant}.{f}");
+            check_digits(k("pixel_id"), &a.pixel_id)?;
+            check_present(k("access_token"), &a.access_token)?;
+            check_quota(k("quota_per_sec"), a.quota_per_sec)?;
+        }
+        for (tenant, a) in &self.google_ads.accounts {
+            let k = |f: &str| format!("google_ads.accounts.{tenant}.{f}");
+            check_digits(k("customer_id"), &a.customer_id)?;
+            if let Some(login) = &a.login_customer_id {
+                check_digits(k("login_customer_id"), login)?;
+            }
+            check_present(k("developer_token"), &a.developer_token)?;
+            check_present(k("client_id"), &a.client_id)?;
+            check_present(k("client_secret"), &a.client_secret)?;
+            check_present(k("refresh_token"), &a.refresh_token)?;
+            for (event, action) in &a.conversion_actions {
+                check_digits(k(&format!("conversion_actions.{event}")), action)?;
+            }
+            check_quota(k("quota_per_sec"), a.quota_per_sec)?;
+        }
+        for (tenant, a) in &self.tiktok.accounts {
+            let k = |f: &str| format!("tiktok.accounts.{tenant}.{f}");
+            check_present(k("pixel_code"), &a.pixel_code)?;
+            check_present(k("access_token"), &a.access_token)?;
+            check_quota(k("quota_per_sec"), a.quota_per_sec)?;
+        }
+        Ok(())
+    }
+}
+
+impl postback_core::service::ServiceConfig for DispatcherConfig {
+    fn log(&self) -> &LogConfig {
+        &self.log
+    }
+
+    fn listen(&self) -> SocketAddr {
+        self.ops.listen
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(toml: &str) -> Result<DispatcherConfig, ConfigError> {
+        load_env(toml, vec![])
+    }
+
+    fn load_env(toml: &str, env: Vec<(String, String)>) -> Result<DispatcherConfig, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.toml");
+        std::fs::write(&path, toml).unwrap();
+        postback_core::config::load_from(Some(&path), env)
+    }
+
+    #[test]
+    fn the_platform_is_required_and_picks_the_group() {
+        assert_eq!(load("").unwrap_err().key(), Some("platform"));
+        let c = load("platform = \"google_ads\"").unwrap();
+        assert_eq!(c.group_id(), "postback-dispatcher-google_ads");
+        assert_eq!(c.dispatch.batch_limit(Platform::GoogleAds), 2000);
+        assert_eq!(c.dispatch.batch_limit(Platform::Meta), 1000);
+    }
+
+    #[test]
+    fn secrets_come_from_the_environment_and_never_print() {
+        let c = load_env(
+            "platform = \"meta\"\n[meta.accounts.demo]\npixel_id = \"123\"\naccess_token = \"from-file\"\n",
+            vec![(
+                "POSTBACK_META__ACCOUNTS__DEMO__ACCESS_TOKEN".into(),
+                "EAAsecret".into(),
+            )],
+        )
+        .unwrap();
+        let account = &c.meta.accounts["demo"];
+        assert_eq!(account.access_token, "EAAsecret");
+        let printed = format!("{c:?}");
+        assert!(!printed.contains("EAAsecret") && printed.contains("123"));
+    }
+
+    #[test]
+    fn errors_name_the_bad_key() {
+        for (toml, key) in [
+            ("[dispatch]\nmax_batch_events = 5000", "dispatch.max_batch_events"),
+            ("[dispatch]\nquota_headroom = 1.5", "dispatch.quota_headroom"),
+            ("[dispatch]\nmax_attempts = 0", "dispatch.max_attempts"),
+            ("[meta]\nbase_url = \"graph\"", "meta.base_url"),
+            (
+                "[meta.accounts.shop]\npixel_id = \"12a\"\naccess_token = \"t\"",
+                "meta.accounts.shop.pixel_id",
+            ),
+            (
+                "[tiktok.accounts.shop]\npixel_code = \"P\"\naccess_token = \"t\"\nquota_per_sec = 0",
+                "tiktok.accounts.shop.quota_per_sec",
+            ),
+            (
+                "[google_ads.accounts.shop]\ncustomer_id = \"1\"\ndeveloper_token = \"d\"\nclient_id = \"c\"\nclient_secret = \"s\"\nrefresh_token = \"r\"\nconversion_actions = { Purchase = \"x\" }",
+                "google_ads.accounts.shop.conversion_actions.Purchase",
+            ),
+        ] {
+            let e = load(&format!("platform = \"meta\"\n{toml}")).unwrap_err();
+            assert_eq!(e.key(), Some(key), "{toml}: {e}");
+        }
+    }
+}
