@@ -9,3 +9,4 @@ cd "$ROOT"
 cargo bench -p postback-collector --bench collector_throughput
 cargo bench -p postback-enricher --bench enricher_throughput
 cargo bench -p postback-deduplicator --bench dedup_throughput
+POSTBACK_LOG=warn cargo bench -p postback-dispatcher --bench dispatch_throughput

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Brings the pipeline up locally and runs its main job: the broker (tansu),
-# the collector, the enricher, the deduplicator, the platform sandbox, sample
-# traffic, and what landed on the topics.
+# the collector, the enricher, the deduplicator, one dispatcher per platform,
+# the platform sandbox they upload to, sample traffic, and what landed where.
 #   scripts/run.sh          stay up until Ctrl-C
 #   scripts/run.sh --once   send the sample traffic, check it, stop (smoke test)
 # Ports: KAFKA_PORT (9092), COLLECTOR_PORT (8080), ENRICHER_PORT (9091),
-# DEDUPLICATOR_PORT (9093), SANDBOX_PORT (8090).
+# DEDUPLICATOR_PORT (9093), SANDBOX_PORT (8090), dispatchers' ops ports
+# META_PORT (9094), GOOGLE_ADS_PORT (9095), TIKTOK_PORT (9096).
 source "$(dirname "$0")/lib.sh"
 ONCE=0
 [[ "${1:-}" == "--once" ]] && ONCE=1
@@ -14,6 +15,9 @@ COLLECTOR_PORT="${COLLECTOR_PORT:-8080}"
 SANDBOX_PORT="${SANDBOX_PORT:-8090}"
 ENRICHER_PORT="${ENRICHER_PORT:-9091}"
 DEDUPLICATOR_PORT="${DEDUPLICATOR_PORT:-9093}"
+META_PORT="${META_PORT:-9094}"
+GOOGLE_ADS_PORT="${GOOGLE_ADS_PORT:-9095}"
+TIKTOK_PORT="${TIKTOK_PORT:-9096}"
 BOOTSTRAP="127.0.0.1:$KAFKA_PORT"
 LOGS="$STATE/logs"
 mkdir -p "$LOGS"
@@ -21,7 +25,8 @@ export KAFKA_PORT
 
 "$ROOT/scripts/install-tansu.sh"
 say "building postback (release)"
-"$ROOT/scripts/build.sh" postback-collector postback-enricher postback-deduplicator postback-sandbox postback-ctl
+"$ROOT/scripts/build.sh" postback-collector postback-enricher postback-deduplicator postback-dispatcher \
+  postback-sandbox postback-ctl
 "$ROOT/scripts/broker.sh" start
 
 pids=()
@@ -52,6 +57,17 @@ POSTBACK_KAFKA__BOOTSTRAP_SERVERS="$BOOTSTRAP" POSTBACK_OPS__LISTEN="127.0.0.1:$
   start_service deduplicator "$ROOT/target/release/postback-deduplicator" --config "$ROOT/config/deduplicator.local.toml"
 POSTBACK_HTTP__LISTEN="127.0.0.1:$SANDBOX_PORT" \
   start_service sandbox "$ROOT/target/release/postback-sandbox" --config "$ROOT/services/sandbox/sandbox.example.toml"
+SANDBOX="http://127.0.0.1:$SANDBOX_PORT"
+for platform in meta google_ads tiktok; do
+  case "$platform" in
+    meta) port="$META_PORT" ;; google_ads) port="$GOOGLE_ADS_PORT" ;; tiktok) port="$TIKTOK_PORT" ;;
+  esac
+  POSTBACK_KAFKA__BOOTSTRAP_SERVERS="$BOOTSTRAP" POSTBACK_OPS__LISTEN="127.0.0.1:$port" \
+    POSTBACK_META__BASE_URL="$SANDBOX" POSTBACK_GOOGLE_ADS__BASE_URL="$SANDBOX" \
+    POSTBACK_GOOGLE_ADS__TOKEN_URL="$SANDBOX/token" POSTBACK_TIKTOK__BASE_URL="$SANDBOX" \
+    start_service "dispatcher-$platform" "$ROOT/target/release/postback-dispatcher" \
+      --platform "$platform" --config "$ROOT/config/dispatcher.local.toml"
+done
 
 wait_ready() { # wait_ready NAME URL
   for _ in $(seq 1 100); do
@@ -61,11 +77,13 @@ wait_ready() { # wait_ready NAME URL
   die "$1 not ready; see $LOGS/$1.log"
 }
 URL="http://127.0.0.1:$COLLECTOR_PORT"
-SANDBOX="http://127.0.0.1:$SANDBOX_PORT"
 wait_ready collector "$URL"
 wait_ready enricher "http://127.0.0.1:$ENRICHER_PORT"
 wait_ready deduplicator "http://127.0.0.1:$DEDUPLICATOR_PORT"
 wait_ready sandbox "$SANDBOX"
+wait_ready dispatcher-meta "http://127.0.0.1:$META_PORT"
+wait_ready dispatcher-google_ads "http://127.0.0.1:$GOOGLE_ADS_PORT"
+wait_ready dispatcher-tiktok "http://127.0.0.1:$TIKTOK_PORT"
 
 status=0
 "$ROOT/scripts/sample-traffic.sh" "$URL" "$BOOTSTRAP" || status=$?
@@ -87,9 +105,29 @@ if [[ -z "$dispatched" ]]; then
   say "nothing reached dispatch.meta; see $LOGS/deduplicator.log"
   status=$((status + 1))
 fi
-say "conversions.status (the deduplicator's decision per platform: eligible, not_eligible + reason, duplicate):"
+say "waiting for the dispatchers to deliver to all three platforms (the sandbox's accepted events):"
+accepted_everywhere() { # prints the sandbox's accepted counts; true when every platform has one
+  curl -s "$SANDBOX/admin/stats" | python3 -c '
+import json, sys
+events = json.load(sys.stdin)["events"]
+platforms = ("meta", "google_ads", "tiktok")
+print(" ".join("%s=%d" % (p, events[p]["accepted"]) for p in platforms))
+sys.exit(0 if all(events[p]["accepted"] > 0 for p in platforms) else 1)' 2>/dev/null
+}
+delivered=0
+for _ in $(seq 1 60); do
+  if counts="$(accepted_everywhere)"; then delivered=1; break; fi
+  sleep 1
+done
+say "  accepted by the sandbox: ${counts:-nothing}"
+if [[ "$delivered" -ne 1 ]]; then
+  say "not every platform received a conversion; see $LOGS/dispatcher-*.log"
+  status=$((status + 1))
+fi
+say "conversions.status (every stage's word per platform: eligible, not_eligible, duplicate, then the"
+say "dispatchers' delivered / rejected / retrying / expired / failed with the platform's request id):"
 "$ROOT/target/release/postback-ctl" --bootstrap "$BOOTSTRAP" tail conversions.status --timeout-secs 3 \
-  | tail -n 6 | cut -c1-400
+  | grep '"stage":"dispatcher"' | tail -n 6 | cut -c1-400 || true
 say "collector metrics:"
 curl -s "$URL/metrics" | grep -E '^postback_collector_events_total' || true
 say "enricher metrics (eligibility by platform and reason):"
@@ -97,14 +135,12 @@ curl -s "http://127.0.0.1:$ENRICHER_PORT/metrics" | grep -E '^postback_enricher_
 say "deduplicator metrics:"
 curl -s "http://127.0.0.1:$DEDUPLICATOR_PORT/metrics" \
   | grep -E '^postback_deduplicator_(reports|emitted|merges|duplicates)_total|^postback_deduplicator_held_conversions' || true
-say "platform sandbox (Meta test upload, then its admin view):"
-curl -s -X POST "$SANDBOX/v25.0/1234567890123456/events?access_token=EAAsandboxMetaToken" \
-  -H 'Content-Type: application/json' \
-  -d "{\"data\": [{\"event_name\": \"Purchase\", \"event_time\": $(date +%s), \"event_id\": \"demo-1\",
-       \"action_source\": \"system_generated\",
-       \"user_data\": {\"em\": [\"$(printf 'jane@example.com' | sha256sum | cut -c1-64)\"]},
-       \"custom_data\": {\"value\": 129.9, \"currency\": \"EUR\"}}]}" >&2
-echo >&2
+say "dispatcher metrics (events by outcome, requests by outcome):"
+for port in "$META_PORT" "$GOOGLE_ADS_PORT" "$TIKTOK_PORT"; do
+  curl -s "http://127.0.0.1:$port/metrics" \
+    | grep -E '^postback_dispatcher_(events|requests)_total' | grep -v ' 0$' || true
+done
+say "platform sandbox (what it accepted, per platform):"
 curl -s "$SANDBOX/admin/stats" >&2
 echo >&2
 
@@ -121,6 +157,7 @@ postback is running:
   collector   $URL   (POST /v1/events, POST /v1/collect, /metrics, /readyz)
   enricher    http://127.0.0.1:$ENRICHER_PORT   (/metrics, /readyz)
   dedup       http://127.0.0.1:$DEDUPLICATOR_PORT   (/metrics, /readyz; state in $STATE/deduplicator)
+  dispatchers http://127.0.0.1:$META_PORT (meta), :$GOOGLE_ADS_PORT (google_ads), :$TIKTOK_PORT (tiktok)   (/metrics, /readyz)
   sandbox     $SANDBOX   (Meta, Google Ads, TikTok endpoints; /admin/events, /admin/stats)
   broker      $BOOTSTRAP
   logs        $LOGS
