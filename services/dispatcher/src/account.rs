@@ -65,8 +65,10 @@ impl Account {
     /// keep coming. Returns when requests may go again.
     pub fn throttled(&self, retry_after: Option<Duration>, pause: Duration) -> Instant {
         let streak = self.throttle_streak.fetch_add(1, Ordering::Relaxed).min(6);
-        let wait = retry_after.unwrap_or_else(|| pause * 2u32.pow(streak));
-        let until = Instant::now() + wait;
+        let wait = retry_after.unwrap_or_else(|| pause.saturating_mul(2u32.pow(streak)));
+        let until = Instant::now()
+            .checked_add(wait)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         let mut guard = match self.throttle.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),

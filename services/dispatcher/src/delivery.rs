@@ -32,6 +32,10 @@ use crate::metrics::DispatchMetrics;
 use crate::outcome::{Final, Outcomes};
 use crate::pending::{Ownership, Pending};
 
+/// The longest wait a platform's Retry-After can impose (a bogus huge value
+/// must not park events, or overflow a deadline).
+pub const MAX_PLATFORM_DELAY: Duration = Duration::from_secs(3600);
+
 pub struct Engine {
     pub adapter: Adapter,
     pub outcomes: Outcomes,
@@ -114,6 +118,13 @@ impl Engine {
             _ = self.shutdown.cancelled() => return Next::Finished,
             _ = account.pacer.wait() => {}
         }
+        // A throttle answered while this request queued for its slot holds it too.
+        if let Some(until) = account.throttled_until() {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return Next::Finished,
+                _ = tokio::time::sleep_until(until) => {}
+            }
+        }
         self.metrics.quota_wait(waited.elapsed().as_secs_f64());
 
         let rows: Vec<&Value> = events.iter().map(|p| &p.row).collect();
@@ -145,7 +156,7 @@ impl Engine {
             }
             Answer::Rows { request_id, rows } => {
                 account.answered();
-                self.rows(account, events, rows, request_id).await
+                self.rows(events, rows, request_id).await
             }
             Answer::Rejected {
                 request_id,
@@ -196,15 +207,16 @@ impl Engine {
                 reason,
                 retry_after,
             } => {
-                let until = account.throttled(
-                    retry_after,
-                    Duration::from_millis(self.settings.throttle_pause_ms),
-                );
+                // Honour Retry-After, but never a tight loop on "0".
+                let pause = Duration::from_millis(self.settings.throttle_pause_ms);
+                let retry_after = retry_after
+                    .map(|d| d.clamp(pause.min(Duration::from_secs(1)), MAX_PLATFORM_DELAY));
+                let until = account.throttled(retry_after, pause);
                 self.metrics.retries("throttled", events.len());
                 let next_at = now_millis()
                     + i64::try_from(until.saturating_duration_since(Instant::now()).as_millis())
                         .unwrap_or(i64::MAX / 2);
-                self.outcomes.retrying(&events, &reason, next_at).await;
+                self.retrying(&events, &reason, next_at).await;
                 Next::Again(events)
             }
             Answer::Transient {
@@ -220,7 +232,6 @@ impl Engine {
 
     async fn rows(
         &self,
-        account: &Account,
         events: Vec<Pending>,
         rows: Vec<RowResult>,
         request_id: Option<String>,
@@ -261,13 +272,24 @@ impl Engine {
                 }
             }
         }
-        self.outcomes.finish(finals).await;
+        self.finish(finals).await;
         match again_reason {
-            Some(reason) if !again.is_empty() => {
-                self.failed_attempt(account, again, reason, None, "row")
-                    .await
-            }
+            Some(reason) if !again.is_empty() => self.later(again, reason).await,
             _ => Next::Finished,
+        }
+    }
+
+    /// The platform wants these rows later (Google's TOO_RECENT_EVENT: the
+    /// click is under 6 h old). Not a failure: tried again every
+    /// `backoff_max_ms` until accepted or past the platform's window.
+    async fn later(&self, events: Vec<Pending>, reason: Reason) -> Next {
+        let delay = Duration::from_millis(self.settings.backoff_max_ms);
+        self.metrics.retries("row", events.len());
+        let next_at = now_millis() + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
+        self.retrying(&events, &reason, next_at).await;
+        tokio::select! {
+            _ = self.shutdown.cancelled() => Next::Finished,
+            _ = tokio::time::sleep(delay) => Next::Again(events),
         }
     }
 
@@ -296,13 +318,15 @@ impl Engine {
             p.failures += 1;
             attempts = attempts.max(p.failures);
         }
-        let delay = retry_after.unwrap_or_else(|| self.backoff(attempts));
+        let delay = retry_after
+            .map(|d| d.min(MAX_PLATFORM_DELAY))
+            .unwrap_or_else(|| self.backoff(attempts));
         if why == "transient" {
             account.hold_until(Instant::now() + delay);
         }
         self.metrics.retries(why, again.len());
         let next_at = now_millis() + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
-        self.outcomes.retrying(&again, &reason, next_at).await;
+        self.retrying(&again, &reason, next_at).await;
         tokio::select! {
             _ = self.shutdown.cancelled() => Next::Finished,
             _ = tokio::time::sleep(delay) => Next::Again(again),
@@ -319,6 +343,27 @@ impl Engine {
         Duration::from_millis(ms as u64)
     }
 
+    /// Final statuses, for the events this instance still owns: a lost
+    /// partition's events are the new owner's to report (it redoes them).
+    async fn finish(&self, mut items: Vec<(Pending, Final)>) {
+        items.retain(|(p, _)| self.ownership.owns(&p.origin));
+        self.outcomes.finish(items).await;
+    }
+
+    async fn retrying(&self, events: &[Pending], reason: &Reason, next_at_ms: i64) {
+        if events.iter().all(|p| self.ownership.owns(&p.origin)) {
+            self.outcomes.retrying(events, reason, next_at_ms).await;
+        } else {
+            let owned: Vec<&Pending> = events
+                .iter()
+                .filter(|p| self.ownership.owns(&p.origin))
+                .collect();
+            self.outcomes
+                .retrying_some(&owned, reason, next_at_ms)
+                .await;
+        }
+    }
+
     async fn finish_all(&self, events: Vec<Pending>, outcome: impl Fn(&Pending) -> Final) {
         if events.is_empty() {
             return;
@@ -330,6 +375,6 @@ impl Engine {
                 (p, f)
             })
             .collect();
-        self.outcomes.finish(items).await;
+        self.finish(items).await;
     }
 }

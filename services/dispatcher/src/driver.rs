@@ -48,6 +48,8 @@ use crate::pending::{Origin, Pending};
 pub enum DriverError {
     #[error("cannot create the Kafka consumer: {0}")]
     Create(#[source] KafkaError),
+    #[error("a delivery task panicked ({0}); stopping so its conversions are replayed")]
+    TaskPanicked(String),
     #[error("cannot subscribe to {topic}: {source}")]
     Subscribe {
         topic: String,
@@ -196,7 +198,8 @@ impl Driver {
         })
     }
 
-    pub async fn run(mut self, shutdown: CancellationToken) {
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), DriverError> {
+        let mut result = Ok(());
         // Polls at least this often even when idle, so rebalances are
         // served and the group never thinks this member stuck.
         let tick = Duration::from_millis(100);
@@ -237,10 +240,21 @@ impl Driver {
             for (key, batch) in self.batcher.due(Instant::now()) {
                 self.dispatch(key, batch);
             }
-            while self.tasks.try_join_next().is_some() {}
+            while let Some(joined) = self.tasks.try_join_next() {
+                if let Err(e) = joined {
+                    // Its conversions would never finish and the partition
+                    // would stall: better to stop and have them replayed.
+                    tracing::error!(error = %e, "delivery task failed");
+                    result = Err(DriverError::TaskPanicked(e.to_string()));
+                }
+            }
+            if result.is_err() {
+                break;
+            }
             self.flow_control();
         }
         self.stop().await;
+        result
     }
 
     /// A record read: decoded, checked, and batched (or finished at once).
@@ -423,9 +437,9 @@ impl Driver {
 
     /// Every account's pace follows this instance's share of the partitions.
     fn update_share(&mut self) {
-        if self.partition_count.is_none() {
-            self.partition_count = self.count_partitions();
-        }
+        // Read again on every rebalance: partitions may have been added,
+        // and a stale smaller count would overstate this instance's share.
+        self.partition_count = self.count_partitions().or(self.partition_count);
         let owned = self.offsets.owned();
         let share = match self.partition_count {
             Some(total) if total > 0 => (owned as f64 / total as f64).min(1.0),

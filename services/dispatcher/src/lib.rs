@@ -132,7 +132,7 @@ pub async fn run(
         ops::router(service_metrics, readiness),
         shutdown.clone(),
     ));
-    driver.run(shutdown.clone()).await;
+    let result = driver.run(shutdown.clone()).await;
     producer.flush(Duration::from_secs(5));
     shutdown.cancel();
     let _ = probe.await;
@@ -141,5 +141,5 @@ pub async fn run(
         Err(e) => tracing::error!(error = %e, "ops server panicked"),
         Ok(Ok(())) => {}
     }
-    Ok(())
+    result.map_err(Into::into)
 }

@@ -202,6 +202,11 @@ impl Outcomes {
 
     /// Records that the conversions will be tried again at `next_at_ms`.
     pub async fn retrying(&self, items: &[Pending], reason: &Reason, next_at_ms: i64) {
+        let refs: Vec<&Pending> = items.iter().collect();
+        self.retrying_some(&refs, reason, next_at_ms).await;
+    }
+
+    pub async fn retrying_some(&self, items: &[&Pending], reason: &Reason, next_at_ms: i64) {
         let records: Vec<OutboundRecord> = items
             .iter()
             .filter_map(|p| {

@@ -44,7 +44,7 @@ async fn a_killed_dispatcher_resumes_without_losing_or_double_counting() {
     let before_kill = finals(&partial, Platform::Meta).len();
     assert!(before_kill < EVENTS, "killed before the end");
 
-    let _second = Process::start(&config);
+    let second = Process::start(&config);
     let statuses = rig
         .statuses_until(Duration::from_secs(120), |s| {
             finals(s, Platform::Meta).len() == EVENTS
@@ -70,6 +70,20 @@ async fn a_killed_dispatcher_resumes_without_losing_or_double_counting() {
         "the platform counted each conversion once"
     );
     assert_eq!(distinct.len(), EVENTS);
+    // Neither credentials nor personal data in what the processes logged.
+    for log in [&first.log, &second.log] {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        assert!(text.contains("partitions assigned"), "the log was captured");
+        for secret in [
+            META_TOKEN,
+            "198.51.100.20",
+            "5e5e5e5e",
+            "5050505050",
+            "IwAR-test",
+        ] {
+            assert!(!text.contains(secret), "{} logs {secret}", log.display());
+        }
+    }
     eprintln!(
         "killed after {before_kill} final outcomes; resends absorbed by the platform's dedup: {}; final records repeated by the replay: {repeated}",
         rig.sandbox.duplicates(Platform::Meta)

@@ -505,3 +505,48 @@ async fn a_revoked_google_token_is_refreshed_and_the_upload_sent_again() {
     );
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_the_token_may_not_use_fails_for_replay_and_rejects_nothing() {
+    let mut sandbox = sandbox_config();
+    sandbox
+        .meta
+        .pixels
+        .push(postback_sandbox::config::MetaPixel {
+            pixel_id: "999".into(),
+            access_tokens: vec!["other-token".into()],
+        });
+    let rig = Rig::with_sandbox(1, sandbox).await;
+    let now = now_ms();
+    rig.send(
+        Platform::Meta,
+        &[conversion("acct-1", now), conversion("acct-2", now)],
+    )
+    .await;
+    let mut config = rig.config(Platform::Meta);
+    // Our token is valid, but not for this pixel: Meta's 100/33.
+    if let Some(a) = config.meta.accounts.get_mut(TENANT) {
+        a.pixel_id = "999".into();
+    }
+    config.dispatch.max_attempts = 2;
+    let d = InProcess::start(config).await;
+    let statuses = rig
+        .statuses_until(WAIT, |s| finals(s, Platform::Meta).len() == 2)
+        .await;
+    let finals = finals(&statuses, Platform::Meta);
+    for id in ["acct-1", "acct-2"] {
+        assert_eq!(finals[id][0].server_side, ServerSideStatus::Failed, "{id}");
+        assert!(finals[id][0]
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("100/33")));
+    }
+    assert_eq!(rig.dead_letters().await.len(), 2, "both kept for replay");
+    assert_eq!(
+        d.metric("postback_dispatcher_isolation_requests_total", &[])
+            .await,
+        0.0,
+        "an account problem is not bisected"
+    );
+    d.stop().await;
+}

@@ -130,10 +130,22 @@ impl GoogleAdsAdapter {
                 c.insert("orderId".into(), json!(id));
             }
         }
-        c.insert(
-            "consent".into(),
-            json!({"adUserData": if send_user_data { "GRANTED" } else { "DENIED" }}),
-        );
+        // The user's stated choice; DENIED when we withheld identifiers;
+        // nothing (UNSPECIFIED) rather than a GRANTED nobody gave.
+        let stated = e
+            .consent
+            .as_ref()
+            .and_then(|c| c.ad_user_data.as_deref())
+            .map(str::to_ascii_lowercase);
+        let ad_user_data = match stated.as_deref() {
+            Some("granted") if send_user_data => Some("GRANTED"),
+            Some("denied") => Some("DENIED"),
+            _ if !send_user_data => Some("DENIED"),
+            _ => None,
+        };
+        if let Some(v) = ad_user_data {
+            c.insert("consent".into(), json!({ "adUserData": v }));
+        }
         Ok(Value::Object(c))
     }
 
@@ -298,12 +310,29 @@ pub fn classify(
             .get("message")
             .and_then(Value::as_str)
             .unwrap_or_default();
-        if let Some(results) = value.get("results").and_then(Value::as_array) {
-            for (i, r) in results.iter().enumerate().take(sent) {
-                if !named[i] && r.as_object().is_some_and(Map::is_empty) {
-                    rows[i] = RowResult::Rejected(Reason::new("UNLOCATED_FAILURE", message));
+        let results = value
+            .get("results")
+            .and_then(Value::as_array)
+            .filter(|r| r.len() == sent);
+        match results {
+            Some(results) => {
+                for (i, r) in results.iter().enumerate() {
+                    if !named[i] && r.as_object().is_some_and(Map::is_empty) {
+                        rows[i] = RowResult::Rejected(Reason::new("UNLOCATED_FAILURE", message));
+                    }
                 }
             }
+            // Failures that neither errors nor results place: send the rows
+            // not named again; those that did land come back as
+            // already uploaded (delivered).
+            None if errors.iter().any(|(_, _, i)| i.is_none()) => {
+                for (i, row) in rows.iter_mut().enumerate() {
+                    if !named[i] {
+                        *row = RowResult::Retry(Reason::new("UNLOCATED_FAILURE", message));
+                    }
+                }
+            }
+            None => {}
         }
         return Answer::Rows { request_id, rows };
     }
@@ -329,21 +358,26 @@ pub fn classify(
             retry_after: retry.or_else(|| retry_in_message(detail)),
         };
     }
-    if status == reqwest::StatusCode::UNAUTHORIZED
-        || status == reqwest::StatusCode::FORBIDDEN
-        || status.is_server_error()
-        || grpc.is_empty()
-    {
-        return Answer::Transient {
+    // A request-level error that places itself on a row is that event's;
+    // anything else (auth, permission, customer id, 5xx) is the account's
+    // or Google's, retried and failed for replay if it stays.
+    match first.and_then(|(_, _, i)| *i) {
+        Some(index)
+            if status.is_client_error()
+                && status != reqwest::StatusCode::UNAUTHORIZED
+                && status != reqwest::StatusCode::FORBIDDEN =>
+        {
+            Answer::Rejected {
+                request_id,
+                index: Some(index),
+                expired: false,
+                reason,
+            }
+        }
+        _ => Answer::Transient {
             reason,
             retry_after: retry,
-        };
-    }
-    Answer::Rejected {
-        request_id,
-        index: first.and_then(|(_, _, i)| *i),
-        expired: false,
-        reason,
+        },
     }
 }
 
@@ -361,6 +395,93 @@ fn retry_in_message(message: &str) -> Option<Duration> {
 mod tests {
     use super::*;
     use reqwest::StatusCode;
+
+    fn account() -> GoogleAdsAccount {
+        GoogleAdsAccount {
+            customer_id: "123".into(),
+            login_customer_id: None,
+            developer_token: "d".into(),
+            client_id: "c".into(),
+            client_secret: "s".into(),
+            refresh_token: "r".into(),
+            conversion_actions: [("Purchase".to_string(), "777".to_string())].into(),
+            quota_per_sec: None,
+        }
+    }
+
+    fn adapter() -> GoogleAdsAdapter {
+        GoogleAdsAdapter::new(&GoogleAdsConfig::default(), reqwest::Client::new())
+    }
+
+    fn conversion() -> ConversionEnriched {
+        use postback_core::model::{ClickIds, Order, PlatformIdentifiers, Source};
+        ConversionEnriched {
+            tenant: "shop".into(),
+            event_id: "o-1".into(),
+            event_name: "Purchase".into(),
+            event_time: 1_732_270_000_123,
+            received_at: 0,
+            source: Source::Server,
+            action_source: Some("website".into()),
+            order: Some(Order {
+                order_id: Some("1001".into()),
+                value: Some("10.50".into()),
+                currency: Some("USD".into()),
+                items: vec![],
+            }),
+            click_ids: Some(ClickIds {
+                gbraid: Some("gbraid-123456".into()),
+                wbraid: Some("wbraid-123456".into()),
+                ..Default::default()
+            }),
+            page: None,
+            client: None,
+            consent: None,
+            identifiers: vec![PlatformIdentifiers {
+                platform: "google_ads".into(),
+                email: Some(vec![0x11; 32]),
+                ..Default::default()
+            }],
+            decisions: vec![],
+            pixels: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_row_names_the_action_one_click_id_and_the_hashes() {
+        let row = adapter().row(&account(), &conversion()).unwrap();
+        assert_eq!(
+            row["conversionAction"],
+            "customers/123/conversionActions/777"
+        );
+        assert_eq!(row["gbraid"], "gbraid-123456");
+        assert!(
+            row.get("wbraid").is_none(),
+            "never gbraid and wbraid together"
+        );
+        assert_eq!(row["conversionDateTime"], "2024-11-22 10:06:40+00:00");
+        assert_eq!(row["userIdentifiers"][0]["hashedEmail"], "11".repeat(32));
+        assert!(
+            row.get("consent").is_none(),
+            "no consent stated, none claimed"
+        );
+        assert_eq!(row["conversionValue"], json!(10.5));
+        let mut stated = conversion();
+        stated.consent = Some(postback_core::model::Consent {
+            ad_user_data: Some("granted".into()),
+            ..Default::default()
+        });
+        let row = adapter().row(&account(), &stated).unwrap();
+        assert_eq!(row["consent"]["adUserData"], "GRANTED");
+    }
+
+    #[test]
+    fn an_event_without_a_conversion_action_is_not_sendable() {
+        let mut c = conversion();
+        c.event_name = "AddToCart".into();
+        let e = adapter().row(&account(), &c).unwrap_err();
+        assert_eq!(e.reason, "platform_not_configured");
+    }
 
     #[test]
     fn date_times_are_utc_with_offset() {

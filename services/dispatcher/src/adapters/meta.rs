@@ -20,6 +20,13 @@ const THROTTLE_CODES: &[i64] = &[4, 17, 32, 341, 613, 80004];
 /// Graph API codes for a temporary problem on Meta's side.
 const TRANSIENT_CODES: &[i64] = &[1, 2];
 const INVALID_TOKEN: i64 = 190;
+/// Codes about the account, its token or its permissions, never about one
+/// event: retried (and failed for replay if they stay), never bisected
+/// into "every event rejected".
+const ACCOUNT_CODES: &[i64] = &[10, 102, 190, 803, 2500];
+/// Code 100 subcodes about the request's target, not an event: 33 = the
+/// pixel does not exist or the token may not send to it.
+const ACCOUNT_SUBCODES: &[i64] = &[33];
 const TOO_OLD_SUBCODE: i64 = 2_804_003;
 
 pub struct MetaAdapter {
@@ -246,7 +253,11 @@ pub fn classify(
         .get("is_transient")
         .and_then(Value::as_bool)
         .unwrap_or(false);
+    let account_level = ACCOUNT_CODES.contains(&code)
+        || (200..300).contains(&code)
+        || subcode.is_some_and(|s| ACCOUNT_SUBCODES.contains(&s));
     if code == INVALID_TOKEN
+        || account_level
         || transient
         || status.is_server_error()
         || TRANSIENT_CODES.contains(&code)
@@ -272,7 +283,119 @@ pub fn classify(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use postback_core::model::{
+        ClickIds, Client, Order, Page, PlatformDecision, PlatformIdentifiers, Source,
+    };
     use reqwest::StatusCode;
+
+    fn conversion(ldu: bool, send_user_data: bool) -> ConversionEnriched {
+        ConversionEnriched {
+            tenant: "shop".into(),
+            event_id: "o-1".into(),
+            event_name: "Purchase".into(),
+            event_time: 1_750_000_000_123,
+            received_at: 1_750_000_000_200,
+            source: Source::Server,
+            action_source: None,
+            order: Some(Order {
+                order_id: Some("1001".into()),
+                value: Some("129.90".into()),
+                currency: Some("eur".into()),
+                items: vec![],
+            }),
+            click_ids: Some(ClickIds {
+                fbc: Some("fb.1.1700000000000.IwAR".into()),
+                gclid: Some("Cj0-gclid".into()),
+                ..Default::default()
+            }),
+            page: Some(Page {
+                url: Some("https://shop.example/thanks".into()),
+                referrer: None,
+            }),
+            client: Some(Client {
+                ip: Some("203.0.113.7".into()),
+                user_agent: Some("Mozilla/5.0".into()),
+                ..Default::default()
+            }),
+            consent: None,
+            identifiers: vec![
+                PlatformIdentifiers {
+                    platform: "meta".into(),
+                    email: Some(vec![0xab; 32]),
+                    phone: Some(vec![0xcd; 32]),
+                    ..Default::default()
+                },
+                PlatformIdentifiers {
+                    platform: "tiktok".into(),
+                    email: Some(vec![0x01; 32]),
+                    ..Default::default()
+                },
+            ],
+            decisions: vec![PlatformDecision {
+                platform: "meta".into(),
+                eligible: true,
+                reason: None,
+                send_user_data,
+                send_click_ids: true,
+                limited_data_use: ldu,
+            }],
+            pixels: Default::default(),
+        }
+    }
+
+    fn adapter() -> MetaAdapter {
+        MetaAdapter::new(&MetaConfig::default(), reqwest::Client::new())
+    }
+
+    fn account() -> MetaAccount {
+        MetaAccount {
+            pixel_id: "1".into(),
+            access_token: "t".into(),
+            test_event_code: Some("TEST1".into()),
+            quota_per_sec: None,
+        }
+    }
+
+    #[test]
+    fn a_row_carries_meta_hashes_plain_visit_data_and_seconds() {
+        let row = adapter().row(&account(), &conversion(false, true));
+        assert_eq!(row["event_time"], 1_750_000_000);
+        assert_eq!(row["action_source"], "website");
+        assert_eq!(row["event_source_url"], "https://shop.example/thanks");
+        assert_eq!(row["user_data"]["em"], json!(["ab".repeat(32)]));
+        assert_eq!(row["user_data"]["ph"], json!(["cd".repeat(32)]));
+        assert_eq!(row["user_data"]["client_ip_address"], "203.0.113.7");
+        assert_eq!(row["user_data"]["fbc"], "fb.1.1700000000000.IwAR");
+        assert_eq!(row["custom_data"]["currency"], "EUR");
+        assert_eq!(row["custom_data"]["value"], json!(129.9));
+        assert!(row.get("data_processing_options").is_none());
+    }
+
+    #[test]
+    fn limited_data_use_and_withheld_user_data() {
+        let row = adapter().row(&account(), &conversion(true, false));
+        assert_eq!(row["data_processing_options"], json!(["LDU"]));
+        assert_eq!(row["data_processing_options_country"], 0);
+        assert_eq!(row["data_processing_options_state"], 0);
+        let user = row["user_data"].as_object().unwrap();
+        assert!(!user.contains_key("em") && !user.contains_key("client_ip_address"));
+        assert_eq!(user["client_user_agent"], "Mozilla/5.0");
+    }
+
+    #[test]
+    fn the_body_carries_the_token_and_test_code_not_the_url() {
+        let row = adapter().row(&account(), &conversion(false, true));
+        let rows = [&row];
+        let body = serde_json::to_value(Body {
+            data: &rows,
+            access_token: "t",
+            test_event_code: Some("TEST1"),
+        })
+        .unwrap();
+        assert_eq!(body["test_event_code"], "TEST1");
+        assert_eq!(body["access_token"], "t");
+        assert_eq!(body["data"].as_array().unwrap().len(), 1);
+    }
 
     #[test]
     fn success_carries_the_trace_id() {
@@ -331,6 +454,18 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn account_problems_are_not_blamed_on_the_events() {
+        for body in [
+            &br#"{"error":{"code":100,"error_subcode":33,"message":"Unsupported post request. Object with ID '1' does not exist"}}"#[..],
+            br#"{"error":{"code":200,"message":"Permissions error"}}"#,
+            br#"{"error":{"code":10,"message":"Application does not have permission"}}"#,
+        ] {
+            let a = classify(StatusCode::BAD_REQUEST, None, body);
+            assert!(matches!(a, Answer::Transient { .. }), "{a:?}");
+        }
     }
 
     #[test]

@@ -19,6 +19,11 @@ use crate::config::{TiktokAccount, TiktokConfig};
 const OK: i64 = 0;
 const NO_PERMISSION: i64 = 40001;
 const TOO_MANY_REQUESTS: i64 = 40100;
+const INVALID_PARAMETER: i64 = 40002;
+
+fn names_an_event(message: &str) -> bool {
+    message.starts_with("data") || message.starts_with("Batch") || message.contains(" data.")
+}
 
 pub struct TiktokAdapter {
     url: String,
@@ -218,12 +223,17 @@ pub fn classify(
             reason,
             retry_after: retry,
         },
-        c if (40_000..50_000).contains(&c) && !status.is_server_error() => Answer::Rejected {
-            request_id,
-            index: index_after(message, "data.").or_else(|| index_after(message, "Batch.")),
-            expired: false,
-            reason,
-        },
+        // An invalid parameter of an event names it (`data.3...`,
+        // `Batch.3...`); one of the request (event_source_id, the token's
+        // account) does not, and is the account's problem, not the events'.
+        INVALID_PARAMETER if names_an_event(message) && !status.is_server_error() => {
+            Answer::Rejected {
+                request_id,
+                index: index_after(message, "data.").or_else(|| index_after(message, "Batch.")),
+                expired: false,
+                reason,
+            }
+        }
         _ if status == reqwest::StatusCode::TOO_MANY_REQUESTS => Answer::Throttled {
             reason,
             retry_after: retry,
@@ -275,6 +285,22 @@ mod tests {
             ),
             "{a:?}"
         );
+        assert!(matches!(
+            classify(
+                StatusCode::OK,
+                None,
+                br#"{"code":40002,"message":"event_source_id: Missing data for required field."}"#
+            ),
+            Answer::Transient { .. }
+        ));
+        assert!(matches!(
+            classify(
+                StatusCode::OK,
+                None,
+                br#"{"code":40105,"message":"Access token is invalid"}"#
+            ),
+            Answer::Transient { .. }
+        ));
         assert!(matches!(
             classify(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -429,9 +429,10 @@ impl InProcess {
     }
 }
 
-/// A dispatcher as a child process, configured through the environment.
+/// A dispatcher as a child process, logging JSON at info to a file.
 pub struct Process {
     child: Child,
+    pub log: std::path::PathBuf,
 }
 
 impl Process {
@@ -445,15 +446,18 @@ impl Process {
                 cmd.env_remove(k);
             }
         }
+        let log = path.with_extension("log");
+        let log_file = std::fs::File::create(&log).expect("log file");
         let child = cmd
             .arg("--config")
             .arg(&path)
-            .env("POSTBACK_LOG__LEVEL", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .env("POSTBACK_LOG__LEVEL", "info")
+            .env("POSTBACK_LOG__FORMAT", "json")
+            .stdout(log_file.try_clone().expect("log file"))
+            .stderr(log_file)
             .spawn()
             .expect("spawn dispatcher");
-        Process { child }
+        Process { child, log }
     }
 
     pub fn kill9(&mut self) {
