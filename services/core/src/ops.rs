@@ -98,3 +98,50 @@ pub async fn serve(
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
 }
+
+/// What runs beside a consumer stage's loop: its ops endpoints, and its
+/// readiness following the broker.
+pub struct StageOps {
+    probe: tokio::task::JoinHandle<()>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    shutdown: CancellationToken,
+}
+
+impl StageOps {
+    pub fn spawn(
+        listener: TcpListener,
+        metrics: ServiceMetrics,
+        readiness: Readiness,
+        producer: crate::kafka::Producer,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let probe = tokio::spawn(crate::kafka::watch_broker(
+            producer,
+            readiness.clone(),
+            shutdown.clone(),
+        ));
+        let server = tokio::spawn(serve(
+            listener,
+            router(metrics, readiness),
+            shutdown.clone(),
+        ));
+        StageOps {
+            probe,
+            server,
+            shutdown,
+        }
+    }
+
+    /// Stops both (the stage is done) and reports the server's failure.
+    pub async fn stop(self) -> std::io::Result<()> {
+        self.shutdown.cancel();
+        let _ = self.probe.await;
+        match self.server.await {
+            Ok(result) => result,
+            Err(e) => {
+                tracing::error!(error = %e, "ops server panicked");
+                Ok(())
+            }
+        }
+    }
+}

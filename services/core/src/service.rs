@@ -27,8 +27,31 @@ where
     Fut: Future<Output = Result<(), E>>,
     E: Display,
 {
+    main_with_overrides(binary, Vec::new(), run).await
+}
+
+/// Like [`main`], with configuration overrides from the command line
+/// (`("PLATFORM", "meta")` for `--platform meta`) that win over the file and
+/// the environment.
+pub async fn main_with_overrides<C, F, Fut, E>(
+    binary: &str,
+    overrides: Vec<(&str, String)>,
+    run: F,
+) -> ExitCode
+where
+    C: ServiceConfig,
+    F: FnOnce(C, TcpListener, CancellationToken) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: Display,
+{
     let path = config::config_path_from_args();
-    let config: C = match config::load(path.as_deref()) {
+    let mut env: Vec<(String, String)> = std::env::vars().collect();
+    env.extend(
+        overrides
+            .into_iter()
+            .map(|(key, value)| (format!("{}{key}", config::ENV_PREFIX), value)),
+    );
+    let config: C = match config::load_from(path.as_deref(), env) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{binary}: {e}");

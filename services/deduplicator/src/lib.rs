@@ -20,11 +20,9 @@ pub mod store;
 use std::time::Duration;
 
 use postback_core::dead_letter::DeadLetters;
-use postback_core::kafka::{
-    create_topics, watch_broker, ConsumerLoop, KafkaError, Producer, TopicSpec,
-};
+use postback_core::kafka::{create_topics, ConsumerLoop, KafkaError, Producer, TopicSpec};
 use postback_core::metrics::ServiceMetrics;
-use postback_core::ops::{self, Readiness};
+use postback_core::ops::{Readiness, StageOps};
 use postback_core::Platform;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use tokio::net::TcpListener;
@@ -137,24 +135,15 @@ pub async fn run(
         producer.clone(),
         &service_metrics,
     )?;
-    let probe = tokio::spawn(watch_broker(
-        producer.clone(),
-        readiness.clone(),
-        shutdown.clone(),
-    ));
-    let ops = tokio::spawn(ops::serve(
+    let stage_ops = StageOps::spawn(
         ops_listener,
-        ops::router(service_metrics, readiness),
+        service_metrics,
+        readiness,
+        producer.clone(),
         shutdown.clone(),
-    ));
+    );
     let result = consumer.run(&mut handler, shutdown.clone()).await;
-    shutdown.cancel();
-    let _ = probe.await;
-    match ops.await {
-        Ok(Err(e)) => return Err(DeduplicatorError::Ops(e)),
-        Err(e) => tracing::error!(error = %e, "ops server panicked"),
-        Ok(Ok(())) => {}
-    }
+    stage_ops.stop().await.map_err(DeduplicatorError::Ops)?;
     result.map_err(Into::into)
 }
 

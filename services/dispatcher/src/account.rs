@@ -102,45 +102,50 @@ pub struct Accounts {
 
 impl Accounts {
     pub fn from_config(config: &DispatcherConfig) -> Self {
-        let mut by_tenant = HashMap::new();
-        match config.platform() {
-            Platform::Meta => {
-                for (tenant, a) in &config.meta.accounts {
-                    let account = Account::new(
-                        tenant,
-                        &a.pixel_id,
+        let accounts: Vec<(&String, &str, Credentials, Option<f64>)> = match config.platform() {
+            Platform::Meta => config
+                .meta
+                .accounts
+                .iter()
+                .map(|(t, a)| {
+                    (
+                        t,
+                        a.pixel_id.as_str(),
                         Credentials::Meta(a.clone()),
                         a.quota_per_sec,
-                        config,
-                    );
-                    by_tenant.insert(tenant.clone(), Arc::new(account));
-                }
-            }
-            Platform::GoogleAds => {
-                for (tenant, a) in &config.google_ads.accounts {
-                    let account = Account::new(
-                        tenant,
-                        &a.customer_id,
-                        Credentials::GoogleAds(a.clone()),
-                        a.quota_per_sec,
-                        config,
-                    );
-                    by_tenant.insert(tenant.clone(), Arc::new(account));
-                }
-            }
-            Platform::Tiktok => {
-                for (tenant, a) in &config.tiktok.accounts {
-                    let account = Account::new(
-                        tenant,
-                        &a.pixel_code,
+                    )
+                })
+                .collect(),
+            Platform::GoogleAds => config
+                .google_ads
+                .accounts
+                .iter()
+                .map(|(t, a)| {
+                    let c = Credentials::GoogleAds(a.clone());
+                    (t, a.customer_id.as_str(), c, a.quota_per_sec)
+                })
+                .collect(),
+            Platform::Tiktok => config
+                .tiktok
+                .accounts
+                .iter()
+                .map(|(t, a)| {
+                    (
+                        t,
+                        a.pixel_code.as_str(),
                         Credentials::Tiktok(a.clone()),
                         a.quota_per_sec,
-                        config,
-                    );
-                    by_tenant.insert(tenant.clone(), Arc::new(account));
-                }
-            }
-        }
+                    )
+                })
+                .collect(),
+        };
+        let by_tenant = accounts
+            .into_iter()
+            .map(|(tenant, id, credentials, quota)| {
+                let account = Account::new(tenant, id, credentials, quota, config);
+                (tenant.clone(), Arc::new(account))
+            })
+            .collect();
         Accounts { by_tenant }
     }
 

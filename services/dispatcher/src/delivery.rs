@@ -114,6 +114,12 @@ impl Engine {
         let Ok(permit) = account.requests.acquire().await else {
             return Next::Finished;
         };
+        // Requests queue here behind each other; a rebalance meanwhile must
+        // not spend the account's pace on events that are no longer ours.
+        events.retain(|p| self.ownership.owns(&p.origin));
+        if events.is_empty() {
+            return Next::Finished;
+        }
         tokio::select! {
             _ = self.shutdown.cancelled() => return Next::Finished,
             _ = account.pacer.wait() => {}
@@ -124,6 +130,11 @@ impl Engine {
                 _ = self.shutdown.cancelled() => return Next::Finished,
                 _ = tokio::time::sleep_until(until) => {}
             }
+        }
+        // A rebalance while it queued: what is no longer ours is not sent.
+        events.retain(|p| self.ownership.owns(&p.origin));
+        if events.is_empty() {
+            return Next::Finished;
         }
         self.metrics.quota_wait(waited.elapsed().as_secs_f64());
 

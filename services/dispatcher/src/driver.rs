@@ -27,7 +27,6 @@ use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::{KafkaResult, RDKafkaErrorCode};
-use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
@@ -214,14 +213,7 @@ impl Driver {
                 Some(done) = self.done.recv() => self.finished(done),
                 message = self.consumer.recv() => match message {
                     Ok(m) => {
-                        let record = InboundRecord {
-                            topic: m.topic().to_string(),
-                            partition: m.partition(),
-                            offset: m.offset(),
-                            key: m.key().map(<[u8]>::to_vec),
-                            payload: m.payload().map(<[u8]>::to_vec),
-                            timestamp: m.timestamp().to_millis(),
-                        };
+                        let record = InboundRecord::detached(&m);
                         drop(m);
                         self.apply_rebalances();
                         self.read(record);

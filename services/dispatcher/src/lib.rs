@@ -25,9 +25,9 @@ pub mod pending;
 use std::sync::Arc;
 use std::time::Duration;
 
-use postback_core::kafka::{watch_broker, KafkaError, Producer};
+use postback_core::kafka::{KafkaError, Producer};
 use postback_core::metrics::ServiceMetrics;
-use postback_core::ops::{self, Readiness};
+use postback_core::ops::{Readiness, StageOps};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -122,24 +122,15 @@ pub async fn run(
         group = %config.group_id(),
         "dispatcher starting"
     );
-    let probe = tokio::spawn(watch_broker(
-        producer.clone(),
-        readiness.clone(),
-        shutdown.clone(),
-    ));
-    let ops = tokio::spawn(ops::serve(
+    let stage_ops = StageOps::spawn(
         ops_listener,
-        ops::router(service_metrics, readiness),
+        service_metrics,
+        readiness,
+        producer.clone(),
         shutdown.clone(),
-    ));
+    );
     let result = driver.run(shutdown.clone()).await;
     producer.flush(Duration::from_secs(5));
-    shutdown.cancel();
-    let _ = probe.await;
-    match ops.await {
-        Ok(Err(e)) => return Err(DispatcherError::Ops(e)),
-        Err(e) => tracing::error!(error = %e, "ops server panicked"),
-        Ok(Ok(())) => {}
-    }
+    stage_ops.stop().await.map_err(DispatcherError::Ops)?;
     result.map_err(Into::into)
 }

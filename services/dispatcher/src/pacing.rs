@@ -19,6 +19,8 @@ pub struct Pacer {
     quota_per_sec: Option<f64>,
     headroom: f64,
     limiter: RwLock<Option<Arc<DefaultDirectRateLimiter>>>,
+    /// Wakes the requests waiting on the previous pace when the share changes.
+    changed: tokio::sync::Notify,
 }
 
 impl Pacer {
@@ -27,6 +29,7 @@ impl Pacer {
             quota_per_sec,
             headroom,
             limiter: RwLock::new(None),
+            changed: tokio::sync::Notify::new(),
         };
         pacer.set_share(1.0);
         pacer
@@ -53,20 +56,31 @@ impl Pacer {
             Ok(mut l) => *l = limiter,
             Err(p) => *p.into_inner() = limiter,
         }
+        self.changed.notify_waiters();
     }
 
-    /// Waits for this instance's turn; returns how long it waited.
+    /// Waits for this instance's turn; returns how long it waited. A
+    /// change of share wakes the wait and it goes on at the new pace (a
+    /// request queued behind an instance's near-zero pace while it owned
+    /// nothing must not sleep out that pace after partitions arrive).
     pub async fn wait(&self) -> Duration {
-        let limiter = match self.limiter.read() {
-            Ok(l) => l.clone(),
-            Err(p) => p.into_inner().clone(),
-        };
-        let Some(limiter) = limiter else {
-            return Duration::ZERO;
-        };
         let started = tokio::time::Instant::now();
-        limiter.until_ready().await;
-        started.elapsed()
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let limiter = match self.limiter.read() {
+                Ok(l) => l.clone(),
+                Err(p) => p.into_inner().clone(),
+            };
+            let Some(limiter) = limiter else {
+                return started.elapsed();
+            };
+            tokio::select! {
+                _ = limiter.until_ready() => return started.elapsed(),
+                _ = &mut changed => continue,
+            }
+        }
     }
 }
 
@@ -79,6 +93,24 @@ mod tests {
         let p = Pacer::new(Some(90.0), 0.9);
         assert_eq!(p.rate_at(1.0 / 3.0).map(|r| r.round()), Some(27.0));
         assert_eq!(Pacer::new(None, 0.9).rate_at(0.5), None);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_request_follows_a_new_share_at_once() {
+        let p = Arc::new(Pacer::new(Some(1000.0), 1.0));
+        p.set_share(0.0); // one request a minute
+        p.wait().await; // the one
+        let waiting = {
+            let p = p.clone();
+            tokio::spawn(async move { p.wait().await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        p.set_share(1.0);
+        let waited = tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .expect("woken by the new share")
+            .expect("task");
+        assert!(waited < Duration::from_secs(10));
     }
 
     #[tokio::test]

@@ -68,6 +68,15 @@ async fn three_instances_use_the_quota_and_never_exceed_it() {
     let after = rig.sandbox.requests(Platform::Meta, "accepted");
     let rate = (after - before) as f64 / started.elapsed().as_secs_f64();
     let throttled = rig.sandbox.requests(Platform::Meta, "throttled");
+    for (n, i) in instances.iter().enumerate() {
+        eprintln!(
+            "instance {n}: share {}‰, {} requests, {} unfinished conversions",
+            i.metric("postback_dispatcher_quota_share_permille", &[])
+                .await,
+            i.metric("postback_dispatcher_requests_total", &[]).await,
+            i.metric("postback_dispatcher_pending_events", &[]).await,
+        );
+    }
     eprintln!(
         "quota {QUOTA}/s: the group used {rate:.1} requests/s ({:.0}%), throttled {throttled}",
         rate / f64::from(QUOTA) * 100.0

@@ -14,9 +14,9 @@ pub mod metrics;
 pub mod normalize;
 
 use postback_core::dead_letter::DeadLetters;
-use postback_core::kafka::{watch_broker, ConsumerLoop, Producer};
+use postback_core::kafka::{ConsumerLoop, Producer};
 use postback_core::metrics::ServiceMetrics;
-use postback_core::ops::{self, Readiness};
+use postback_core::ops::{Readiness, StageOps};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -62,23 +62,14 @@ pub async fn run(
         DeadLetters::new(handler::STAGE, config.topics.rejected.clone()),
         metrics,
     );
-    let probe = tokio::spawn(watch_broker(
-        producer.clone(),
-        readiness.clone(),
-        shutdown.clone(),
-    ));
-    let ops = tokio::spawn(ops::serve(
+    let stage_ops = StageOps::spawn(
         ops_listener,
-        ops::router(service_metrics, readiness),
+        service_metrics,
+        readiness,
+        producer.clone(),
         shutdown.clone(),
-    ));
+    );
     let result = consumer.run(&mut handler, shutdown.clone()).await;
-    shutdown.cancel();
-    let _ = probe.await;
-    match ops.await {
-        Ok(Err(e)) => return Err(EnricherError::Ops(e)),
-        Err(e) => tracing::error!(error = %e, "ops server panicked"),
-        Ok(Ok(())) => {}
-    }
+    stage_ops.stop().await.map_err(EnricherError::Ops)?;
     result.map_err(Into::into)
 }

@@ -648,13 +648,20 @@ fn count_by_topic<'a>(counter: &IntCounterVec, topics: impl Iterator<Item = &'a 
 }
 
 fn detach<M: Message>(m: &M) -> InboundRecord {
-    InboundRecord {
-        topic: m.topic().to_string(),
-        partition: m.partition(),
-        offset: m.offset(),
-        key: m.key().map(<[u8]>::to_vec),
-        payload: m.payload().map(<[u8]>::to_vec),
-        timestamp: m.timestamp().to_millis(),
+    InboundRecord::detached(m)
+}
+
+impl InboundRecord {
+    /// A copy of a consumed message that outlives the consumer's buffer.
+    pub fn detached<M: Message>(m: &M) -> InboundRecord {
+        InboundRecord {
+            topic: m.topic().to_string(),
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().map(<[u8]>::to_vec),
+            timestamp: m.timestamp().to_millis(),
+        }
     }
 }
 

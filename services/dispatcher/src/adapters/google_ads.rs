@@ -15,10 +15,7 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use super::google_oauth::TokenCache;
-use super::{
-    decimal_number, retry_after, transport_error, unexpected, Answer, NotSendable, Reason,
-    RowResult,
-};
+use super::{decimal_number, exchange, unexpected, Answer, NotSendable, Reason, RowResult};
 use crate::config::{GoogleAdsAccount, GoogleAdsConfig};
 
 /// Row errors that mean Google already has the conversion (a resend).
@@ -198,22 +195,22 @@ impl GoogleAdsAdapter {
         if let Some(login) = &account.login_customer_id {
             request = request.header("login-customer-id", login);
         }
-        let response = match request.send().await {
-            Ok(r) => r,
-            Err(e) => return transport_error(e),
+        let reply = match exchange(request).await {
+            Ok(reply) => reply,
+            Err(failed) => return failed,
         };
-        let status = response.status();
-        let retry = retry_after(response.headers());
-        let request_id = response
-            .headers()
+        let request_id = reply
+            .headers
             .get("request-id")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let body = match response.bytes().await {
-            Ok(b) => b,
-            Err(e) => return transport_error(e),
-        };
-        classify(status, retry, request_id, rows.len(), &body)
+        classify(
+            reply.status,
+            reply.retry_after,
+            request_id,
+            rows.len(),
+            &reply.body,
+        )
     }
 }
 

@@ -10,9 +10,7 @@ use postback_core::Platform;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
-use super::{
-    decimal_number, index_after, retry_after, transport_error, unexpected, Answer, Reason,
-};
+use super::{contents, decimal_number, exchange, index_after, unexpected, Answer, Reason};
 use crate::config::{MetaAccount, MetaConfig};
 
 /// Graph API error codes that mean "slow down".
@@ -123,17 +121,10 @@ impl MetaAdapter {
             access_token: &account.access_token,
             test_event_code: account.test_event_code.as_deref(),
         };
-        let response = match self.http.post(&url).json(&body).send().await {
-            Ok(r) => r,
-            Err(e) => return transport_error(e),
-        };
-        let status = response.status();
-        let retry = retry_after(response.headers());
-        let text = match response.bytes().await {
-            Ok(b) => b,
-            Err(e) => return transport_error(e),
-        };
-        classify(status, retry, &text)
+        match exchange(self.http.post(&url).json(&body)).await {
+            Ok(reply) => classify(reply.status, reply.retry_after, &reply.body),
+            Err(failed) => failed,
+        }
     }
 }
 
@@ -169,22 +160,7 @@ fn custom_data(e: &ConversionEnriched) -> Option<Map<String, Value>> {
     if let Some(id) = &order.order_id {
         c.insert("order_id".into(), json!(id));
     }
-    let contents: Vec<Value> = order
-        .items
-        .iter()
-        .filter_map(|item| {
-            let id = item.id.as_ref()?;
-            let mut o = Map::new();
-            o.insert("id".into(), json!(id));
-            if let Some(q) = item.quantity {
-                o.insert("quantity".into(), json!(q));
-            }
-            if let Some(p) = item.price.as_deref().and_then(decimal_number) {
-                o.insert("item_price".into(), p);
-            }
-            Some(Value::Object(o))
-        })
-        .collect();
+    let contents = contents(order, "id", "item_price");
     if !contents.is_empty() {
         let ids: Vec<Value> = contents.iter().map(|c| c["id"].clone()).collect();
         c.insert("content_ids".into(), Value::Array(ids));

@@ -192,6 +192,50 @@ impl Adapter {
     }
 }
 
+/// What came back from a request, read to the end.
+pub struct Reply {
+    pub status: reqwest::StatusCode,
+    pub retry_after: Option<Duration>,
+    pub headers: HeaderMap,
+    pub body: bytes::Bytes,
+}
+
+/// Sends a request and reads its whole answer; a transport failure is
+/// already classified.
+pub async fn exchange(request: reqwest::RequestBuilder) -> Result<Reply, Answer> {
+    let response = request.send().await.map_err(transport_error)?;
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.bytes().await.map_err(transport_error)?;
+    Ok(Reply {
+        status,
+        retry_after: retry_after(&headers),
+        headers,
+        body,
+    })
+}
+
+/// An order's items as the platform's content objects, with its own names
+/// for the id and the unit price.
+pub fn contents(order: &postback_core::model::Order, id_key: &str, price_key: &str) -> Vec<Value> {
+    order
+        .items
+        .iter()
+        .filter_map(|item| {
+            let id = item.id.as_ref()?;
+            let mut o = serde_json::Map::new();
+            o.insert(id_key.into(), Value::String(id.clone()));
+            if let Some(q) = item.quantity {
+                o.insert("quantity".into(), Value::from(q));
+            }
+            if let Some(p) = item.price.as_deref().and_then(decimal_number) {
+                o.insert(price_key.into(), p);
+            }
+            Some(Value::Object(o))
+        })
+        .collect()
+}
+
 /// Retry-After in seconds (the HTTP-date form is rare on these APIs and
 /// falls back to the configured pause).
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {

@@ -11,9 +11,7 @@ use postback_core::Platform;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
-use super::{
-    decimal_number, index_after, retry_after, transport_error, unexpected, Answer, Reason,
-};
+use super::{contents, decimal_number, exchange, index_after, unexpected, Answer, Reason};
 use crate::config::{TiktokAccount, TiktokConfig};
 
 const OK: i64 = 0;
@@ -128,24 +126,15 @@ impl TiktokAdapter {
             test_event_code: account.test_event_code.as_deref(),
             data: rows,
         };
-        let response = match self
+        let request = self
             .http
             .post(&self.url)
             .header("Access-Token", &account.access_token)
-            .json(&body)
-            .send()
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => return transport_error(e),
-        };
-        let status = response.status();
-        let retry = retry_after(response.headers());
-        let text = match response.bytes().await {
-            Ok(b) => b,
-            Err(e) => return transport_error(e),
-        };
-        classify(status, retry, &text)
+            .json(&body);
+        match exchange(request).await {
+            Ok(reply) => classify(reply.status, reply.retry_after, &reply.body),
+            Err(failed) => failed,
+        }
     }
 }
 
@@ -161,25 +150,7 @@ fn properties(e: &ConversionEnriched) -> Option<Map<String, Value>> {
     if let Some(id) = &order.order_id {
         p.insert("order_id".into(), json!(id));
     }
-    let contents: Vec<Value> = order
-        .items
-        .iter()
-        .filter_map(|item| {
-            let id = item.id.as_ref()?;
-            let mut o = Map::new();
-            o.insert("content_id".into(), json!(id));
-            if let Some(q) = item.quantity {
-                o.insert("quantity".into(), json!(q));
-            }
-            if let Some(price) = item.price.as_deref().and_then(decimal_number) {
-                o.insert("price".into(), price);
-            }
-            if let Some(name) = &item.name {
-                o.insert("content_name".into(), json!(name));
-            }
-            Some(Value::Object(o))
-        })
-        .collect();
+    let contents = contents(order, "content_id", "price");
     if !contents.is_empty() {
         p.insert("content_type".into(), json!("product"));
         p.insert("contents".into(), Value::Array(contents));
