@@ -194,14 +194,7 @@ impl Rig {
     /// Produces conversions to dispatch.<platform>, keyed like the
     /// deduplicator keys them.
     pub async fn send(&self, platform: Platform, conversions: &[ConversionEnriched]) {
-        let codec: Codec<ConversionEnriched> = Codec::new(SchemaKind::ConversionEnriched);
-        let topic = self.topics.dispatch(platform);
-        for c in conversions {
-            self.broker
-                .produce(&topic, &c.key(), &codec.encode(c).expect("encode"))
-                .await
-                .expect("produce");
-        }
+        self.fill(platform, conversions).await;
     }
 
     /// Produces many conversions at once (backlogs).
