@@ -1,12 +1,13 @@
 //! Dispatcher throughput and bad-event isolation, against the in-process
 //! platform sandbox with no quota, through a private broker.
 //!
-//! 1. Per platform: BENCH_EVENTS conversions (default 20000) on
+//! 1. Per platform: BENCH_EVENTS conversions (default 100000) on
 //!    dispatch.<platform> (4 partitions), one dispatcher instance with its
 //!    defaults; delivered events/s from the first delivery to the last,
 //!    against uploading the same rows straight to the sandbox with the same
-//!    adapter (1,000-event requests, 4 in flight): the ratio is what Kafka,
-//!    batching, pacing and status records cost.
+//!    adapter (1,000-event requests, 4 in flight, best of three): the
+//!    ratio is what consuming, decoding, batching, pacing and writing a
+//!    status record per event cost.
 //! 2. Meta and TikTok: one 1,000-event batch with one bad event at a random
 //!    place; the requests it takes to deliver the 999 and reject the one,
 //!    using the index the platform's error names and by halving alone.
@@ -14,6 +15,10 @@
 //!
 //! Figures only. `scripts/bench.sh`, or
 //! `cargo bench -p postback-dispatcher --bench dispatch_throughput`.
+
+// As in the binary (src/main.rs).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -112,21 +117,25 @@ async fn throughput(platform: Platform, events: usize) -> anyhow::Result<()> {
         .collect::<Result<_, _>>()?;
     let group = adapter.group(&direct_events[0]);
     let limit = config.dispatch.batch_limit(platform);
-    let started = Instant::now();
-    let failures = stream::iter(rows.chunks(limit))
-        .map(|chunk| {
-            let refs: Vec<&Value> = chunk.iter().collect();
-            let adapter = &adapter;
-            async move { adapter.send(account, group, &refs).await }
-        })
-        .buffer_unordered(4)
-        .filter(|a| {
-            futures::future::ready(!matches!(a, Answer::Accepted { .. } | Answer::Rows { .. }))
-        })
-        .count()
-        .await;
-    let direct = events as f64 / started.elapsed().as_secs_f64();
-    anyhow::ensure!(failures == 0, "{platform}: direct uploads failed");
+    // Best of three: one pass is a fraction of a second, easily disturbed.
+    let mut direct: f64 = 0.0;
+    for _ in 0..3 {
+        let started = Instant::now();
+        let failures = stream::iter(rows.chunks(limit))
+            .map(|chunk| {
+                let refs: Vec<&Value> = chunk.iter().collect();
+                let adapter = &adapter;
+                async move { adapter.send(account, group, &refs).await }
+            })
+            .buffer_unordered(4)
+            .filter(|a| {
+                futures::future::ready(!matches!(a, Answer::Accepted { .. } | Answer::Rows { .. }))
+            })
+            .count()
+            .await;
+        anyhow::ensure!(failures == 0, "{platform}: direct uploads failed");
+        direct = direct.max(events as f64 / started.elapsed().as_secs_f64());
+    }
     println!(
         "{:<11} {events:>7} events  dispatcher {rate:>9.0} delivered/s  ({:.0} requests, {:.0} events/request)  direct upload {direct:>9.0}/s  ratio {:.2}",
         platform.as_str(),
@@ -191,7 +200,7 @@ async fn isolation(platform: Platform, use_error_index: bool) -> anyhow::Result<
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    let events = env_usize("BENCH_EVENTS", 20_000);
+    let events = env_usize("BENCH_EVENTS", 100_000);
     println!("dispatcher throughput, sandbox without quota, one instance, 4 partitions");
     for p in Platform::ALL {
         throughput(p, events).await?;

@@ -1,5 +1,11 @@
 //! `postback-dispatcher --platform meta|google_ads|tiktok [--config FILE]`
 
+// Every request builds and drops thousands of small JSON values, strings and
+// Avro buffers; glibc's allocator took a fifth of the benchmark's CPU
+// (perf, scripts/bench.sh), as it did in the deduplicator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// `--platform X` (or `--platform=X`), if given.
 fn platform_from_args() -> Option<String> {
     let mut args = std::env::args().skip(1);
