@@ -116,8 +116,7 @@ impl Engine {
         };
         // Requests queue here behind each other; a rebalance meanwhile must
         // not spend the account's pace on events that are no longer ours.
-        events.retain(|p| self.ownership.owns(&p.origin));
-        if events.is_empty() {
+        if !self.keep_owned(&mut events) {
             return Next::Finished;
         }
         tokio::select! {
@@ -132,8 +131,7 @@ impl Engine {
             }
         }
         // A rebalance while it queued: what is no longer ours is not sent.
-        events.retain(|p| self.ownership.owns(&p.origin));
-        if events.is_empty() {
+        if !self.keep_owned(&mut events) {
             return Next::Finished;
         }
         self.metrics.quota_wait(waited.elapsed().as_secs_f64());
@@ -352,6 +350,13 @@ impl Engine {
         let ceiling = (initial * 2f64.powi(attempt.saturating_sub(1).min(30) as i32)).min(max);
         let ms = rand::rng().random_range(ceiling / 2.0..=ceiling);
         Duration::from_millis(ms as u64)
+    }
+
+    /// Drops the events of partitions this instance lost (their new owner
+    /// redoes them); false when none is left.
+    fn keep_owned(&self, events: &mut Vec<Pending>) -> bool {
+        events.retain(|p| self.ownership.owns(&p.origin));
+        !events.is_empty()
     }
 
     /// Final statuses, for the events this instance still owns: a lost

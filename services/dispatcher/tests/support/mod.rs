@@ -226,23 +226,24 @@ impl Rig {
     }
 
     pub async fn statuses(&self) -> Vec<DeliveryStatus> {
-        let codec: Codec<DeliveryStatus> = Codec::new(SchemaKind::DeliveryStatus);
-        let records = self
-            .broker
-            .consume(&self.topics.status, usize::MAX, Duration::from_secs(2))
+        self.decoded(&self.topics.status, SchemaKind::DeliveryStatus)
             .await
-            .expect("consume");
-        records
-            .iter()
-            .filter_map(|r| codec.decode(r.payload.as_deref()?).ok())
-            .collect()
     }
 
     pub async fn dead_letters(&self) -> Vec<DeadLetter> {
-        let codec: Codec<DeadLetter> = Codec::new(SchemaKind::DeadLetter);
+        self.decoded(&self.topics.rejected, SchemaKind::DeadLetter)
+            .await
+    }
+
+    /// Everything on `topic` so far, decoded.
+    async fn decoded<T>(&self, topic: &str, kind: SchemaKind) -> Vec<T>
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned,
+    {
+        let codec: Codec<T> = Codec::new(kind);
         let records = self
             .broker
-            .consume(&self.topics.rejected, usize::MAX, Duration::from_secs(2))
+            .consume(topic, usize::MAX, Duration::from_secs(2))
             .await
             .expect("consume");
         records
