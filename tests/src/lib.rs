@@ -18,7 +18,6 @@ use anyhow::{bail, Context};
 use postback_core::config::KafkaConfig;
 use postback_core::kafka::{create_topics, InboundRecord, TopicSpec};
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 
@@ -239,14 +238,7 @@ impl Broker {
                 Ok(Err(e)) => {
                     tracing::debug!(error = %e, "test consumer error");
                 }
-                Ok(Ok(m)) => out.push(InboundRecord {
-                    topic: m.topic().to_string(),
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    key: m.key().map(<[u8]>::to_vec),
-                    payload: m.payload().map(<[u8]>::to_vec),
-                    timestamp: m.timestamp().to_millis(),
-                }),
+                Ok(Ok(m)) => out.push(InboundRecord::detached(&m)),
             }
         }
         Ok(out)

@@ -92,24 +92,24 @@ impl Engine {
             // Not final: replayed from the last commit after the restart.
             return Next::Finished;
         }
-        events.retain(|p| self.ownership.owns(&p.origin));
+        self.keep_owned(&mut events);
         let now = now_millis();
         let (expired, mut events): (Vec<_>, Vec<_>) =
             events.into_iter().partition(|p| p.deadline_ms <= now);
-        self.finish_all(expired, |_| Final::Expired {
-            reason: "too_old: past the platform's window for this event".into(),
-        })
+        self.finish_all(
+            expired,
+            Final::Expired {
+                reason: "too_old: past the platform's window for this event".into(),
+            },
+        )
         .await;
         if events.is_empty() {
             return Next::Finished;
         }
 
         let waited = Instant::now();
-        if let Some(until) = account.throttled_until() {
-            tokio::select! {
-                _ = self.shutdown.cancelled() => return Next::Finished,
-                _ = tokio::time::sleep_until(until) => {}
-            }
+        if !self.wait_out_throttle(account).await {
+            return Next::Finished;
         }
         let Ok(permit) = account.requests.acquire().await else {
             return Next::Finished;
@@ -124,11 +124,8 @@ impl Engine {
             _ = account.pacer.wait() => {}
         }
         // A throttle answered while this request queued for its slot holds it too.
-        if let Some(until) = account.throttled_until() {
-            tokio::select! {
-                _ = self.shutdown.cancelled() => return Next::Finished,
-                _ = tokio::time::sleep_until(until) => {}
-            }
+        if !self.wait_out_throttle(account).await {
+            return Next::Finished;
         }
         // A rebalance while it queued: what is no longer ours is not sent.
         if !self.keep_owned(&mut events) {
@@ -157,10 +154,8 @@ impl Engine {
         match answer {
             Answer::Accepted { request_id } => {
                 account.answered();
-                self.finish_all(events, |_| Final::Delivered {
-                    request_id: request_id.clone(),
-                })
-                .await;
+                self.finish_all(events, Final::Delivered { request_id })
+                    .await;
                 Next::Finished
             }
             Answer::Rows { request_id, rows } => {
@@ -182,7 +177,7 @@ impl Engine {
                     } else {
                         Final::Rejected { reason, request_id }
                     };
-                    self.finish_all(events, |_| last.clone()).await;
+                    self.finish_all(events, last).await;
                     return Next::Finished;
                 }
                 // Processed last-in first-out: the suspect (or first half) next.
@@ -222,9 +217,7 @@ impl Engine {
                     .map(|d| d.clamp(pause.min(Duration::from_secs(1)), MAX_PLATFORM_DELAY));
                 let until = account.throttled(retry_after, pause);
                 self.metrics.retries("throttled", events.len());
-                let next_at = now_millis()
-                    + i64::try_from(until.saturating_duration_since(Instant::now()).as_millis())
-                        .unwrap_or(i64::MAX / 2);
+                let next_at = at_millis_from_now(until.saturating_duration_since(Instant::now()));
                 self.retrying(&events, &reason, next_at).await;
                 Next::Again(events)
             }
@@ -294,12 +287,7 @@ impl Engine {
     async fn later(&self, events: Vec<Pending>, reason: Reason) -> Next {
         let delay = Duration::from_millis(self.settings.backoff_max_ms);
         self.metrics.retries("row", events.len());
-        let next_at = now_millis() + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
-        self.retrying(&events, &reason, next_at).await;
-        tokio::select! {
-            _ = self.shutdown.cancelled() => Next::Finished,
-            _ = tokio::time::sleep(delay) => Next::Again(events),
-        }
+        self.again_after(events, &reason, delay).await
     }
 
     /// One more failed attempt for `events`: the ones past the limit fail,
@@ -315,9 +303,12 @@ impl Engine {
         let max = self.settings.max_attempts;
         let (failed, mut again): (Vec<_>, Vec<_>) =
             events.into_iter().partition(|p| p.failures + 1 >= max);
-        self.finish_all(failed, |_| Final::Failed {
-            reason: reason.clone(),
-        })
+        self.finish_all(
+            failed,
+            Final::Failed {
+                reason: reason.clone(),
+            },
+        )
         .await;
         if again.is_empty() {
             return Next::Finished;
@@ -334,12 +325,7 @@ impl Engine {
             account.hold_until(Instant::now() + delay);
         }
         self.metrics.retries(why, again.len());
-        let next_at = now_millis() + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
-        self.retrying(&again, &reason, next_at).await;
-        tokio::select! {
-            _ = self.shutdown.cancelled() => Next::Finished,
-            _ = tokio::time::sleep(delay) => Next::Again(again),
-        }
+        self.again_after(again, &reason, delay).await
     }
 
     /// Exponential backoff with jitter: between half and all of
@@ -367,30 +353,47 @@ impl Engine {
     }
 
     async fn retrying(&self, events: &[Pending], reason: &Reason, next_at_ms: i64) {
-        if events.iter().all(|p| self.ownership.owns(&p.origin)) {
-            self.outcomes.retrying(events, reason, next_at_ms).await;
-        } else {
-            let owned: Vec<&Pending> = events
-                .iter()
-                .filter(|p| self.ownership.owns(&p.origin))
-                .collect();
-            self.outcomes
-                .retrying_some(&owned, reason, next_at_ms)
-                .await;
-        }
+        let owned: Vec<&Pending> = events
+            .iter()
+            .filter(|p| self.ownership.owns(&p.origin))
+            .collect();
+        self.outcomes.retrying(&owned, reason, next_at_ms).await;
     }
 
-    async fn finish_all(&self, events: Vec<Pending>, outcome: impl Fn(&Pending) -> Final) {
+    /// The same final outcome for every event.
+    async fn finish_all(&self, events: Vec<Pending>, outcome: Final) {
         if events.is_empty() {
             return;
         }
-        let items = events
-            .into_iter()
-            .map(|p| {
-                let f = outcome(&p);
-                (p, f)
-            })
-            .collect();
+        let items = events.into_iter().map(|p| (p, outcome.clone())).collect();
         self.finish(items).await;
     }
+
+    /// Waits until the platform's pause of the account is over; false if
+    /// the service stops first.
+    async fn wait_out_throttle(&self, account: &Account) -> bool {
+        let Some(until) = account.throttled_until() else {
+            return true;
+        };
+        tokio::select! {
+            _ = self.shutdown.cancelled() => false,
+            _ = tokio::time::sleep_until(until) => true,
+        }
+    }
+
+    /// Records the next attempt `delay` from now, waits it out, and hands
+    /// the events back for it.
+    async fn again_after(&self, events: Vec<Pending>, reason: &Reason, delay: Duration) -> Next {
+        self.retrying(&events, reason, at_millis_from_now(delay))
+            .await;
+        tokio::select! {
+            _ = self.shutdown.cancelled() => Next::Finished,
+            _ = tokio::time::sleep(delay) => Next::Again(events),
+        }
+    }
+}
+
+/// Unix ms, `delay` from now (for a status record's next attempt).
+fn at_millis_from_now(delay: Duration) -> i64 {
+    now_millis().saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2))
 }

@@ -195,18 +195,13 @@ impl Outcomes {
             self.metrics
                 .events(outcome.outcome_label(), &outcome.reason_label(), 1);
             // The receiver only goes away when the service stops.
-            let _ = self.done.send(Done(p.origin));
+            self.release(p.origin);
         }
         true
     }
 
     /// Records that the conversions will be tried again at `next_at_ms`.
-    pub async fn retrying(&self, items: &[Pending], reason: &Reason, next_at_ms: i64) {
-        let refs: Vec<&Pending> = items.iter().collect();
-        self.retrying_some(&refs, reason, next_at_ms).await;
-    }
-
-    pub async fn retrying_some(&self, items: &[&Pending], reason: &Reason, next_at_ms: i64) {
+    pub async fn retrying(&self, items: &[&Pending], reason: &Reason, next_at_ms: i64) {
         let records: Vec<OutboundRecord> = items
             .iter()
             .filter_map(|p| {

@@ -387,7 +387,7 @@ impl ConsumerLoop {
             match first {
                 None => {}
                 Some(Ok(m)) => {
-                    batch.push(detach(&m));
+                    batch.push(InboundRecord::detached(&m));
                     self.collect(&mut batch).await;
                 }
                 Some(Err(e)) => {
@@ -444,7 +444,7 @@ impl ConsumerLoop {
         let deadline = tokio::time::Instant::now() + self.config.linger;
         while batch.len() < self.config.max_batch {
             match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-                Ok(Ok(m)) => batch.push(detach(&m)),
+                Ok(Ok(m)) => batch.push(InboundRecord::detached(&m)),
                 Ok(Err(e)) => {
                     self.receive_error(e).await;
                     break;
@@ -645,10 +645,6 @@ fn count_by_topic<'a>(counter: &IntCounterVec, topics: impl Iterator<Item = &'a 
     if let Some((t, n)) = run {
         counter.with_label_values(&[t]).inc_by(n);
     }
-}
-
-fn detach<M: Message>(m: &M) -> InboundRecord {
-    InboundRecord::detached(m)
 }
 
 impl InboundRecord {
