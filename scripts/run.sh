@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Brings the pipeline up locally and runs its main job: the broker (tansu),
+# Brings the pipeline up locally and runs its main job: the broker (Apache Kafka),
 # the collector, the enricher, the deduplicator, one dispatcher per platform,
 # the platform sandbox they upload to, sample traffic, and what landed where.
 #   scripts/run.sh          stay up until Ctrl-C
@@ -23,25 +23,32 @@ LOGS="$STATE/logs"
 mkdir -p "$LOGS"
 export KAFKA_PORT
 
-"$ROOT/scripts/install-tansu.sh"
+"$ROOT/scripts/kafka.sh" install
 say "building postback (release)"
 "$ROOT/scripts/build.sh" postback-collector postback-enricher postback-deduplicator postback-dispatcher \
   postback-sandbox postback-ctl
-"$ROOT/scripts/broker.sh" start
-
 pids=()
+PIDFILE="$STATE/run.pids"
+: >"$PIDFILE"
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   "$ROOT/scripts/broker.sh" stop
+  rm -f "$PIDFILE"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+# If this script is killed outright (no trap runs), a watchdog stops the
+# services it started; the broker has a watchdog of its own.
+setsid bash -c 'while kill -0 "$1" 2>/dev/null; do sleep 1; done
+  [[ -f "$2" ]] && xargs -r kill 2>/dev/null <"$2"' watchdog $$ "$PIDFILE" >/dev/null 2>&1 </dev/null &
+BROKER_OWNER_PID=$$ "$ROOT/scripts/broker.sh" start
 
 start_service() { # start_service NAME BINARY ARGS...
   local name="$1"; shift
   "$@" >"$LOGS/$name.log" 2>&1 &
   pids+=("$!")
+  echo "$!" >>"$PIDFILE"
   say "started $name (pid $!, log $LOGS/$name.log)"
 }
 

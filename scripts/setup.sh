@@ -1,16 +1,26 @@
 #!/usr/bin/env bash
 # Installs what the tests, the benchmarks and the local pipeline need and that
-# a fresh machine may lack: the tansu broker and a Python venv with fastavro
-# (the independent Avro implementation the schema tests check against).
-# Idempotent: a second run does nothing.
+# a fresh machine may lack: Apache Kafka's jars (from Maven Central, with the
+# machine's Java 17+ and Maven), cargo-nextest (from crates.io) and a Python
+# venv with fastavro (the independent Avro implementation the schema tests
+# check against). Idempotent: a second run downloads nothing.
 source "$(dirname "$0")/lib.sh"
 command -v cargo >/dev/null || die "cargo is required (https://rustup.rs)"
-command -v curl >/dev/null || die "curl is required"
-"$ROOT/scripts/install-tansu.sh"
+command -v cc >/dev/null || command -v gcc >/dev/null ||
+  die "a C compiler is required to build librdkafka and OpenSSL (Debian: apt-get install build-essential)"
+command -v perl >/dev/null || die "perl is required to build OpenSSL (Debian: apt-get install perl)"
+command -v make >/dev/null || die "make is required to build librdkafka (Debian: apt-get install make)"
+command -v python3 >/dev/null || die "python3 is required (Debian: apt-get install python3 python3-venv)"
+"$ROOT/scripts/kafka.sh" install
+if ! command -v cargo-nextest >/dev/null 2>&1 && [[ "${POSTBACK_NO_NEXTEST:-}" != 1 ]]; then
+  say "installing cargo-nextest from crates.io (first time only, a few minutes)"
+  cargo install cargo-nextest --locked --quiet --no-default-features --features default-no-update ||
+    say "cargo-nextest did not install; the tests will run with cargo test"
+fi
 py="$(venv_python)"
 if ! "$py" -c "import fastavro" 2>/dev/null; then
   say "creating a Python venv with fastavro in $STATE/venv"
   mkdir -p "$STATE"
-  python3 -m venv "$STATE/venv"
+  python3 -m venv "$STATE/venv" || die "python3 cannot make a venv (Debian: apt-get install python3-venv)"
   "$py" -m pip install --quiet --disable-pip-version-check fastavro
 fi

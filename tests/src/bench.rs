@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::stream::{self, StreamExt};
+use postback_core::dead_letter::DeadLetters;
 use postback_core::kafka::{
     producer_config, ConsumerLoop, ConsumerLoopConfig, Delivered, HandlerError, InboundRecord,
-    OutboundRecord, Producer, RecordHandler, TopicPartition,
+    OutboundRecord, RecordHandler, TopicPartition,
 };
 use postback_core::metrics::ServiceMetrics;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -70,16 +71,21 @@ impl<H: RecordHandler> RecordHandler for Counting<H> {
     fn on_acknowledged(&mut self, d: &[Delivered]) -> Result<(), HandlerError> {
         self.inner.on_acknowledged(d)
     }
+    fn on_aborted(&mut self) {
+        self.inner.on_aborted()
+    }
 }
 
 /// Runs `handler` in a consumer loop (a new group) over `input` until it
-/// handled `n` records; returns records per second.
+/// handled `n` records, with transactions (`exactly_once`) or without;
+/// returns records per second.
 pub async fn timed<H: RecordHandler>(
     broker: &Broker,
     input: &str,
     name: &str,
     handler: H,
     n: usize,
+    exactly_once: bool,
 ) -> anyhow::Result<f64> {
     let kafka = broker.kafka_config();
     let consumer = ConsumerLoop::new(
@@ -90,10 +96,13 @@ pub async fn timed<H: RecordHandler>(
             topics: vec![input.into()],
             max_batch: 1000,
             linger: Duration::from_millis(5),
+            exactly_once,
+            instance_id: postback_core::kafka::instance_id(None),
         },
-        Producer::new(&kafka, name)?,
+        DeadLetters::new("bench", unique("bench.rejected")),
         &ServiceMetrics::new("bench"),
-    )?;
+    )
+    .await?;
     let done = CancellationToken::new();
     let mut counting = Counting {
         inner: handler,

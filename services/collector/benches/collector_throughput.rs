@@ -58,7 +58,7 @@ async fn main() -> anyhow::Result<()> {
     let n = env("BENCH_EVENTS", 100_000);
     let batch = env("BENCH_BATCH", 500);
     let clients = env("BENCH_CLIENTS", 8);
-    let broker = Broker::start().await?;
+    let broker = Broker::shared().await?;
     let ceiling_topic = unique("bench.ceiling");
     let topics = TopicsConfig {
         raw: unique("bench.raw"),
@@ -193,7 +193,7 @@ async fn main() -> anyhow::Result<()> {
     let ceiling_after = ceiling(ceiling_topic.clone()).await?;
     let ceiling_rate = ceiling_before.max(ceiling_after);
 
-    println!("collector benchmark: {n} events, {batch} per request, {clients} concurrent clients, ~{payload_bytes} B Avro per event, broker {}", if broker.is_private() { "tansu (sqlite, private)" } else { "KAFKA_BOOTSTRAP_SERVERS" });
+    println!("collector benchmark: {n} events, {batch} per request, {clients} concurrent clients, ~{payload_bytes} B Avro per event, broker {}", broker.description());
     println!("  raw rdkafka produce (ceiling)   {ceiling_rate:>10.0} events/s  (best of {ceiling_before:.0} before and {ceiling_after:.0} after)");
     println!("  collector POST /v1/events       {collector_rate:>10.0} events/s  ({collector_secs:.2} s, {failed} non-202 requests)");
     println!(

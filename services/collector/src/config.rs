@@ -108,7 +108,7 @@ pub struct SiteKey {
 }
 
 /// Consuming JSON conversions from retailers' own Kafka topics.
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IngestConfig {
     #[serde(default)]
@@ -117,10 +117,35 @@ pub struct IngestConfig {
     pub group_id: String,
     #[serde(default)]
     pub topics: Vec<IngestTopic>,
+    /// Conversions from the ingest topics reach conversions.raw exactly
+    /// once (one transaction per batch); false: at-least-once, for
+    /// brokers without transactions.
+    #[serde(default = "yes")]
+    pub exactly_once: bool,
+    /// This instance's stable name among the ingest group's members (see
+    /// `consumer.instance_id` of the other stages).
+    #[serde(default)]
+    pub instance_id: Option<String>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_ingest_group() -> String {
     "postback-collector-ingest".into()
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            enabled: false,
+            group_id: default_ingest_group(),
+            topics: Vec::new(),
+            exactly_once: true,
+            instance_id: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

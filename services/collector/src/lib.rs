@@ -57,7 +57,7 @@ pub async fn run(
     );
 
     let probe = tokio::spawn(watch_broker(
-        producer.clone(),
+        producer.client(),
         readiness.clone(),
         shutdown.clone(),
     ));
@@ -69,6 +69,7 @@ pub async fn run(
             .iter()
             .map(|t| (t.topic.clone(), t.tenant.clone()))
             .collect();
+        let dead_letters = DeadLetters::new(ingest::STAGE, config.topics.rejected.clone());
         let consumer = ConsumerLoop::new(
             &config.kafka,
             ConsumerLoopConfig {
@@ -77,14 +78,19 @@ pub async fn run(
                 topics: tenants.keys().cloned().collect(),
                 max_batch: 500,
                 linger: Duration::from_millis(5),
+                exactly_once: config.ingest.exactly_once,
+                instance_id: postback_core::kafka::instance_id(
+                    config.ingest.instance_id.as_deref(),
+                ),
             },
-            producer.clone(),
+            dead_letters.clone(),
             &service_metrics,
-        )?;
+        )
+        .await?;
         let mut handler = ingest::IngestHandler::new(
             tenants,
             publisher.clone(),
-            DeadLetters::new(ingest::STAGE, config.topics.rejected.clone()),
+            dead_letters,
             validate::Limits {
                 max_future_ms: config.http.max_future_secs as i64 * 1000,
                 ..validate::Limits::default()

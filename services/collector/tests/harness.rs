@@ -67,6 +67,7 @@ impl Collector {
                     topic: ingest_topic.clone(),
                     tenant: "acme".into(),
                 }],
+                ..IngestConfig::default()
             },
         };
         config.http.max_batch_events = 100;

@@ -55,7 +55,7 @@ fn decode(records: &[postback_core::kafka::InboundRecord]) -> Vec<ConversionRaw>
 
 #[tokio::test]
 async fn a_single_event_lands_on_raw_with_its_key_and_decodes_to_what_was_sent() {
-    let broker = Broker::start().await.unwrap();
+    let broker = Broker::shared().await.unwrap();
     let c = Collector::start(&broker).await;
     let r = post(&c, &event("ord-1")).await;
     assert_eq!(r.status(), StatusCode::ACCEPTED);
@@ -93,7 +93,7 @@ async fn a_single_event_lands_on_raw_with_its_key_and_decodes_to_what_was_sent()
 
 #[tokio::test]
 async fn a_batch_lands_whole() {
-    let broker = Broker::start().await.unwrap();
+    let broker = Broker::shared().await.unwrap();
     let c = Collector::start(&broker).await;
     let events: Vec<Value> = (0..50).map(|i| event(&format!("b-{i}"))).collect();
     let r = post(&c, &json!({ "events": events })).await;
@@ -118,7 +118,7 @@ async fn a_batch_lands_whole() {
 
 #[tokio::test]
 async fn each_validation_rule_rejects_with_its_field_path() {
-    let broker = Broker::start().await.unwrap();
+    let broker = Broker::shared().await.unwrap();
     let c = Collector::start(&broker).await;
     let now = chrono::Utc::now().timestamp();
     let mut missing_id = event("x");
@@ -179,7 +179,7 @@ async fn each_validation_rule_rejects_with_its_field_path() {
 
 #[tokio::test]
 async fn a_mixed_batch_accepts_exactly_the_valid_events() {
-    let broker = Broker::start().await.unwrap();
+    let broker = Broker::shared().await.unwrap();
     let c = Collector::start(&broker).await;
     let mut events = Vec::new();
     for i in 0..10 {
@@ -215,7 +215,7 @@ async fn a_mixed_batch_accepts_exactly_the_valid_events() {
 
 #[tokio::test]
 async fn oversized_bodies_and_batches_get_413() {
-    let broker = Broker::start().await.unwrap();
+    let broker = Broker::shared().await.unwrap();
     let c = Collector::start(&broker).await;
     let events: Vec<Value> = (0..101).map(|i| event(&format!("e{i}"))).collect();
     let r = post(&c, &json!({ "events": events })).await;
@@ -241,7 +241,7 @@ async fn oversized_bodies_and_batches_get_413() {
 
 #[tokio::test]
 async fn wrong_or_missing_api_keys_get_401() {
-    let broker = Broker::start().await.unwrap();
+    let broker = Broker::shared().await.unwrap();
     let c = Collector::start(&broker).await;
     let r = client()
         .post(format!("{}/v1/events", c.base))
@@ -273,7 +273,7 @@ async fn wrong_or_missing_api_keys_get_401() {
 
 #[tokio::test]
 async fn a_browser_beacon_is_accepted_and_cors_is_enforced() {
-    let broker = Broker::start().await.unwrap();
+    let broker = Broker::shared().await.unwrap();
     let c = Collector::start(&broker).await;
     let mut beacon = event("web-1");
     beacon["pixels"] = json!({"meta": "fired", "google_ads": "not_fired"});
@@ -367,7 +367,7 @@ async fn a_browser_beacon_is_accepted_and_cors_is_enforced() {
 
 #[tokio::test]
 async fn ops_endpoints_answer() {
-    let broker = Broker::start().await.unwrap();
+    let broker = Broker::shared().await.unwrap();
     let c = Collector::start(&broker).await;
     assert_eq!(post(&c, &event("m-1")).await.status(), StatusCode::ACCEPTED);
     let health = client()

@@ -42,7 +42,52 @@ impl DeadLetters {
         errors: Vec<FieldError>,
         tenant: Option<String>,
     ) -> Result<OutboundRecord, CodecError> {
-        let mut detail: String = detail.into();
+        self.letter(
+            Source {
+                topic: &input.topic,
+                position: Some((input.partition, input.offset)),
+                key: input.key.as_deref(),
+                value: input.payload.as_deref(),
+            },
+            reason,
+            detail.into(),
+            errors,
+            tenant,
+        )
+    }
+
+    /// The dead letter for an output the stage made but the broker cannot
+    /// take (larger than it accepts): `source_topic` is where it was meant
+    /// to go, and the letter keeps its head for a look and a replay.
+    pub fn for_output(
+        &self,
+        output: &OutboundRecord,
+        reason: &str,
+        detail: impl Into<String>,
+    ) -> Result<OutboundRecord, CodecError> {
+        self.letter(
+            Source {
+                topic: &output.topic,
+                position: None,
+                key: output.key.as_deref(),
+                value: Some(&output.payload),
+            },
+            reason,
+            detail.into(),
+            Vec::new(),
+            None,
+        )
+    }
+
+    fn letter(
+        &self,
+        source: Source<'_>,
+        reason: &str,
+        detail: String,
+        errors: Vec<FieldError>,
+        tenant: Option<String>,
+    ) -> Result<OutboundRecord, CodecError> {
+        let mut detail = detail;
         if detail.len() > MAX_DETAIL_CHARS {
             let cut = (0..=MAX_DETAIL_CHARS)
                 .rev()
@@ -52,7 +97,7 @@ impl DeadLetters {
         }
         let mut errors = errors;
         errors.truncate(MAX_ERRORS);
-        let mut original_value = input.payload.clone();
+        let mut original_value = source.value.map(<[u8]>::to_vec);
         if let Some(v) = &mut original_value {
             if v.len() > MAX_ORIGINAL_BYTES {
                 // The source record stays on its topic (by topic, partition
@@ -70,19 +115,27 @@ impl DeadLetters {
             detail,
             errors,
             tenant,
-            source_topic: Some(input.topic.clone()),
-            source_partition: Some(input.partition),
-            source_offset: Some(input.offset),
-            original_key: input.key.clone(),
+            source_topic: Some(source.topic.to_string()),
+            source_partition: source.position.map(|(p, _)| p),
+            source_offset: source.position.map(|(_, o)| o),
+            original_key: source.key.map(<[u8]>::to_vec),
             original_value,
             time: now_millis(),
         };
         Ok(OutboundRecord::new(
             self.topic.clone(),
-            input.key.clone(),
+            source.key.map(<[u8]>::to_vec),
             self.codec.encode(&letter)?,
         ))
     }
+}
+
+/// Where a dead letter's original came from.
+struct Source<'a> {
+    topic: &'a str,
+    position: Option<(i32, i64)>,
+    key: Option<&'a [u8]>,
+    value: Option<&'a [u8]>,
 }
 
 #[cfg(test)]
@@ -97,7 +150,7 @@ mod tests {
             offset: 9,
             key: Some(b"k".to_vec()),
             payload: Some(vec![b'x'; 3 * 1024 * 1024]),
-            timestamp: None,
+            ..Default::default()
         };
         let errors = (0..10_000)
             .map(|i| FieldError::new(format!("events[{i}]"), "bad"))

@@ -112,11 +112,11 @@ impl StageOps {
         listener: TcpListener,
         metrics: ServiceMetrics,
         readiness: Readiness,
-        producer: crate::kafka::Producer,
+        broker_client: rdkafka::producer::FutureProducer,
         shutdown: CancellationToken,
     ) -> Self {
         let probe = tokio::spawn(crate::kafka::watch_broker(
-            producer,
+            broker_client,
             readiness.clone(),
             shutdown.clone(),
         ));

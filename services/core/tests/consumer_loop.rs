@@ -1,23 +1,23 @@
-//! The at-least-once consumer loop against a real broker: nothing is lost
-//! across a rebalance or a restart, and per-partition order holds.
+//! The consumer loop against a real broker. Exactly-once (the default):
+//! across a rebalance, a restart or an instance that dies mid-transaction,
+//! every input record's output is on the output topic once (read
+//! committed), in order per key. At-least-once: nothing is lost.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use postback_core::kafka::{
-    ConsumerLoop, ConsumerLoopConfig, InboundRecord, OutboundRecord, Producer,
-};
+use postback_core::dead_letter::DeadLetters;
+use postback_core::kafka::{ConsumerLoop, ConsumerLoopConfig, InboundRecord, OutboundRecord};
 use postback_core::metrics::ServiceMetrics;
 use postback_testkit::{unique, Broker};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
 use tokio_util::sync::CancellationToken;
 
 const PARTITIONS: i32 = 4;
 
 async fn fill(broker: &Broker, topic: &str, from: usize, to: usize) {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
+    let producer: FutureProducer = broker
+        .client_config()
         .set("enable.idempotence", "true")
         .create()
         .unwrap();
@@ -43,16 +43,22 @@ async fn fill(broker: &Broker, topic: &str, from: usize, to: usize) {
     }
 }
 
-/// Copies every record to `output`, tagging it with the instance name.
-fn spawn_loop(
+struct Instance {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Copies every record to `output`.
+async fn spawn_loop(
     broker: &Broker,
-    name: &'static str,
+    name: &str,
     group: &str,
-    input: &str,
-    output: &str,
-) -> (CancellationToken, tokio::task::JoinHandle<()>) {
-    let kafka = broker.kafka_config();
-    let producer = Producer::new(&kafka, name).unwrap();
+    (input, output): (&str, &str),
+    exactly_once: bool,
+) -> Instance {
+    let mut kafka = broker.kafka_config();
+    // What an instance that died mid-transaction left open is aborted soon.
+    kafka.transaction_timeout_ms = 5_000;
     let consumer = ConsumerLoop::new(
         &kafka,
         ConsumerLoopConfig {
@@ -61,14 +67,17 @@ fn spawn_loop(
             topics: vec![input.to_string()],
             max_batch: 200,
             linger: Duration::from_millis(5),
+            exactly_once,
+            instance_id: unique(name),
         },
-        producer,
+        DeadLetters::new("test", unique("rejected")),
         &ServiceMetrics::new("test"),
     )
+    .await
     .unwrap();
     let output = output.to_string();
-    let token = CancellationToken::new();
-    let t = token.clone();
+    let stop = CancellationToken::new();
+    let token = stop.clone();
     let task = tokio::spawn(async move {
         let mut handler = move |r: &InboundRecord, out: &mut Vec<OutboundRecord>| {
             out.push(OutboundRecord::new(
@@ -77,9 +86,22 @@ fn spawn_loop(
                 r.payload.clone().unwrap_or_default(),
             ));
         };
-        consumer.run(&mut handler, t).await.unwrap();
+        consumer.run(&mut handler, token).await.unwrap();
     });
-    (token, task)
+    Instance { stop, task }
+}
+
+impl Instance {
+    async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.unwrap();
+    }
+
+    /// Gone without a word: no commit, no leaving the group, whatever
+    /// transaction was open stays open until the broker aborts it.
+    fn crash(self) {
+        self.task.abort();
+    }
 }
 
 fn numbers(records: &[InboundRecord]) -> Vec<(Vec<u8>, u64)> {
@@ -94,42 +116,19 @@ fn numbers(records: &[InboundRecord]) -> Vec<(Vec<u8>, u64)> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nothing_is_lost_when_an_instance_leaves_mid_stream_and_order_per_key_holds() {
-    let broker = Broker::start().await.unwrap();
-    let (input, output) = (unique("loop.in"), unique("loop.out"));
-    broker.create_topic(&input, PARTITIONS).await.unwrap();
-    broker.create_topic(&output, PARTITIONS).await.unwrap();
-    let group = unique("loop.group");
-    const N: usize = 6000;
-
-    let (a_stop, a) = spawn_loop(&broker, "a", &group, &input, &output);
-    let (b_stop, b) = spawn_loop(&broker, "b", &group, &input, &output);
-    fill(&broker, &input, 0, N / 2).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    // One instance leaves while records are still arriving.
-    b_stop.cancel();
-    fill(&broker, &input, N / 2, N).await;
-    b.await.unwrap();
-
-    let out = broker
-        .consume(&output, N, Duration::from_secs(60))
-        .await
-        .unwrap();
-    a_stop.cancel();
-    a.await.unwrap();
-
-    let seen = numbers(&out);
-    let distinct: HashSet<u64> = seen.iter().map(|(_, n)| *n).collect();
-    assert_eq!(distinct.len(), N, "lost {} records", N - distinct.len());
-    // Per key, the first occurrence of each record comes in production order
-    // (a replay after the rebalance may repeat a suffix, never reorder).
+/// Each of 0..n exactly once, and in production order per key.
+fn assert_exactly_once_in_order(records: &[InboundRecord], n: usize) {
+    let seen = numbers(records);
+    let mut count: BTreeMap<u64, usize> = BTreeMap::new();
+    for (_, i) in &seen {
+        *count.entry(*i).or_default() += 1;
+    }
+    let twice: Vec<_> = count.iter().filter(|(_, c)| **c > 1).take(10).collect();
+    assert!(twice.is_empty(), "written more than once: {twice:?}");
+    assert_eq!(count.len(), n, "lost {} records", n - count.len());
     let mut by_key: BTreeMap<Vec<u8>, Vec<u64>> = BTreeMap::new();
-    let mut first = HashSet::new();
-    for (k, n) in seen {
-        if first.insert(n) {
-            by_key.entry(k).or_default().push(n);
-        }
+    for (k, i) in seen {
+        by_key.entry(k).or_default().push(i);
     }
     for (k, ns) in by_key {
         assert!(
@@ -140,38 +139,108 @@ async fn nothing_is_lost_when_an_instance_leaves_mid_stream_and_order_per_key_ho
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_graceful_stop_commits_what_was_done_and_a_restart_resumes_without_loss() {
-    let broker = Broker::start().await.unwrap();
+async fn topics(broker: &Broker) -> (String, String) {
     let (input, output) = (unique("loop.in"), unique("loop.out"));
     broker.create_topic(&input, PARTITIONS).await.unwrap();
     broker.create_topic(&output, PARTITIONS).await.unwrap();
+    (input, output)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_leaving_mid_stream_loses_nothing_and_writes_nothing_twice() {
+    let broker = Broker::shared().await.unwrap();
+    let (input, output) = topics(&broker).await;
+    let group = unique("loop.group");
+    const N: usize = 6000;
+
+    let a = spawn_loop(&broker, "a", &group, (&input, &output), true).await;
+    let b = spawn_loop(&broker, "b", &group, (&input, &output), true).await;
+    fill(&broker, &input, 0, N / 2).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // One instance leaves while records are still arriving.
+    let leaving = tokio::spawn(b.stop());
+    fill(&broker, &input, N / 2, N).await;
+    leaving.await.unwrap();
+
+    let out = broker
+        .consume(&output, N, Duration::from_secs(60))
+        .await
+        .unwrap();
+    a.stop().await;
+    let all = broker.read_to_end(&output).await.unwrap();
+    assert_eq!(out.len(), N);
+    assert_exactly_once_in_order(&all, N);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_dying_mid_transaction_leaves_nothing_behind() {
+    let broker = Broker::shared().await.unwrap();
+    let (input, output) = topics(&broker).await;
+    let group = unique("loop.group");
+    const N: usize = 20_000;
+
+    fill(&broker, &input, 0, N).await;
+    let first = spawn_loop(&broker, "doomed", &group, (&input, &output), true).await;
+    // Killed once it committed some of the work, in the middle of the rest.
+    let partial = broker
+        .consume(&output, N / 10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(partial.len() >= N / 10);
+    first.crash();
+    let second = spawn_loop(&broker, "survivor", &group, (&input, &output), true).await;
+    broker
+        .consume(&output, N, Duration::from_secs(120))
+        .await
+        .unwrap();
+    second.stop().await;
+    assert_exactly_once_in_order(&broker.read_to_end(&output).await.unwrap(), N);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_commits_what_was_done_and_a_restart_resumes_exactly_there() {
+    let broker = Broker::shared().await.unwrap();
+    let (input, output) = topics(&broker).await;
     let group = unique("loop.group");
 
     fill(&broker, &input, 0, 1000).await;
-    let (stop, task) = spawn_loop(&broker, "first", &group, &input, &output);
-    let first = broker
+    let first = spawn_loop(&broker, "first", &group, (&input, &output), true).await;
+    let done = broker
         .consume(&output, 1000, Duration::from_secs(60))
         .await
         .unwrap();
-    assert_eq!(first.len(), 1000);
-    stop.cancel();
-    task.await.unwrap();
+    assert_eq!(done.len(), 1000);
+    first.stop().await;
 
     fill(&broker, &input, 1000, 1500).await;
-    let (stop, task) = spawn_loop(&broker, "second", &group, &input, &output);
-    let all = broker
+    let second = spawn_loop(&broker, "second", &group, (&input, &output), true).await;
+    broker
         .consume(&output, 1500, Duration::from_secs(60))
         .await
         .unwrap();
-    stop.cancel();
-    task.await.unwrap();
-    let distinct: HashSet<u64> = numbers(&all).into_iter().map(|(_, n)| n).collect();
-    assert_eq!(distinct.len(), 1500);
-    // The committed offsets held: the restart did not start over.
-    assert!(
-        all.len() < 1500 + 200,
-        "{} records: the restart replayed what was committed",
-        all.len()
-    );
+    second.stop().await;
+    assert_exactly_once_in_order(&broker.read_to_end(&output).await.unwrap(), 1500);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_least_once_mode_loses_nothing_when_an_instance_leaves() {
+    let broker = Broker::shared().await.unwrap();
+    let (input, output) = topics(&broker).await;
+    let group = unique("loop.group");
+    const N: usize = 4000;
+
+    let a = spawn_loop(&broker, "a", &group, (&input, &output), false).await;
+    let b = spawn_loop(&broker, "b", &group, (&input, &output), false).await;
+    fill(&broker, &input, 0, N / 2).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let leaving = tokio::spawn(b.stop());
+    fill(&broker, &input, N / 2, N).await;
+    leaving.await.unwrap();
+    let out = broker
+        .consume(&output, N, Duration::from_secs(60))
+        .await
+        .unwrap();
+    a.stop().await;
+    let distinct: HashSet<u64> = numbers(&out).into_iter().map(|(_, n)| n).collect();
+    assert_eq!(distinct.len(), N, "lost {} records", N - distinct.len());
 }

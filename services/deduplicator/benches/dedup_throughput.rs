@@ -75,6 +75,7 @@ fn topics(prefix: &str) -> OutputTopics {
         status: format!("{prefix}.status"),
         changelog: format!("{prefix}.changelog"),
         dispatch: ["meta", "google_ads", "tiktok"].map(|p| format!("{prefix}.dispatch.{p}")),
+        rejected: format!("{prefix}.rejected"),
     }
 }
 
@@ -211,6 +212,7 @@ async fn through_broker(
     dir: &Path,
     n: usize,
     first_id: usize,
+    exactly_once: bool,
 ) -> anyhow::Result<BrokerRun> {
     let prefix = unique("bench.dedup");
     let input = format!("{prefix}.enriched");
@@ -241,6 +243,7 @@ async fn through_broker(
             topic: pass_out.clone(),
         },
         n,
+        exactly_once,
     )
     .await?;
     let service = ServiceMetrics::new("deduplicator");
@@ -252,6 +255,7 @@ async fn through_broker(
             t.changelog.clone(),
             "bench-dedup",
             Duration::from_secs(60),
+            DeadLetters::new("deduplicator", rejected.clone()),
             metrics.clone(),
         )?,
         input.clone(),
@@ -259,7 +263,7 @@ async fn through_broker(
         metrics.clone(),
         Duration::from_millis(100),
     );
-    let dedup = timed(broker, &input, "bench-dedup", handler, n).await?;
+    let dedup = timed(broker, &input, "bench-dedup", handler, n, exactly_once).await?;
     let rss = memory_mib().0;
     let pass_again = timed(
         broker,
@@ -267,6 +271,7 @@ async fn through_broker(
         "bench-pass-2",
         PassThrough { topic: pass_out },
         n,
+        exactly_once,
     )
     .await?;
     Ok(BrokerRun {
@@ -292,12 +297,12 @@ async fn main() -> anyhow::Result<()> {
     let dir = tempfile::Builder::new()
         .prefix("postback-dedup-bench")
         .tempdir()?;
-    let broker = Broker::start().await?;
+    let broker = Broker::shared().await?;
     println!(
         "deduplicator benchmark: state engine to {keys_max} live keys at a simulated {rate} reports/s \
          (10 s merge window, half merged, 2% duplicates), then {n} fresh conversions through the broker \
          ({}) at each mark",
-        if broker.is_private() { "tansu sqlite, private" } else { "KAFKA_BOOTSTRAP_SERVERS" }
+        broker.description()
     );
     let mut engine = Engine::open(
         dir.path(),
@@ -327,14 +332,33 @@ async fn main() -> anyhow::Result<()> {
         engine.settle()?;
         let at = engine.at;
         drop(engine);
-        let run = through_broker(&broker, dir.path(), n, 1_000_000_000 + mark).await?;
+        let mut runs = Vec::new();
+        for (i, exactly_once) in [true, false].into_iter().enumerate() {
+            let first_id = 1_000_000_000 + mark + i * n;
+            let run = through_broker(&broker, dir.path(), n, first_id, exactly_once).await?;
+            println!(
+                "  {mark:>9} live keys: through the broker, {}: deduplicator {:.0} events/s, \
+                 pass-through {:.0} events/s, ratio {:.2}; RSS after {:.0} MiB",
+                if exactly_once {
+                    "exactly-once"
+                } else {
+                    "at-least-once"
+                },
+                run.dedup,
+                run.pass,
+                run.dedup / run.pass,
+                run.rss
+            );
+            runs.push(run);
+        }
+        let run = BrokerRun {
+            dedup: runs[0].dedup,
+            pass: runs[0].pass,
+            rss: runs[0].rss,
+        };
         println!(
-            "  {mark:>9} live keys: through the broker deduplicator {:.0} events/s, pass-through {:.0} events/s, \
-             ratio {:.2}; RSS after {:.0} MiB",
-            run.dedup,
-            run.pass,
-            run.dedup / run.pass,
-            run.rss
+            "  {mark:>9} live keys: deduplicator with / without transactions {:.2}",
+            runs[0].dedup / runs[1].dedup
         );
         rows.push((mark, engine_rate, rss, run));
         engine = Engine::open(dir.path(), at)?;
@@ -343,7 +367,7 @@ async fn main() -> anyhow::Result<()> {
     for (mark, engine_rate, rss, run) in rows {
         println!(
             "  {mark:>9} live keys   engine {engine_rate:>8.0} reports/s   RSS {rss:>5.0} MiB (target < 512 at 10M)   \
-             broker {:>6.0} vs pass-through {:>6.0} events/s   ratio {:.2}",
+             broker (exactly-once) {:>6.0} vs pass-through {:>6.0} events/s   ratio {:.2}",
             run.dedup, run.pass, run.dedup / run.pass
         );
     }

@@ -1,6 +1,7 @@
 //! The deduplicator's configuration: its windows, where its state lives,
 //! and its changelog topic.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -102,6 +103,12 @@ pub struct StateConfig {
     /// instance gives up (and leaves the group).
     #[serde(default = "default_restore_stall_secs")]
     pub restore_stall_secs: u64,
+    /// More topic configs for the changelog when the deduplicator creates
+    /// it (segment.bytes, min.cleanable.dirty.ratio, ...). cleanup.policy
+    /// and retention.ms are the deduplicator's own: compacted, kept just
+    /// past the dedup window.
+    #[serde(default)]
+    pub changelog_topic_configs: BTreeMap<String, String>,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -128,6 +135,7 @@ impl Default for StateConfig {
             cache_mb: default_cache_mb(),
             memtable_mb: default_memtable_mb(),
             restore_stall_secs: default_restore_stall_secs(),
+            changelog_topic_configs: BTreeMap::new(),
         }
     }
 }
@@ -173,6 +181,14 @@ impl Validate for DeduplicatorConfig {
                 "state.memtable_mb",
                 "must be between 1 and 256",
             ));
+        }
+        for name in self.state.changelog_topic_configs.keys() {
+            if name == "cleanup.policy" || name == "retention.ms" {
+                return Err(ConfigError::invalid(
+                    format!("state.changelog_topic_configs.{name}"),
+                    "is set by the deduplicator (compact,delete; the dedup window + 1 h)",
+                ));
+            }
         }
         if self.state.restore_stall_secs == 0 {
             return Err(ConfigError::invalid(
@@ -229,6 +245,10 @@ mod tests {
                 "state.changelog_topic",
             ),
             ("[state]\nmemtable_mb = 0", "state.memtable_mb"),
+            (
+                "[state.changelog_topic_configs]\n\"cleanup.policy\" = \"delete\"",
+                "state.changelog_topic_configs.cleanup.policy",
+            ),
             ("[consumer]\nmax_batch = 0", "consumer.max_batch"),
         ] {
             let e = load(toml).unwrap_err();

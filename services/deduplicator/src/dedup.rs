@@ -5,15 +5,24 @@
 //!
 //! Every state change is staged twice: as a changelog record pushed with
 //! the outputs that caused it, and in `pending`. Only once the loop reports
-//! all outputs acknowledged does `pending` go to the store, with the
-//! changelog offset it now reflects. So the store never holds a change the
-//! changelog lacks, and a crash at any point leaves a store that a restore
-//! from its checkpoint brings up to date.
+//! the outputs committed (one transaction with the changelog records and
+//! the input offsets) does `pending` go to the store, with the changelog
+//! offset it now reflects; an aborted transaction drops `pending` and the
+//! timers go back to what the store says. So the store never holds a
+//! change the changelog lacks, and a crash at any point leaves a store that
+//! a restore from its checkpoint brings up to date.
+//!
+//! What cannot be processed ends in a dead letter with a reason, never in a
+//! crash loop or a second upload: a report whose state would be larger than
+//! a changelog record may be (`state_too_large`), a key whose stored state
+//! is unreadable (`undecodable_state`: its history is unknown, so the
+//! report is not taken for a new conversion).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use postback_core::dead_letter::DeadLetters;
 use postback_core::eligibility::{PlatformWindows, PLATFORM_NOT_CONFIGURED};
-use postback_core::kafka::{Delivered, OutboundRecord};
+use postback_core::kafka::{Delivered, InboundRecord, OutboundRecord, MAX_RECORD_BYTES};
 use postback_core::model::{
     ConversionEnriched, DeliveryStatus, FrontEndStatus, PlatformDecision, ServerSideStatus, Source,
 };
@@ -26,6 +35,10 @@ use crate::state::{FrontEnd, KeyState, Phase, Sources};
 use crate::store::{Change, StateStore, StoreError};
 
 pub const STAGE: &str = "deduplicator";
+
+/// The largest state a key may have: a changelog record holds it, with the
+/// key and the record's own framing.
+pub const MAX_STATE_BYTES: usize = MAX_RECORD_BYTES - 16 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -44,6 +57,8 @@ pub struct OutputTopics {
     pub changelog: String,
     /// dispatch.<platform>, in `Platform::ALL` order.
     pub dispatch: [String; 3],
+    /// Dead letters (conversions.rejected).
+    pub rejected: String,
 }
 
 impl OutputTopics {
@@ -63,10 +78,25 @@ pub enum DedupError {
     /// A record could not be encoded for an output: it becomes a dead letter.
     #[error(transparent)]
     Codec(#[from] CodecError),
-    /// A changelog record was dropped as too large for the broker: the state
-    /// it carries would be lost on the next restore, so the stage stops.
-    #[error("changelog record for partition {partition} could not be written (too large)")]
-    ChangelogDropped { partition: i32 },
+    /// The report would make its key's state larger than a changelog record
+    /// may be: it becomes a dead letter and the state stays as it was.
+    #[error("the conversion's state would be {bytes} bytes, more than a changelog record may be")]
+    StateTooLarge { bytes: usize },
+    /// The key's stored state cannot be read.
+    #[error("{0}")]
+    Unreadable(String),
+}
+
+impl DedupError {
+    /// The dead-letter reason of an error that is about one report.
+    pub fn reason(&self) -> Option<&'static str> {
+        match self {
+            DedupError::StateTooLarge { .. } => Some("state_too_large"),
+            DedupError::Unreadable(_) => Some("undecodable_state"),
+            DedupError::Codec(e) => Some(e.reason()),
+            DedupError::Store(_) => None,
+        }
+    }
 }
 
 /// What became of one report.
@@ -102,6 +132,7 @@ pub struct Deduplicator {
     topics: OutputTopics,
     enriched: Codec<ConversionEnriched>,
     status: Codec<DeliveryStatus>,
+    dead_letters: DeadLetters,
     metrics: DedupMetrics,
     owned: BTreeSet<i32>,
     /// State changes whose outputs are not acknowledged yet, per partition.
@@ -123,6 +154,7 @@ impl Deduplicator {
         Deduplicator {
             store,
             settings,
+            dead_letters: DeadLetters::new(STAGE, topics.rejected.clone()),
             topics,
             enriched: Codec::new(SchemaKind::ConversionEnriched),
             status: Codec::new(SchemaKind::DeliveryStatus),
@@ -178,10 +210,16 @@ impl Deduplicator {
         partition: i32,
         key: &DedupKey,
         now: i64,
-    ) -> Result<Option<KeyState>, StoreError> {
+    ) -> Result<Option<KeyState>, DedupError> {
         let state = match self.pending.get(&partition).and_then(|m| m.get(key)) {
             Some(s) => Some(s.clone()),
-            None => self.store.get(partition, key)?,
+            None => match self.store.get(partition, key) {
+                Ok(s) => s,
+                Err(StoreError::Unreadable { reason, .. }) => {
+                    return Err(DedupError::Unreadable(reason))
+                }
+                Err(e) => return Err(e.into()),
+            },
         };
         Ok(state.filter(|s| !s.is_expired(now)))
     }
@@ -213,8 +251,10 @@ impl Deduplicator {
                             Ok(held) => merge(held, record, &self.settings.platforms, now),
                             Err(e) => {
                                 // Only this stage writes these bytes; if they
-                                // are unreadable the newer report stands alone.
+                                // are unreadable the newer report stands
+                                // alone, and the old one is kept for a look.
                                 tracing::error!(error = %e, "held conversion unreadable; keeping the new report");
+                                self.held_dead_letter(partition, &key, held, &e.to_string(), out);
                                 record
                             }
                         };
@@ -232,8 +272,50 @@ impl Deduplicator {
                 (s, outcome)
             }
         };
+        let bytes = state.encoded_len();
+        if bytes > MAX_STATE_BYTES {
+            if outcome == Outcome::Held {
+                if let Phase::Held { emit_at, .. } = &state.phase {
+                    self.timers.remove(&(*emit_at, partition, key.clone()));
+                }
+            }
+            return Err(DedupError::StateTooLarge { bytes });
+        }
         self.stage(partition, key, state, out);
         Ok(outcome)
+    }
+
+    /// A dead letter for a held conversion whose bytes cannot be read.
+    fn held_dead_letter(
+        &self,
+        partition: i32,
+        key: &DedupKey,
+        record: &[u8],
+        detail: &str,
+        out: &mut Vec<OutboundRecord>,
+    ) {
+        self.metrics
+            .dead_letters
+            .with_label_values(&["undecodable_state"])
+            .inc();
+        let held = InboundRecord {
+            topic: self.topics.changelog.clone(),
+            partition,
+            offset: -1,
+            key: Some(key.as_bytes().to_vec()),
+            payload: Some(record.to_vec()),
+            ..Default::default()
+        };
+        match self.dead_letters.for_record(
+            &held,
+            "undecodable_state",
+            format!("a held conversion's record cannot be read: {detail}"),
+            Vec::new(),
+            None,
+        ) {
+            Ok(letter) => out.push(letter),
+            Err(e) => tracing::error!(error = %e, "dead letter does not encode"),
+        }
     }
 
     fn first_report(
@@ -284,8 +366,14 @@ impl Deduplicator {
             if !self.owned.contains(&partition) {
                 continue;
             }
-            let Some(mut state) = self.current(partition, &key, now)? else {
-                continue;
+            let mut state = match self.current(partition, &key, now) {
+                Ok(Some(state)) => state,
+                Ok(None) => continue,
+                Err(DedupError::Unreadable(reason)) => {
+                    self.held_dead_letter(partition, &key, &[], &reason, out);
+                    continue;
+                }
+                Err(e) => return Err(e),
             };
             let record = match &state.phase {
                 // A stale timer (the key was re-held with another deadline).
@@ -295,10 +383,8 @@ impl Deduplicator {
                     Ok(r) => r,
                     Err(e) => {
                         tracing::error!(error = %e, "held conversion unreadable; it cannot be emitted");
-                        self.metrics
-                            .dead_letters
-                            .with_label_values(&["unreadable_state"])
-                            .inc();
+                        let bytes = record.clone();
+                        self.held_dead_letter(partition, &key, &bytes, &e.to_string(), out);
                         state.phase = Phase::Emitted { at: now };
                         self.stage(partition, key, state, out);
                         continue;
@@ -460,6 +546,22 @@ impl Deduplicator {
             .insert(key, state);
     }
 
+    /// The outputs pushed since the last acknowledgement were thrown away
+    /// (an aborted transaction) and their reports are read again: the
+    /// staged changes go, and the timers are what the store says.
+    pub fn aborted(&mut self) -> Result<(), DedupError> {
+        self.pending.clear();
+        self.changelog_slots.clear();
+        self.timers.clear();
+        for partition in self.owned.clone() {
+            for (key, emit_at) in self.store.held(partition)? {
+                self.timers.insert((emit_at, partition, key));
+            }
+        }
+        self.metrics.held.set(self.timers.len() as i64);
+        Ok(())
+    }
+
     /// The outputs pushed since the last call are acknowledged
     /// (`deliveries[i]` for the i-th): the staged state goes to the store,
     /// with the changelog offsets it now reflects.
@@ -467,9 +569,18 @@ impl Deduplicator {
         let mut checkpoints: BTreeMap<i32, i64> = BTreeMap::new();
         for (slot, partition) in std::mem::take(&mut self.changelog_slots) {
             match deliveries.get(slot) {
+                // A dead letter took its place (the broker would not take
+                // it). The state stays in this store only; reports are kept
+                // below that size, so this is a broker limit lower than ours.
                 Some(d) if d.partition < 0 => {
-                    self.pending.clear();
-                    return Err(DedupError::ChangelogDropped { partition });
+                    tracing::error!(
+                        partition,
+                        "a changelog record was replaced by a dead letter; its state is in this store only"
+                    );
+                    self.metrics
+                        .dead_letters
+                        .with_label_values(&["changelog_too_large"])
+                        .inc();
                 }
                 Some(d) if d.partition == partition => {
                     let c = checkpoints.entry(partition).or_insert(0);

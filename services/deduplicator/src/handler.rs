@@ -1,6 +1,7 @@
 //! The deduplicator in the consumer loop: decodes reports, restores a
 //! partition's state before its first record, emits closed merge windows
-//! on ticks, and makes state durable once outputs are acknowledged.
+//! on ticks, makes state durable once outputs are committed, and forgets
+//! what an aborted transaction staged.
 
 use std::time::{Duration, Instant};
 
@@ -9,7 +10,7 @@ use postback_core::kafka::{
     Delivered, HandlerError, InboundRecord, OutboundRecord, RecordHandler, TopicPartition,
 };
 use postback_core::model::{now_millis, ConversionEnriched};
-use postback_core::{Codec, CodecError, SchemaKind};
+use postback_core::{Codec, SchemaKind};
 
 use crate::dedup::{DedupError, Deduplicator, Outcome};
 use crate::metrics::DedupMetrics;
@@ -24,8 +25,14 @@ pub struct DedupHandler {
     metrics: DedupMetrics,
     tick_interval: Duration,
     /// A store failure seen while handling: the loop stops at the next
-    /// acknowledgement, before the batch's offsets are stored.
+    /// acknowledgement, before the batch's offsets are committed.
     fatal: Option<DedupError>,
+    /// Dead letters a restore produced (unreadable or stale changelog
+    /// state), written with the next outputs.
+    restore_letters: Vec<OutboundRecord>,
+    /// Those of them pushed with outputs not committed yet (an abort puts
+    /// them back).
+    letters_in_flight: Vec<OutboundRecord>,
     gauges_updated: Option<Instant>,
 }
 
@@ -47,24 +54,36 @@ impl DedupHandler {
             metrics,
             tick_interval,
             fatal: None,
+            restore_letters: Vec::new(),
+            letters_in_flight: Vec::new(),
             gauges_updated: None,
         }
     }
 
-    fn dead_letter(&self, record: &InboundRecord, e: &CodecError, out: &mut Vec<OutboundRecord>) {
-        self.metrics
-            .dead_letters
-            .with_label_values(&[e.reason()])
-            .inc();
+    fn dead_letter(
+        &self,
+        record: &InboundRecord,
+        reason: &str,
+        detail: String,
+        out: &mut Vec<OutboundRecord>,
+    ) {
+        self.metrics.dead_letters.with_label_values(&[reason]).inc();
         // The error describes the bytes, never their content.
         tracing::warn!(topic = %record.topic, partition = record.partition,
-            offset = record.offset, reason = e.reason(), "record is a dead letter");
+            offset = record.offset, reason, "record is a dead letter");
         match self
             .dead_letters
-            .for_record(record, e.reason(), e.to_string(), vec![], None)
+            .for_record(record, reason, detail, vec![], None)
         {
             Ok(dl) => out.push(dl),
             Err(e) => tracing::error!(error = %e, "dead letter does not encode"),
+        }
+    }
+
+    fn push_restore_letters(&mut self, out: &mut Vec<OutboundRecord>) {
+        for letter in self.restore_letters.drain(..) {
+            out.push(letter.clone());
+            self.letters_in_flight.push(letter);
         }
     }
 
@@ -107,12 +126,13 @@ impl RecordHandler for DedupHandler {
         if self.fatal.is_some() {
             return;
         }
+        self.push_restore_letters(out);
         let report = match self
             .codec
             .decode(record.payload.as_deref().unwrap_or_default())
         {
             Ok(r) => r,
-            Err(e) => return self.dead_letter(record, &e, out),
+            Err(e) => return self.dead_letter(record, e.reason(), e.to_string(), out),
         };
         let source = report.source;
         match self
@@ -120,18 +140,19 @@ impl RecordHandler for DedupHandler {
             .report(record.partition, record.offset, report, now_millis(), out)
         {
             Ok(outcome) => self.count(outcome, source),
-            Err(DedupError::Codec(e)) => self.dead_letter(record, &e, out),
-            Err(e @ (DedupError::Store(_) | DedupError::ChangelogDropped { .. })) => {
-                self.fatal = Some(e)
-            }
+            Err(e) => match e.reason() {
+                Some(reason) => self.dead_letter(record, reason, e.to_string(), out),
+                None => self.fatal = Some(e),
+            },
         }
     }
 
     fn on_assigned(&mut self, partitions: &[TopicPartition]) -> Result<(), HandlerError> {
         for tp in partitions.iter().filter(|tp| tp.topic == self.input_topic) {
             let started = Instant::now();
-            let restored =
+            let mut restored =
                 run_blocking(|| self.restorer.restore(self.dedup.store_mut(), tp.partition))?;
+            self.restore_letters.append(&mut restored.dead_letters);
             let held = self.dedup.adopt(tp.partition)?;
             let took = started.elapsed();
             self.metrics.restore_seconds.observe(took.as_secs_f64());
@@ -162,14 +183,11 @@ impl RecordHandler for DedupHandler {
         if self.fatal.is_some() {
             return;
         }
+        self.push_restore_letters(out);
         match self.dedup.tick(now_millis(), out) {
             Ok(_) => {}
-            Err(e @ (DedupError::Store(_) | DedupError::ChangelogDropped { .. })) => {
-                self.fatal = Some(e)
-            }
-            Err(DedupError::Codec(e)) => {
-                tracing::error!(error = %e, "cannot encode an emitted conversion")
-            }
+            Err(e @ DedupError::Store(_)) => self.fatal = Some(e),
+            Err(e) => tracing::error!(error = %e, "cannot emit a held conversion"),
         }
     }
 
@@ -177,9 +195,19 @@ impl RecordHandler for DedupHandler {
         if let Some(e) = self.fatal.take() {
             return Err(e.into());
         }
+        self.letters_in_flight.clear();
         self.dedup.acknowledged(deliveries)?;
         self.update_gauges();
         Ok(())
+    }
+
+    fn on_aborted(&mut self) {
+        let mut back = std::mem::take(&mut self.letters_in_flight);
+        back.append(&mut self.restore_letters);
+        self.restore_letters = back;
+        if let Err(e) = self.dedup.aborted() {
+            self.fatal = Some(e);
+        }
     }
 }
 

@@ -20,7 +20,7 @@ pub mod store;
 use std::time::Duration;
 
 use postback_core::dead_letter::DeadLetters;
-use postback_core::kafka::{create_topics, ConsumerLoop, KafkaError, Producer, TopicSpec};
+use postback_core::kafka::{create_topics, topic_configs, ConsumerLoop, KafkaError, TopicSpec};
 use postback_core::metrics::ServiceMetrics;
 use postback_core::ops::{Readiness, StageOps};
 use postback_core::Platform;
@@ -36,8 +36,6 @@ pub const SERVICE: &str = "deduplicator";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeduplicatorError {
-    #[error("cannot create the Kafka producer: {0}")]
-    Producer(#[source] KafkaError),
     #[error("cannot read the partitions of {topic}: {source}")]
     Metadata {
         topic: String,
@@ -50,6 +48,8 @@ pub enum DeduplicatorError {
         #[source]
         source: KafkaError,
     },
+    #[error("changelog topic {topic} cannot hold the deduplicator's state: {problem}")]
+    ChangelogConfig { topic: String, problem: String },
     #[error("changelog {changelog} has {existing} partitions but {input} has {partitions}: each input partition needs its own changelog partition")]
     ChangelogPartitions {
         changelog: String,
@@ -77,8 +77,6 @@ pub async fn run(
     let service_metrics = ServiceMetrics::new(SERVICE);
     let metrics = metrics::DedupMetrics::new(&service_metrics);
     let readiness = Readiness::new();
-    let producer = Producer::new(&config.kafka, "postback-deduplicator")
-        .map_err(DeduplicatorError::Producer)?;
     ensure_changelog(&config).await?;
 
     let store = StateStore::open(&StoreConfig {
@@ -98,6 +96,7 @@ pub async fn run(
             status: config.topics.status.clone(),
             changelog: config.state.changelog_topic.clone(),
             dispatch: Platform::ALL.map(|p| config.topics.dispatch(p)),
+            rejected: config.topics.rejected.clone(),
         },
         metrics.clone(),
     );
@@ -106,6 +105,7 @@ pub async fn run(
         config.state.changelog_topic.clone(),
         "postback-deduplicator",
         Duration::from_secs(config.state.restore_stall_secs),
+        DeadLetters::new(dedup::STAGE, config.topics.rejected.clone()),
         metrics.clone(),
     )?;
     let tick = (config.dedup.merge_window() / 20)
@@ -132,14 +132,15 @@ pub async fn run(
             "postback-deduplicator",
             vec![config.topics.enriched.clone()],
         ),
-        producer.clone(),
+        DeadLetters::new(dedup::STAGE, config.topics.rejected.clone()),
         &service_metrics,
-    )?;
+    )
+    .await?;
     let stage_ops = StageOps::spawn(
         ops_listener,
         service_metrics,
         readiness,
-        producer.clone(),
+        consumer.probe_client(),
         shutdown.clone(),
     );
     let result = consumer.run(&mut handler, shutdown.clone()).await;
@@ -150,17 +151,25 @@ pub async fn run(
 /// Creates the changelog topic if it is missing, with as many partitions as
 /// the input (a changelog partition mirrors an input partition), compacted
 /// and with a retention just past the dedup window; refuses to start if an
-/// existing one does not match the input.
+/// existing one does not match: too few partitions, not compacted, or
+/// deleting state the window still needs.
 async fn ensure_changelog(config: &DeduplicatorConfig) -> Result<(), DeduplicatorError> {
     let changelog = config.state.changelog_topic.clone();
     let input = config.topics.enriched.clone();
     let partitions = partition_count(&config.kafka, &input).await?;
-    let retention_ms = config.dedup.window_secs * 1000 + 3_600_000;
+    let retention_ms = changelog_retention_ms(config);
     let mut spec = TopicSpec::new(&changelog, partitions);
     spec.configs = vec![
         ("cleanup.policy".into(), "compact,delete".into()),
         ("retention.ms".into(), retention_ms.to_string()),
     ];
+    spec.configs.extend(
+        config
+            .state
+            .changelog_topic_configs
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
     create_topics(&config.kafka, &[spec])
         .await
         .map_err(|source| DeduplicatorError::Changelog {
@@ -176,6 +185,50 @@ async fn ensure_changelog(config: &DeduplicatorConfig) -> Result<(), Deduplicato
             partitions,
         });
     }
+    check_changelog_configs(config, &changelog).await
+}
+
+/// The changelog keeps a key's state at least as long as the dedup window.
+fn changelog_retention_ms(config: &DeduplicatorConfig) -> u64 {
+    config.dedup.window_secs * 1000 + 3_600_000
+}
+
+/// An existing changelog (made by hand, or by an older configuration)
+/// must be compacted, or a restore replays every state change ever made,
+/// and must keep state for the whole window, or a restore forgets
+/// conversions that are still duplicates.
+async fn check_changelog_configs(
+    config: &DeduplicatorConfig,
+    changelog: &str,
+) -> Result<(), DeduplicatorError> {
+    let configs = topic_configs(&config.kafka, changelog)
+        .await
+        .map_err(|source| DeduplicatorError::Changelog {
+            topic: changelog.to_string(),
+            source,
+        })?;
+    let policy = configs.get("cleanup.policy").map_or("", String::as_str);
+    if !policy.split(',').any(|p| p.trim() == "compact") {
+        return Err(DeduplicatorError::ChangelogConfig {
+            topic: changelog.to_string(),
+            problem: format!("cleanup.policy is `{policy}`, not compact"),
+        });
+    }
+    let deletes = policy.split(',').any(|p| p.trim() == "delete");
+    let retention: i64 = configs
+        .get("retention.ms")
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(-1);
+    let wanted = changelog_retention_ms(config) as i64;
+    if deletes && retention >= 0 && retention < wanted {
+        return Err(DeduplicatorError::ChangelogConfig {
+            topic: changelog.to_string(),
+            problem: format!(
+                "retention.ms is {retention}, shorter than the dedup window + 1 h ({wanted}); \
+                 raise it (kafka-configs --alter --add-config retention.ms={wanted})"
+            ),
+        });
+    }
     Ok(())
 }
 
@@ -187,27 +240,34 @@ async fn partition_count(
         topic: topic.to_string(),
         source,
     };
-    let mut cfg = rdkafka::ClientConfig::new();
-    cfg.set("bootstrap.servers", &kafka.bootstrap_servers);
-    for (k, v) in &kafka.properties {
-        cfg.set(k, v);
-    }
-    let client: BaseConsumer = cfg.create().map_err(err)?;
+    let client: BaseConsumer = kafka.client_config().create().map_err(err)?;
     let name = topic.to_string();
-    let metadata = tokio::task::spawn_blocking(move || {
-        client.fetch_metadata(Some(&name), Duration::from_secs(30))
+    // A topic another instance just created may not be in every broker's
+    // metadata yet: give it a moment before calling it missing.
+    let found = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let metadata = client.fetch_metadata(Some(&name), Duration::from_secs(30))?;
+            let partitions = metadata
+                .topics()
+                .first()
+                .filter(|t| t.error().is_none())
+                .map_or(0, |t| t.partitions().len());
+            if partitions > 0 {
+                return Ok(Some(partitions as i32));
+            }
+            if std::time::Instant::now() > deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     })
     .await
     .map_err(|_| err(KafkaError::Canceled))?
     .map_err(err)?;
-    metadata
-        .topics()
-        .first()
-        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
-        .map(|t| t.partitions().len() as i32)
-        .ok_or_else(|| {
-            err(KafkaError::MetadataFetch(
-                rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
-            ))
-        })
+    found.ok_or_else(|| {
+        err(KafkaError::MetadataFetch(
+            rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
+        ))
+    })
 }

@@ -2,25 +2,31 @@
 //! partition's first record is handled.
 //!
 //! The store remembers, per partition, the changelog offset it reflects.
-//! A restore reads from there to the end of the changelog partition: an
-//! instance that owned the partition before catches up on what others wrote
-//! meanwhile, a new instance (or one that lost its disk) reads it all. A
-//! store that claims more than the changelog holds (the topic was
-//! recreated) is dropped and rebuilt.
+//! A restore reads (committed records only) from there to the end of the
+//! changelog partition: an instance that owned the partition before catches
+//! up on what others wrote meanwhile, a new instance (or one that lost its
+//! disk) reads it all. A store that claims more than the changelog holds
+//! (the topic was recreated) is dropped and rebuilt. So is a store whose
+//! checkpoint is below what retention kept: the changes it missed are gone,
+//! and a conversion it still holds may have been emitted by another owner
+//! since, so each such conversion becomes a dead letter (`stale_state`),
+//! never a second upload. A changelog record that cannot be read becomes a
+//! dead letter (`undecodable_state`), and the restore goes on.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use postback_core::config::KafkaConfig;
+use postback_core::dead_letter::DeadLetters;
+use postback_core::kafka::{InboundRecord, OutboundRecord};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::ClientConfig;
 
 use crate::key::DedupKey;
 use crate::metrics::DedupMetrics;
-use crate::state::KeyState;
+use crate::state::{KeyState, Phase};
 use crate::store::{Change, StateStore, StoreError};
 
 /// Changes applied per store batch while restoring.
@@ -43,18 +49,21 @@ pub enum RestoreError {
     Store(#[from] StoreError),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Restored {
     /// Changelog records applied.
     pub records: u64,
     /// Whether the local state had to be dropped and rebuilt from scratch.
     pub rebuilt: bool,
+    /// What could not be restored, for conversions.rejected.
+    pub dead_letters: Vec<OutboundRecord>,
 }
 
 pub struct Restorer {
     consumer: BaseConsumer,
     topic: String,
     stall: Duration,
+    dead_letters: DeadLetters,
     metrics: DedupMetrics,
 }
 
@@ -64,18 +73,21 @@ impl Restorer {
         topic: String,
         client_id: &str,
         stall: Duration,
+        dead_letters: DeadLetters,
         metrics: DedupMetrics,
     ) -> Result<Self, RestoreError> {
-        let mut cfg = ClientConfig::new();
-        cfg.set("bootstrap.servers", &kafka.bootstrap_servers)
-            .set("client.id", client_id)
+        let mut cfg = kafka.client_config();
+        cfg.set("client.id", client_id)
             // Never joins the group (partitions are assigned by hand) and
             // never commits: the store's checkpoint is the position.
             .set("group.id", format!("{client_id}-restore"))
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
+            // What an aborted transaction wrote never happened; the end of
+            // a partition is its last stable offset.
+            .set("isolation.level", "read_committed")
             .set("auto.offset.reset", "earliest");
-        for (k, v) in kafka.properties.iter().chain(&kafka.consumer_properties) {
+        for (k, v) in &kafka.consumer_properties {
             cfg.set(k, v);
         }
         let consumer: BaseConsumer = cfg.create().map_err(RestoreError::Client)?;
@@ -83,6 +95,7 @@ impl Restorer {
             consumer,
             topic,
             stall,
+            dead_letters,
             metrics,
         })
     }
@@ -125,36 +138,98 @@ impl Restorer {
         let (low, high) = self.watermarks(partition)?;
         let mut checkpoint = store.checkpoint(partition)?;
         let mut rebuilt = false;
+        let mut stale_held = Vec::new();
         if checkpoint.is_some_and(|c| c > high) {
             tracing::warn!(topic = %self.topic, partition, checkpoint, high,
                 "local state is ahead of the changelog (topic recreated?); rebuilding it");
             store.clear_partition(partition)?;
             checkpoint = None;
             rebuilt = true;
+        } else if checkpoint.is_some_and(|c| c < low) {
+            tracing::warn!(topic = %self.topic, partition, checkpoint, low,
+                "local state is older than what the changelog keeps; rebuilding it");
+            stale_held = held_records(store, partition)?;
+            store.clear_partition(partition)?;
+            checkpoint = None;
+            rebuilt = true;
         }
-        // Below `low` the changelog was deleted by retention: those keys
-        // expired, and the local state drops them by itself.
-        let start = checkpoint.unwrap_or(low).max(low);
+        let mut restored = Restored {
+            records: 0,
+            rebuilt,
+            dead_letters: Vec::new(),
+        };
+        let start = checkpoint.unwrap_or(low);
         if start >= high {
             if checkpoint != Some(high) {
                 store.write([], &[(partition, high)])?;
             }
-            return Ok(Restored {
-                records: 0,
-                rebuilt,
-            });
+        } else {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(&self.topic, partition, Offset::Offset(start))
+                .map_err(RestoreError::Client)?;
+            self.consumer.assign(&tpl).map_err(RestoreError::Client)?;
+            let result = self.read_until(store, partition, start, high, &mut restored);
+            if let Err(e) = self.consumer.unassign() {
+                tracing::warn!(error = %e, "cannot unassign the changelog reader");
+            }
+            restored.records = result?;
         }
+        self.stale_letters(store, partition, stale_held, &mut restored)?;
+        Ok(restored)
+    }
 
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&self.topic, partition, Offset::Offset(start))
-            .map_err(RestoreError::Client)?;
-        self.consumer.assign(&tpl).map_err(RestoreError::Client)?;
-        let result = self.read_until(store, partition, start, high);
-        if let Err(e) = self.consumer.unassign() {
-            tracing::warn!(error = %e, "cannot unassign the changelog reader");
+    /// The held conversions of a stale store that the changelog no longer
+    /// knows: another owner may have emitted them, so they are not emitted
+    /// again; a dead letter keeps each for a look and a replay.
+    fn stale_letters(
+        &self,
+        store: &StateStore,
+        partition: i32,
+        stale_held: Vec<(DedupKey, Vec<u8>)>,
+        restored: &mut Restored,
+    ) -> Result<(), RestoreError> {
+        for (key, record) in stale_held {
+            if matches!(store.get(partition, &key), Ok(Some(_))) {
+                continue;
+            }
+            self.metrics
+                .dead_letters
+                .with_label_values(&["stale_state"])
+                .inc();
+            restored.dead_letters.extend(self.letter(
+                partition,
+                -1,
+                key.as_bytes(),
+                Some(&record),
+                "stale_state",
+                "held by an out-of-date store; the changelog no longer knows it and another \
+                 owner may have sent it",
+            ));
         }
-        let records = result?;
-        Ok(Restored { records, rebuilt })
+        Ok(())
+    }
+
+    fn letter(
+        &self,
+        partition: i32,
+        offset: i64,
+        key: &[u8],
+        value: Option<&[u8]>,
+        reason: &str,
+        detail: &str,
+    ) -> Option<OutboundRecord> {
+        let source = InboundRecord {
+            topic: self.topic.clone(),
+            partition,
+            offset,
+            key: Some(key.to_vec()),
+            payload: value.map(<[u8]>::to_vec),
+            ..Default::default()
+        };
+        self.dead_letters
+            .for_record(&source, reason, detail.to_string(), Vec::new(), None)
+            .inspect_err(|e| tracing::error!(error = %e, "dead letter does not encode"))
+            .ok()
     }
 
     fn read_until(
@@ -163,6 +238,7 @@ impl Restorer {
         partition: i32,
         start: i64,
         high: i64,
+        restored: &mut Restored,
     ) -> Result<u64, RestoreError> {
         // Latest state per key in this batch: a store batch must not hold
         // two writes of one key.
@@ -174,6 +250,8 @@ impl Restorer {
         while next < high {
             match self.consumer.poll(Duration::from_millis(500)) {
                 None => {}
+                // The last stable offset: what follows is an open (or
+                // aborted) transaction's, never to be applied.
                 Some(Err(KafkaError::PartitionEOF(_))) => break,
                 Some(Err(e)) => {
                     last_error = e.to_string();
@@ -183,30 +261,31 @@ impl Restorer {
                     progress = Instant::now();
                     next = m.offset() + 1;
                     applied += 1;
-                    let Some(key) = m.key().and_then(|k| DedupKey::from_bytes(k).ok()) else {
-                        self.metrics
-                            .restore_skipped
-                            .with_label_values(&["bad_key"])
-                            .inc();
-                        continue;
-                    };
-                    let state = match m.payload() {
-                        // A tombstone: the key is forgotten.
-                        None => None,
-                        Some(bytes) => match KeyState::decode(bytes) {
-                            Ok(s) => Some(s),
-                            Err(e) => {
-                                tracing::error!(partition, offset = m.offset(), error = %e,
-                                    "unreadable changelog record skipped");
-                                self.metrics
-                                    .restore_skipped
-                                    .with_label_values(&["bad_value"])
-                                    .inc();
-                                continue;
-                            }
-                        },
-                    };
-                    batch.insert(key, state);
+                    match self.decode(&m) {
+                        Ok((key, state)) => {
+                            batch.insert(key, state);
+                        }
+                        Err(reason) => {
+                            tracing::error!(
+                                partition,
+                                offset = m.offset(),
+                                reason,
+                                "unreadable changelog record; it becomes a dead letter"
+                            );
+                            self.metrics
+                                .restore_skipped
+                                .with_label_values(&[reason])
+                                .inc();
+                            restored.dead_letters.extend(self.letter(
+                                partition,
+                                m.offset(),
+                                m.key().unwrap_or_default(),
+                                m.payload(),
+                                "undecodable_state",
+                                &format!("changelog record: {reason}"),
+                            ));
+                        }
+                    }
                     if batch.len() >= RESTORE_BATCH {
                         flush(store, partition, &mut batch, next)?;
                     }
@@ -216,10 +295,59 @@ impl Restorer {
                 return Err(self.stalled(partition, last_error));
             }
         }
-        flush(store, partition, &mut batch, next.max(high))?;
+        flush(
+            store,
+            partition,
+            &mut batch,
+            self.position(partition).unwrap_or(next),
+        )?;
         self.metrics.restored_records.inc_by(applied);
         Ok(applied)
     }
+
+    /// A changelog record's key and state (None: a tombstone, the key is
+    /// forgotten), or why it cannot be read.
+    fn decode(
+        &self,
+        m: &rdkafka::message::BorrowedMessage<'_>,
+    ) -> Result<(DedupKey, Option<KeyState>), &'static str> {
+        let key = m
+            .key()
+            .and_then(|k| DedupKey::from_bytes(k).ok())
+            .ok_or("bad_key")?;
+        match m.payload() {
+            None => Ok((key, None)),
+            Some(bytes) => KeyState::decode(bytes)
+                .map(|s| (key, Some(s)))
+                .map_err(|_| "bad_value"),
+        }
+    }
+
+    /// Where the reader stands in `partition` (past the last stable record,
+    /// control records included).
+    fn position(&self, partition: i32) -> Option<i64> {
+        let tpl = self.consumer.position().ok()?;
+        match tpl.find_partition(&self.topic, partition)?.offset() {
+            Offset::Offset(o) => Some(o),
+            _ => None,
+        }
+    }
+}
+
+/// The held conversions of `partition` in `store`, with their records.
+fn held_records(
+    store: &StateStore,
+    partition: i32,
+) -> Result<Vec<(DedupKey, Vec<u8>)>, StoreError> {
+    let mut out = Vec::new();
+    for (key, _) in store.held(partition)? {
+        if let Ok(Some(state)) = store.get(partition, &key) {
+            if let Phase::Held { record, .. } = state.phase {
+                out.push((key, record));
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn flush(

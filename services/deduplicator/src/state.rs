@@ -145,6 +145,14 @@ impl KeyState {
         matches!(self.phase, Phase::Held { .. })
     }
 
+    /// The length of `encode()`, without encoding.
+    pub fn encoded_len(&self) -> usize {
+        match &self.phase {
+            Phase::Held { record, .. } => 41 + 4 + record.len(),
+            Phase::Emitted { .. } => 41,
+        }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let record_len = match &self.phase {
             Phase::Held { record, .. } => 4 + record.len(),

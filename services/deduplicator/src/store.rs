@@ -48,6 +48,10 @@ pub enum StoreError {
     Io(#[from] fjall::Error),
     #[error("state of partition {partition} is not open")]
     NotOpen { partition: i32 },
+    /// A stored value this version cannot read: the key's history is
+    /// unknown, so its report must not be taken for a new conversion.
+    #[error("unreadable state in partition {partition}: {reason}")]
+    Unreadable { partition: i32, reason: String },
 }
 
 /// One change to apply: the key's new state, or None to forget it.
@@ -155,13 +159,11 @@ impl StateStore {
                 }
                 Ok(Some(s))
             }
-            Err(e) => {
-                // Only this process writes the store; a value it cannot read
-                // is treated as absent (the key is seen as new) rather than
-                // stopping the partition.
-                tracing::error!(partition, error = %e, "unreadable state value; treating the key as new");
-                Ok(None)
-            }
+            // Not "absent": a key seen as new would be uploaded again.
+            Err(e) => Err(StoreError::Unreadable {
+                partition,
+                reason: e.to_string(),
+            }),
         }
     }
 

@@ -52,6 +52,7 @@ fn open(dir: &Path, merge_window_ms: i64) -> Harness {
                 "dispatch.google_ads".into(),
                 "dispatch.tiktok".into(),
             ],
+            rejected: "rejected".into(),
         },
         DedupMetrics::new(&ServiceMetrics::new("deduplicator")),
     );
@@ -368,36 +369,76 @@ fn not_eligible_and_unconfigured_platforms() {
 }
 
 #[test]
-fn a_dropped_changelog_record_stops_the_stage_and_stores_nothing() {
+fn a_report_that_would_outgrow_a_changelog_record_is_refused_and_the_state_stays() {
     let dir = tempfile::tempdir().unwrap();
     let mut h = open(dir.path(), MERGE);
+    assert_eq!(
+        h.report(0, report("big", "Purchase", Source::Server), T0),
+        Outcome::Held
+    );
+    let mut huge = report("big", "Purchase", Source::Browser);
+    huge.page = Some(postback_core::model::Page {
+        url: Some(format!("https://shop.example/?q={}", "x".repeat(1_100_000))),
+        referrer: None,
+    });
+    let err = h.dedup.report(0, 2, huge, T0 + 10, &mut h.out).unwrap_err();
+    assert_eq!(err.reason(), Some("state_too_large"), "{err}");
+    assert!(h.out.is_empty(), "nothing staged for the refused report");
+    // The server's report is still held and goes out when its window closes.
+    assert_eq!(h.tick(T0 + MERGE), 1);
+    assert_eq!(h.dispatched("meta").len(), 1);
+    assert!(h.dispatched("meta")[0].page.is_none());
+}
+
+#[test]
+fn a_huge_first_report_is_refused_without_a_timer_left_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = open(dir.path(), MERGE);
+    let mut huge = report("huge", "Purchase", Source::Browser);
+    huge.page = Some(postback_core::model::Page {
+        url: Some("x".repeat(1_100_000)),
+        referrer: None,
+    });
+    let err = h.dedup.report(0, 1, huge, T0, &mut h.out).unwrap_err();
+    assert_eq!(err.reason(), Some("state_too_large"));
+    assert_eq!(h.dedup.held_count(), 0);
+    assert_eq!(h.tick(T0 + MERGE), 0);
+}
+
+#[test]
+fn an_aborted_transaction_forgets_what_it_staged_and_the_timers_follow_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = open(dir.path(), MERGE);
+    // Held and committed.
+    assert_eq!(
+        h.report(0, report("kept", "Purchase", Source::Server), T0),
+        Outcome::Held
+    );
+    // Held, then its transaction aborts: as if never read.
     h.dedup
         .report(
             0,
-            1,
-            report("big", "Purchase", Source::Server),
+            2,
+            report("aborted", "Purchase", Source::Server),
             T0,
             &mut h.out,
         )
         .unwrap();
-    // The loop marks an output the broker could never take with partition -1.
-    let dropped: Vec<Delivered> = h
-        .out
-        .iter()
-        .map(|_| Delivered {
-            partition: -1,
-            offset: -1,
-        })
-        .collect();
-    assert!(h.dedup.acknowledged(&dropped).is_err());
     h.out.clear();
-    // Nothing reached the store: the record is handled anew after a restart.
-    drop(h);
-    let mut h = open(dir.path(), MERGE);
+    h.dedup.aborted().unwrap();
+    assert_eq!(h.dedup.held_count(), 1, "only the committed one is held");
+    // Read again after the abort: a first report again, not a replay.
     assert_eq!(
-        h.replay(0, 1, report("big", "Purchase", Source::Server), T0),
+        h.replay(0, 2, report("aborted", "Purchase", Source::Server), T0 + 5),
         Outcome::Held
     );
+    assert_eq!(h.tick(T0 + MERGE + 5), 2);
+    let ids: Vec<String> = h
+        .dispatched("meta")
+        .iter()
+        .map(|c| c.event_id.clone())
+        .collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
 }
 
 #[test]

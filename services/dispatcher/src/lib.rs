@@ -126,7 +126,7 @@ pub async fn run(
         ops_listener,
         service_metrics,
         readiness,
-        producer.clone(),
+        producer.client(),
         shutdown.clone(),
     );
     let result = driver.run(shutdown.clone()).await;

@@ -45,7 +45,7 @@ impl Pending {
             offset: self.origin.offset,
             key: self.key.clone(),
             payload: self.payload.clone(),
-            timestamp: None,
+            ..Default::default()
         }
     }
 }

@@ -21,7 +21,7 @@ async fn a_killed_dispatcher_resumes_without_losing_or_double_counting() {
         Platform::Meta,
         "*",
         FaultSpec {
-            latency_ms: 150,
+            latency_ms: 500,
             ..Default::default()
         },
     );

@@ -8,7 +8,7 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use postback_core::config::TopicsConfig;
+use postback_core::config::{Compression, KafkaConfig, SaslMechanism, TopicsConfig};
 use postback_core::model::ServerSideStatus;
 use postback_core::Platform;
 use postback_testkit::unique;
@@ -48,17 +48,42 @@ fn topics_toml(t: &TopicsConfig) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_conversion_posted_to_the_collector_reaches_all_three_platforms_once() {
-    let mut rig = Rig::start(2).await;
+    let rig = Rig::start(2).await;
+    let kafka = rig.broker.kafka_config();
+    deliver_once_to_every_platform(rig, kafka.clone(), kafka).await;
+}
+
+/// Managed Kafka takes TLS and SASL: the same path with every service on
+/// the broker's SASL_SSL listener (a CA of its own; SCRAM-SHA-512 for the
+/// collector, enricher and deduplicator, PLAIN for the dispatchers) and
+/// zstd-compressed batches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_path_runs_over_sasl_ssl_with_scram_and_plain() {
+    let rig = Rig::start(2).await;
+    let (Some(mut scram), Some(plain)) = (
+        rig.broker.sasl_ssl(SaslMechanism::ScramSha512),
+        rig.broker.sasl_ssl(SaslMechanism::Plain),
+    ) else {
+        eprintln!("skipped: KAFKA_BOOTSTRAP_SERVERS names a broker without SASL_SSL");
+        return;
+    };
+    assert_ne!(scram.bootstrap_servers, rig.broker.bootstrap());
+    scram.compression = Compression::Zstd;
+    deliver_once_to_every_platform(rig, scram, plain).await;
+}
+
+async fn deliver_once_to_every_platform(
+    mut rig: Rig,
+    kafka: KafkaConfig,
+    dispatchers_kafka: KafkaConfig,
+) {
     rig.topics.raw = unique("raw");
     rig.topics.enriched = unique("enriched");
     for t in [&rig.topics.raw, &rig.topics.enriched] {
         rig.broker.create_topic(t, 2).await.unwrap();
     }
     let dir = tempfile::tempdir().unwrap();
-    let kafka = format!(
-        "[kafka]\nbootstrap_servers = \"{}\"\n",
-        rig.broker.bootstrap()
-    );
+    let kafka = postback_testkit::kafka_toml(&kafka);
     let topics = topics_toml(&rig.topics);
     let shutdown = CancellationToken::new();
     let mut tasks = Vec::new();
@@ -113,7 +138,9 @@ async fn a_conversion_posted_to_the_collector_reaches_all_three_platforms_once()
 
     let mut dispatchers = Vec::new();
     for p in Platform::ALL {
-        dispatchers.push(InProcess::start(rig.config(p)).await);
+        let mut config = rig.config(p);
+        config.kafka = dispatchers_kafka.clone();
+        dispatchers.push(InProcess::start(config).await);
     }
 
     let event_time = chrono::Utc::now().timestamp() - 120;
@@ -222,11 +249,7 @@ async fn a_conversion_posted_to_the_collector_reaches_all_three_platforms_once()
     assert_eq!(tiktok["properties"]["value"], json!(129.9));
 
     // No token, no raw personal data on the status topic.
-    let raw_status = rig
-        .broker
-        .consume(&rig.topics.status, usize::MAX, Duration::from_secs(2))
-        .await
-        .unwrap();
+    let raw_status = rig.broker.read_to_end(&rig.topics.status).await.unwrap();
     for r in &raw_status {
         let bytes = r.payload.clone().unwrap_or_default();
         let text = String::from_utf8_lossy(&bytes);

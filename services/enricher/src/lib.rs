@@ -1,5 +1,6 @@
 //! The enricher: consumes conversions.raw and writes conversions.enriched
-//! (same key), at least once, scaling by consumer group. Raw personal data
+//! (same key), exactly once (one transaction per batch), scaling by
+//! consumer group. Raw personal data
 //! stops here: what it writes carries per-platform normalised SHA-256
 //! hashes, consent and eligibility decisions, usable click ids and the
 //! device.
@@ -14,7 +15,7 @@ pub mod metrics;
 pub mod normalize;
 
 use postback_core::dead_letter::DeadLetters;
-use postback_core::kafka::{ConsumerLoop, Producer};
+use postback_core::kafka::ConsumerLoop;
 use postback_core::metrics::ServiceMetrics;
 use postback_core::ops::{Readiness, StageOps};
 use tokio::net::TcpListener;
@@ -26,8 +27,6 @@ pub const SERVICE: &str = "enricher";
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnricherError {
-    #[error("cannot create the Kafka producer: {0}")]
-    Producer(#[source] postback_core::kafka::KafkaError),
     #[error(transparent)]
     Consumer(#[from] postback_core::kafka::ConsumerLoopError),
     #[error("ops server failed: {0}")]
@@ -44,8 +43,7 @@ pub async fn run(
     let service_metrics = ServiceMetrics::new(SERVICE);
     let metrics = metrics::EnricherMetrics::new(&service_metrics);
     let readiness = Readiness::new();
-    let producer =
-        Producer::new(&config.kafka, "postback-enricher").map_err(EnricherError::Producer)?;
+    let dead_letters = DeadLetters::new(handler::STAGE, config.topics.rejected.clone());
     let consumer = ConsumerLoop::new(
         &config.kafka,
         config.consumer.loop_config(
@@ -53,20 +51,21 @@ pub async fn run(
             "postback-enricher",
             vec![config.topics.raw.clone()],
         ),
-        producer.clone(),
+        dead_letters.clone(),
         &service_metrics,
-    )?;
+    )
+    .await?;
     let mut handler = handler::EnrichHandler::new(
         enrich::Enricher::new(config.tenants(), config.platforms.clone()),
         config.topics.enriched.clone(),
-        DeadLetters::new(handler::STAGE, config.topics.rejected.clone()),
+        dead_letters,
         metrics,
     );
     let stage_ops = StageOps::spawn(
         ops_listener,
         service_metrics,
         readiness,
-        producer.clone(),
+        consumer.probe_client(),
         shutdown.clone(),
     );
     let result = consumer.run(&mut handler, shutdown.clone()).await;

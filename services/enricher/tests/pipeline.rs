@@ -157,7 +157,7 @@ fn ids(e: &ConversionEnriched, p: Platform) -> &PlatformIdentifiers {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_raw_conversion_comes_out_enriched_with_the_right_hashes_and_no_raw_pii() {
-    let broker = Broker::start().await.unwrap();
+    let broker = Broker::shared().await.unwrap();
     let run = start(&broker).await;
     send(&broker, &run.topics.raw, &raw("acme", "o-1")).await;
     let out = broker
@@ -244,7 +244,7 @@ const E164_PHONE_SHA: &str = "1e231c66011e7a2d867a9cfae267a6aff103cf4913640b6e71
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_not_eligible_reason_comes_from_the_input_that_should_produce_it() {
-    let broker = Broker::start().await.unwrap();
+    let broker = Broker::shared().await.unwrap();
     let run = start(&broker).await;
 
     // platform_not_configured: metaonly has no Google Ads / TikTok.
@@ -332,7 +332,7 @@ async fn each_not_eligible_reason_comes_from_the_input_that_should_produce_it() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_record_becomes_a_dead_letter_and_the_next_record_is_processed() {
-    let broker = Broker::start().await.unwrap();
+    let broker = Broker::shared().await.unwrap();
     let run = start(&broker).await;
     // Same key, so both land in one partition, poison first.
     let good = raw("acme", "after-poison");

@@ -1,25 +1,25 @@
-//! postback-ctl: small operator commands that work against tansu and real
-//! Kafka alike.
+//! postback-ctl: small operator commands against the pipeline's Kafka.
 //!
 //!   postback-ctl topics [--file config/topics.txt] [--prefix P]
 //!   postback-ctl tail TOPIC [--count N] [--timeout-secs S]
 //!   postback-ctl produce TOPIC [--key-field event_id] < records.jsonl
 //!
-//! The broker comes from POSTBACK_KAFKA__BOOTSTRAP_SERVERS or --bootstrap.
+//! The broker connection is a service's `[kafka]` section: from
+//! `--config FILE` (any service's file; its other sections are ignored),
+//! then the `POSTBACK_KAFKA__*` environment (TLS, SASL), then `--bootstrap`.
 
 use std::io::BufRead;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use postback_core::avro::peek_fingerprint;
-use postback_core::config::KafkaConfig;
+use postback_core::config::{ConfigError, KafkaConfig, Validate};
 use postback_core::kafka::{create_topics, TopicSpec};
 use postback_core::model::{ConversionEnriched, ConversionRaw, DeadLetter, DeliveryStatus};
 use postback_core::{Codec, SchemaKind, SchemaRegistry};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
 
 struct Args {
     rest: Vec<String>,
@@ -42,14 +42,7 @@ async fn main() -> anyhow::Result<()> {
     let mut args = Args {
         rest: std::env::args().skip(1).collect(),
     };
-    let bootstrap = args
-        .flag("--bootstrap")
-        .or_else(|| std::env::var("POSTBACK_KAFKA__BOOTSTRAP_SERVERS").ok())
-        .unwrap_or_else(|| "127.0.0.1:9092".into());
-    let kafka = KafkaConfig {
-        bootstrap_servers: bootstrap,
-        ..KafkaConfig::default()
-    };
+    let kafka = kafka_config(args.flag("--config"), args.flag("--bootstrap"))?;
     let command = if args.rest.is_empty() {
         String::new()
     } else {
@@ -60,9 +53,37 @@ async fn main() -> anyhow::Result<()> {
         "tail" => tail(&kafka, &mut args).await,
         "produce" => produce(&kafka, &mut args).await,
         _ => bail!(
-            "usage: postback-ctl [--bootstrap HOST:PORT] topics [--file F] [--prefix P] | tail TOPIC [--count N] [--timeout-secs S] | produce TOPIC [--key-field F] < records.jsonl"
+            "usage: postback-ctl [--config FILE] [--bootstrap HOST:PORT] topics [--file F] [--prefix P] | tail TOPIC [--count N] [--timeout-secs S] | produce TOPIC [--key-field F] < records.jsonl"
         ),
     }
+}
+
+/// Only the broker connection of a service's configuration.
+#[derive(serde::Deserialize)]
+struct ConnectionOnly {
+    #[serde(default)]
+    kafka: KafkaConfig,
+}
+
+impl Validate for ConnectionOnly {
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.kafka.validate()
+    }
+}
+
+fn kafka_config(file: Option<String>, bootstrap: Option<String>) -> anyhow::Result<KafkaConfig> {
+    let env: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("POSTBACK_KAFKA__"))
+        .collect();
+    let mut kafka = postback_core::config::load_from::<ConnectionOnly>(
+        file.as_deref().map(std::path::Path::new),
+        env,
+    )?
+    .kafka;
+    if let Some(servers) = bootstrap {
+        kafka.bootstrap_servers = servers;
+    }
+    Ok(kafka)
 }
 
 /// Creates the topics listed in the topics file (name, partitions, configs).
@@ -127,8 +148,8 @@ async fn tail(kafka: &KafkaConfig, args: &mut Args) -> anyhow::Result<()> {
         bail!("tail needs a topic");
     };
     let group = format!("postback-ctl-tail-{}", std::process::id());
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &kafka.bootstrap_servers)
+    let consumer: StreamConsumer = kafka
+        .client_config()
         .set("group.id", &group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
@@ -223,8 +244,8 @@ async fn produce(kafka: &KafkaConfig, args: &mut Args) -> anyhow::Result<()> {
     let Some(topic) = args.rest.first().cloned() else {
         bail!("produce needs a topic");
     };
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &kafka.bootstrap_servers)
+    let producer: FutureProducer = kafka
+        .client_config()
         .set("acks", "all")
         .set("enable.idempotence", "true")
         .create()?;

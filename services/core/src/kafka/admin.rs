@@ -1,16 +1,15 @@
 //! Topic creation and broker reachability.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::Producer as _;
-use rdkafka::ClientConfig;
+use rdkafka::producer::{FutureProducer, Producer as _};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::KafkaConfig;
-use crate::kafka::Producer;
 use crate::ops::Readiness;
 
 #[derive(Debug, Clone)]
@@ -33,12 +32,7 @@ impl TopicSpec {
 
 /// Creates the topics that do not exist yet; existing ones are left alone.
 pub async fn create_topics(kafka: &KafkaConfig, topics: &[TopicSpec]) -> Result<(), KafkaError> {
-    let mut cfg = ClientConfig::new();
-    cfg.set("bootstrap.servers", &kafka.bootstrap_servers);
-    for (k, v) in &kafka.properties {
-        cfg.set(k, v);
-    }
-    let admin: AdminClient<DefaultClientContext> = cfg.create()?;
+    let admin: AdminClient<DefaultClientContext> = kafka.client_config().create()?;
     let new: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|t| {
@@ -63,18 +57,46 @@ pub async fn create_topics(kafka: &KafkaConfig, topics: &[TopicSpec]) -> Result<
     Ok(())
 }
 
+/// A topic's configuration as the broker applies it: every key with its
+/// effective value (set on the topic, or the broker's default).
+pub async fn topic_configs(
+    kafka: &KafkaConfig,
+    topic: &str,
+) -> Result<BTreeMap<String, String>, KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = kafka.client_config().create()?;
+    let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(30)));
+    let mut out = BTreeMap::new();
+    for result in admin
+        .describe_configs(&[ResourceSpecifier::Topic(topic)], &options)
+        .await?
+    {
+        let resource = result.map_err(KafkaError::AdminOp)?;
+        for entry in resource.entries {
+            if let Some(value) = entry.value {
+                out.insert(entry.name, value);
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Whether the broker answers a metadata request within `timeout`.
-pub async fn probe_broker(producer: &Producer, timeout: Duration) -> bool {
-    let client = producer.client();
+pub async fn probe_broker(client: &FutureProducer, timeout: Duration) -> bool {
+    let client = client.clone();
     tokio::task::spawn_blocking(move || client.client().fetch_metadata(None, timeout).is_ok())
         .await
         .unwrap_or(false)
 }
 
-/// Keeps the `broker` readiness check current until shutdown.
-pub async fn watch_broker(producer: Producer, readiness: Readiness, shutdown: CancellationToken) {
+/// Keeps the `broker` readiness check current until shutdown; `client` is
+/// any producer of the service (its metadata requests are the probe).
+pub async fn watch_broker(
+    client: FutureProducer,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) {
     loop {
-        let ok = probe_broker(&producer, Duration::from_secs(2)).await;
+        let ok = probe_broker(&client, Duration::from_secs(2)).await;
         readiness.set("broker", ok);
         tokio::select! {
             _ = shutdown.cancelled() => return,

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
 use rdkafka::util::Timeout;
 use rdkafka::ClientConfig;
@@ -23,6 +24,9 @@ pub struct OutboundRecord {
     pub partition: Option<i32>,
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
+    /// Kafka record headers (retry bookkeeping rides here, beside an
+    /// unchanged value).
+    pub headers: Vec<(String, Vec<u8>)>,
     /// Written only after every other output of its batch is acknowledged.
     /// For records that claim the others happened (a state changelog): they
     /// go to other partitions, whose acknowledgements come in any order, and
@@ -37,8 +41,15 @@ impl OutboundRecord {
             partition: None,
             key,
             payload,
+            headers: Vec::new(),
             deferred: false,
         }
+    }
+
+    /// The record with one more header.
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
     }
 
     /// The record, written after the rest of its batch (see `deferred`).
@@ -87,11 +98,11 @@ impl DeliveryError {
 
 /// The shared producer. Cloning shares the underlying client.
 ///
-/// After a write fails (broker gone, timeout, fatal idempotence error) the
-/// next attempt goes through a fresh client with a new producer id. A client
-/// whose records expired is in an undefined idempotence state: librdkafka
-/// bumps its epoch, which some brokers (tansu 0.6) cannot follow, and a fatal
-/// error makes a client unusable for good.
+/// A client that hit a fatal error (an idempotence invariant the broker
+/// says was broken) is unusable for good: the next attempt goes through a
+/// fresh client with a new producer id. Anything short of fatal (a broker
+/// gone, a timeout) librdkafka recovers from itself, bumping the idempotent
+/// producer's epoch.
 #[derive(Clone)]
 pub struct Producer {
     inner: Arc<Shared>,
@@ -131,9 +142,10 @@ impl Producer {
         }
     }
 
-    /// Replaces the client that had `generation`, unless another caller did
-    /// already. Records still queued in the old client fail (their callers
-    /// see an error and retry), none is silently dropped.
+    /// Replaces the client that had `generation` (after a fatal error),
+    /// unless another caller did already. Records still queued in the old
+    /// client fail (their callers see an error and retry), none is silently
+    /// dropped.
     pub fn renew(&self, generation: u64) {
         let Ok(mut guard) = self.inner.current.write() else {
             return;
@@ -156,28 +168,7 @@ impl Producer {
 
     /// Queues one record; the returned future resolves when the broker acknowledged it.
     pub fn enqueue(&self, record: &OutboundRecord) -> Result<DeliveryFuture, DeliveryError> {
-        Self::enqueue_on(&self.current().1, record)
-    }
-
-    fn enqueue_on(
-        producer: &FutureProducer,
-        record: &OutboundRecord,
-    ) -> Result<DeliveryFuture, DeliveryError> {
-        let mut fr: FutureRecord<'_, [u8], [u8]> =
-            FutureRecord::to(&record.topic).payload(&record.payload[..]);
-        if let Some(key) = &record.key {
-            fr = fr.key(&key[..]);
-        }
-        if let Some(partition) = record.partition {
-            fr = fr.partition(partition);
-        }
-        producer.send_result(fr).map_err(|(e, _)| match e {
-            KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => DeliveryError::QueueFull,
-            KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge) => {
-                DeliveryError::TooLarge
-            }
-            other => DeliveryError::NotAcknowledged(other.to_string()),
-        })
+        enqueue_on(&self.current().1, record)
     }
 
     /// Writes every record and waits for all acknowledgements. Returns one
@@ -196,7 +187,7 @@ impl Producer {
             match &refused {
                 Some(e) => pending.push(Err(e.clone())),
                 None => {
-                    let r = Self::enqueue_on(&producer, record);
+                    let r = enqueue_on(&producer, record);
                     if let Err(e) = &r {
                         refused = Some(e.clone());
                     }
@@ -211,14 +202,11 @@ impl Producer {
             }
         });
         let results = join_all(waits).await;
-        let failed = results.iter().any(|r| {
-            matches!(
-                r,
-                Err(DeliveryError::NotAcknowledged(_) | DeliveryError::Cancelled)
-            )
-        });
-        if failed {
-            self.renew(generation);
+        if results.iter().any(Result::is_err) {
+            if let Some((code, reason)) = producer.client().fatal_error() {
+                tracing::error!(error = %code, %reason, "producer client failed for good");
+                self.renew(generation);
+            }
         }
         results
     }
@@ -231,7 +219,39 @@ impl Producer {
     }
 }
 
-fn resolve(
+/// Queues one record on `producer`.
+pub(crate) fn enqueue_on(
+    producer: &FutureProducer,
+    record: &OutboundRecord,
+) -> Result<DeliveryFuture, DeliveryError> {
+    let mut fr: FutureRecord<'_, [u8], [u8]> =
+        FutureRecord::to(&record.topic).payload(&record.payload[..]);
+    if let Some(key) = &record.key {
+        fr = fr.key(&key[..]);
+    }
+    if let Some(partition) = record.partition {
+        fr = fr.partition(partition);
+    }
+    if !record.headers.is_empty() {
+        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+        for (name, value) in &record.headers {
+            headers = headers.insert(Header {
+                key: name,
+                value: Some(&value[..]),
+            });
+        }
+        fr = fr.headers(headers);
+    }
+    producer.send_result(fr).map_err(|(e, _)| match e {
+        KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => DeliveryError::QueueFull,
+        KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge) => {
+            DeliveryError::TooLarge
+        }
+        other => DeliveryError::NotAcknowledged(other.to_string()),
+    })
+}
+
+pub(crate) fn resolve(
     result: Result<
         rdkafka::producer::future_producer::OwnedDeliveryResult,
         futures::channel::oneshot::Canceled,

@@ -30,7 +30,7 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub async fn start(input_partitions: i32) -> anyhow::Result<Pipeline> {
-        let broker = Broker::start().await?;
+        let broker = Broker::shared().await?;
         let topics = TopicsConfig {
             enriched: unique("enriched"),
             status: unique("status"),
@@ -69,6 +69,7 @@ impl Pipeline {
                 group_id: Some(self.group.clone()),
                 max_batch: 200,
                 linger_ms: 5,
+                ..ConsumerConfig::default()
             },
             platforms: Default::default(),
             dedup,
@@ -78,6 +79,7 @@ impl Pipeline {
                 cache_mb: 8,
                 memtable_mb: 4,
                 restore_stall_secs: 30,
+                changelog_topic_configs: BTreeMap::new(),
             },
         }
     }
@@ -172,10 +174,13 @@ impl InProcess {
     }
 
     pub async fn metrics(&self) -> anyhow::Result<String> {
-        Ok(reqwest::get(format!("{}/metrics", self.ops))
-            .await?
-            .text()
-            .await?)
+        match reqwest::get(format!("{}/metrics", self.ops)).await {
+            Ok(r) => Ok(r.text().await?),
+            Err(e) if self.task.is_finished() => {
+                anyhow::bail!("the deduplicator is not running ({e}); it stopped early")
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// A metric's value (summed over its label sets), 0 when absent.
@@ -259,9 +264,7 @@ fn sum_metric(text: &str, name: &str) -> f64 {
 
 fn toml_of(c: &DeduplicatorConfig, ops_port: u16) -> String {
     format!(
-        r#"[kafka]
-bootstrap_servers = "{bootstrap}"
-
+        r#"{kafka}
 [topics]
 enriched = "{enriched}"
 status = "{status}"
@@ -284,12 +287,12 @@ dir = "{dir}"
 changelog_topic = "{changelog}"
 cache_mb = 8
 memtable_mb = 4
-
+{changelog_configs}
 [log]
 format = "json"
 level = "info"
 "#,
-        bootstrap = c.kafka.bootstrap_servers,
+        kafka = postback_testkit::kafka_toml(&c.kafka),
         enriched = c.topics.enriched,
         status = c.topics.status,
         rejected = c.topics.rejected,
@@ -304,5 +307,14 @@ level = "info"
         merge = c.dedup.merge_window_ms,
         dir = c.state.dir.display(),
         changelog = c.state.changelog_topic,
+        changelog_configs = changelog_configs_toml(&c.state.changelog_topic_configs),
     )
+}
+
+fn changelog_configs_toml(configs: &BTreeMap<String, String>) -> String {
+    let mut out = String::from("[state.changelog_topic_configs]\n");
+    for (k, v) in configs {
+        out.push_str(&format!("\"{k}\" = \"{v}\"\n"));
+    }
+    out
 }

@@ -154,7 +154,7 @@ impl Rig {
 
     pub async fn with_sandbox(partitions: i32, sandbox: SandboxConfig) -> Rig {
         postback_core::telemetry::init(&Default::default());
-        let broker = Broker::start().await.expect("broker");
+        let broker = Broker::shared().await.expect("broker");
         let topics = TopicsConfig {
             status: unique("status"),
             rejected: unique("rejected"),
@@ -241,11 +241,7 @@ impl Rig {
         T: serde::Serialize + serde::de::DeserializeOwned,
     {
         let codec: Codec<T> = Codec::new(kind);
-        let records = self
-            .broker
-            .consume(topic, usize::MAX, Duration::from_secs(2))
-            .await
-            .expect("consume");
+        let records = self.broker.read_to_end(topic).await.expect("consume");
         records
             .iter()
             .filter_map(|r| codec.decode(r.payload.as_deref()?).ok())

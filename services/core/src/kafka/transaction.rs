@@ -1,0 +1,258 @@
+//! The transactional producer of a consume-transform-produce stage: a
+//! stage's outputs and the input offsets they answer commit together in one
+//! Kafka transaction, or not at all.
+//!
+//! Consumers downstream read committed records only, so an aborted
+//! transaction (a crash, a broker restart, a zombie) leaves nothing behind
+//! that anyone reads. A zombie (an instance whose partitions moved while it
+//! stalled) is fenced by the consumer group: its offsets carry the group
+//! generation it last saw, the coordinator refuses them, and the
+//! transaction can only abort.
+//!
+//! librdkafka's transactional calls block; they run on the blocking pool.
+
+use std::time::Duration;
+
+use rdkafka::consumer::ConsumerGroupMetadata;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, Producer as _};
+use rdkafka::topic_partition_list::TopicPartitionList;
+
+use crate::config::KafkaConfig;
+use crate::kafka::client_config::producer_config;
+use crate::kafka::producer::{enqueue_on, resolve, Delivered, DeliveryError, OutboundRecord};
+
+/// How long one transactional call may block.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a transaction did not commit, and what the caller can do about it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TransactionError {
+    /// Nothing of the transaction is visible; the same work may be tried
+    /// again (after the caller made sure it still owns its inputs).
+    #[error("transaction aborted: {reason}")]
+    Aborted {
+        reason: String,
+        /// The consumer group refused our offsets: this instance lost (some
+        /// of) its partitions. Its view of what it owns is stale until the
+        /// consumer has polled again.
+        fenced: bool,
+    },
+    /// Output `index` is larger than the producer or broker accepts: the
+    /// transaction was aborted, and retrying it unchanged cannot succeed.
+    #[error("output {index} is larger than the broker accepts; transaction aborted")]
+    TooLarge { index: usize },
+    /// The producer cannot go on (another instance took its transactional
+    /// id, or an invariant the broker checks broke): the stage must stop.
+    #[error("transactional producer failed for good: {0}")]
+    Fatal(String),
+}
+
+pub struct TransactionalProducer {
+    producer: FutureProducer,
+    transactional_id: String,
+}
+
+impl TransactionalProducer {
+    /// Creates the producer and registers `transactional_id` with the
+    /// broker, which aborts whatever a previous producer with that id left
+    /// open.
+    pub async fn new(
+        kafka: &KafkaConfig,
+        client_id: &str,
+        transactional_id: &str,
+    ) -> Result<Self, KafkaError> {
+        let mut config = producer_config(kafka, client_id);
+        config
+            .set("transactional.id", transactional_id)
+            .set(
+                "transaction.timeout.ms",
+                kafka.transaction_timeout_ms.to_string(),
+            )
+            // librdkafka requires a record to time out before its
+            // transaction does.
+            .set(
+                "message.timeout.ms",
+                kafka
+                    .delivery_timeout_ms
+                    .min(kafka.transaction_timeout_ms)
+                    .to_string(),
+            );
+        let producer: FutureProducer = config.create()?;
+        let init = producer.clone();
+        tokio::task::spawn_blocking(move || init.init_transactions(CALL_TIMEOUT))
+            .await
+            .map_err(|_| KafkaError::Canceled)??;
+        Ok(TransactionalProducer {
+            producer,
+            transactional_id: transactional_id.to_string(),
+        })
+    }
+
+    pub fn transactional_id(&self) -> &str {
+        &self.transactional_id
+    }
+
+    /// The client (for metadata requests).
+    pub fn client(&self) -> FutureProducer {
+        self.producer.clone()
+    }
+
+    /// Writes `outputs` and commits `offsets` (the next offset to read, per
+    /// input partition; may be empty) in one transaction. Returns where
+    /// each output landed.
+    pub async fn commit(
+        &self,
+        outputs: &[OutboundRecord],
+        offsets: TopicPartitionList,
+        group: Option<ConsumerGroupMetadata>,
+    ) -> Result<Vec<Delivered>, TransactionError> {
+        self.producer.begin_transaction().map_err(classify)?;
+        let outcome = self.write_and_commit(outputs, offsets, group).await;
+        if let Err(error) = &outcome {
+            if !matches!(error, TransactionError::Fatal(_)) {
+                self.abort().await?;
+            }
+        }
+        outcome
+    }
+
+    async fn write_and_commit(
+        &self,
+        outputs: &[OutboundRecord],
+        offsets: TopicPartitionList,
+        group: Option<ConsumerGroupMetadata>,
+    ) -> Result<Vec<Delivered>, TransactionError> {
+        let mut pending: Vec<DeliveryFuture> = Vec::with_capacity(outputs.len());
+        for (index, record) in outputs.iter().enumerate() {
+            pending.push(self.enqueue(index, record).await?);
+        }
+        let mut deliveries = Vec::with_capacity(outputs.len());
+        for (index, future) in pending.into_iter().enumerate() {
+            match resolve(future.await) {
+                Ok(d) => deliveries.push(d),
+                Err(DeliveryError::TooLarge) => return Err(TransactionError::TooLarge { index }),
+                Err(e) => {
+                    return Err(TransactionError::Aborted {
+                        reason: e.to_string(),
+                        fenced: false,
+                    })
+                }
+            }
+        }
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || {
+            if offsets.count() > 0 {
+                let group = group.ok_or_else(|| TransactionError::Aborted {
+                    reason: "the consumer is not in its group".into(),
+                    fenced: true,
+                })?;
+                producer
+                    .send_offsets_to_transaction(&offsets, &group, CALL_TIMEOUT)
+                    .map_err(classify)?;
+            }
+            commit_retrying(&producer)
+        })
+        .await
+        .map_err(|e| TransactionError::Aborted {
+            reason: format!("commit task: {e}"),
+            fenced: false,
+        })??;
+        Ok(deliveries)
+    }
+
+    /// Queues one output of the open transaction, waiting while the local
+    /// queue is full.
+    async fn enqueue(
+        &self,
+        index: usize,
+        record: &OutboundRecord,
+    ) -> Result<DeliveryFuture, TransactionError> {
+        let mut waited = Duration::ZERO;
+        loop {
+            match enqueue_on(&self.producer, record) {
+                Ok(f) => return Ok(f),
+                Err(DeliveryError::TooLarge) => return Err(TransactionError::TooLarge { index }),
+                Err(DeliveryError::QueueFull) if waited < CALL_TIMEOUT => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    waited += Duration::from_millis(5);
+                }
+                Err(e) => {
+                    return Err(TransactionError::Aborted {
+                        reason: e.to_string(),
+                        fenced: false,
+                    })
+                }
+            }
+        }
+    }
+
+    /// Aborts the open transaction; librdkafka allows retrying an abort
+    /// that timed out. An abort that cannot complete leaves the producer
+    /// unusable, which is fatal.
+    async fn abort(&self) -> Result<(), TransactionError> {
+        let producer = self.producer.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let mut last = None;
+            for _ in 0..3 {
+                match producer.abort_transaction(CALL_TIMEOUT) {
+                    Ok(()) => return Ok(()),
+                    Err(e) => match classify(e) {
+                        fatal @ TransactionError::Fatal(_) => return Err(fatal),
+                        other => last = Some(other),
+                    },
+                }
+            }
+            Err(TransactionError::Fatal(format!(
+                "cannot abort the transaction: {}",
+                last.map(|e| e.to_string()).unwrap_or_default()
+            )))
+        })
+        .await;
+        result.map_err(|e| TransactionError::Fatal(format!("abort task: {e}")))?
+    }
+}
+
+/// commit_transaction, again while librdkafka says the same call may
+/// succeed (a coordinator moving, a request timing out).
+fn commit_retrying(producer: &FutureProducer) -> Result<(), TransactionError> {
+    let mut attempts = 0;
+    loop {
+        match producer.commit_transaction(CALL_TIMEOUT) {
+            Ok(()) => return Ok(()),
+            Err(KafkaError::Transaction(e)) if e.is_retriable() && attempts < 5 => {
+                attempts += 1;
+                std::thread::sleep(Duration::from_millis(100 << attempts));
+            }
+            Err(e) => return Err(classify(e)),
+        }
+    }
+}
+
+/// Group-membership codes: the coordinator refused offsets from a member
+/// that is no longer (or not yet) part of the current generation.
+fn is_fencing(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::IllegalGeneration
+            | RDKafkaErrorCode::UnknownMemberId
+            | RDKafkaErrorCode::FencedInstanceId
+            | RDKafkaErrorCode::RebalanceInProgress
+            | RDKafkaErrorCode::FencedMemberEpoch
+            | RDKafkaErrorCode::StaleMemberEpoch
+    )
+}
+
+fn classify(error: KafkaError) -> TransactionError {
+    match &error {
+        KafkaError::Transaction(e) if e.is_fatal() => TransactionError::Fatal(e.to_string()),
+        KafkaError::Transaction(e) => TransactionError::Aborted {
+            reason: e.to_string(),
+            fenced: is_fencing(e.code()),
+        },
+        other => TransactionError::Aborted {
+            reason: other.to_string(),
+            fenced: other.rdkafka_error_code().is_some_and(is_fencing),
+        },
+    }
+}
