@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::pending::Pending;
+use crate::pending::{InputPartition, Pending};
 
 pub type BatchKey = (String, &'static str);
 
@@ -62,14 +62,15 @@ impl Batcher {
         self.open.values().map(|o| o.since + self.linger).min()
     }
 
-    /// Forgets the events of partitions this instance lost; returns how many.
-    pub fn forget_partitions(&mut self, partitions: &[i32]) -> usize {
-        let mut dropped = 0;
+    /// Takes out the events of partitions this instance lost.
+    pub fn forget_partitions(&mut self, inputs: &[InputPartition]) -> Vec<Pending> {
+        let mut dropped = Vec::new();
         for open in self.open.values_mut() {
-            let before = open.events.len();
-            open.events
-                .retain(|p| !partitions.contains(&p.origin.partition));
-            dropped += before - open.events.len();
+            let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut open.events)
+                .into_iter()
+                .partition(|p| inputs.contains(&p.origin.input()));
+            open.events = kept;
+            dropped.extend(gone);
         }
         self.open.retain(|_, o| !o.events.is_empty());
         dropped
@@ -84,6 +85,7 @@ mod tests {
     fn event(partition: i32, offset: i64) -> Pending {
         Pending {
             origin: Origin {
+                source: 0,
                 partition,
                 offset,
                 generation: 1,
@@ -123,7 +125,7 @@ mod tests {
         b.add(("a".into(), ""), event(0, 1));
         b.add(("a".into(), ""), event(1, 2));
         b.add(("b".into(), ""), event(1, 3));
-        assert_eq!(b.forget_partitions(&[1]), 2);
+        assert_eq!(b.forget_partitions(&[(0, 1)]).len(), 2);
         assert_eq!(b.open.len(), 1);
     }
 }

@@ -63,10 +63,26 @@ pub struct DispatchConfig {
     /// How long a batch that is not full waits for more events.
     #[serde(default = "default_linger_ms")]
     pub linger_ms: u64,
-    /// Events read but without a final outcome yet; past it the consumer
-    /// pauses (lag grows, memory does not).
+    /// Events read and not yet committed with their outcome, over the
+    /// whole instance; past it the consumer pauses (lag grows, memory does
+    /// not). A last resort: per-account budgets keep it from filling.
     #[serde(default = "default_max_pending")]
     pub max_pending_events: usize,
+    /// Events of one account in memory at once (batched or in a request);
+    /// past it, its newly read events wait on the retry path, so a slow or
+    /// broken account delays only its own conversions.
+    #[serde(default = "default_max_pending_per_account")]
+    pub max_pending_per_account: usize,
+    /// Delays of the retry topics (`<dispatch topic>.retry-<delay>s`), in
+    /// seconds, ascending: a conversion that has to wait goes to the one
+    /// with the longest delay that does not exceed its wait, and onwards
+    /// from there, so the main partition never waits for it.
+    #[serde(default = "default_retry_tiers")]
+    pub retry_tiers_secs: Vec<u64>,
+    /// How often finished outcomes are committed (one transaction: their
+    /// status records, retry records, dead letters and input offsets).
+    #[serde(default = "default_commit_interval_ms")]
+    pub commit_interval_ms: u64,
     /// Requests in flight per account at once.
     #[serde(default = "default_concurrency")]
     pub max_concurrent_requests: usize,
@@ -99,7 +115,16 @@ fn default_linger_ms() -> u64 {
     250
 }
 fn default_max_pending() -> usize {
-    20_000
+    50_000
+}
+fn default_max_pending_per_account() -> usize {
+    10_000
+}
+fn default_retry_tiers() -> Vec<u64> {
+    vec![1, 10, 60, 600, 3600]
+}
+fn default_commit_interval_ms() -> u64 {
+    100
 }
 fn default_concurrency() -> usize {
     4
@@ -133,6 +158,9 @@ impl Default for DispatchConfig {
             max_batch_events: 0,
             linger_ms: default_linger_ms(),
             max_pending_events: default_max_pending(),
+            max_pending_per_account: default_max_pending_per_account(),
+            retry_tiers_secs: default_retry_tiers(),
+            commit_interval_ms: default_commit_interval_ms(),
             max_concurrent_requests: default_concurrency(),
             request_timeout_ms: default_request_timeout_ms(),
             max_attempts: default_max_attempts(),
@@ -148,6 +176,13 @@ impl Default for DispatchConfig {
 impl DispatchConfig {
     pub fn linger(&self) -> Duration {
         Duration::from_millis(self.linger_ms)
+    }
+
+    pub fn retry_tiers(&self) -> Vec<Duration> {
+        self.retry_tiers_secs
+            .iter()
+            .map(|s| Duration::from_secs(*s))
+            .collect()
     }
 
     /// Most events per request on `platform`.
@@ -399,6 +434,28 @@ impl Validate for DispatcherConfig {
             return Err(ConfigError::invalid(
                 "dispatch.max_pending_events",
                 "must be between 1 and 10000000",
+            ));
+        }
+        if !(1..=10_000_000).contains(&d.max_pending_per_account) {
+            return Err(ConfigError::invalid(
+                "dispatch.max_pending_per_account",
+                "must be between 1 and 10000000",
+            ));
+        }
+        if d.retry_tiers_secs.is_empty()
+            || d.retry_tiers_secs.len() > 8
+            || d.retry_tiers_secs.windows(2).any(|w| w[0] >= w[1])
+            || d.retry_tiers_secs.iter().any(|s| !(1..=86_400).contains(s))
+        {
+            return Err(ConfigError::invalid(
+                "dispatch.retry_tiers_secs",
+                "must be 1 to 8 ascending delays between 1 and 86400 seconds",
+            ));
+        }
+        if !(10..=10_000).contains(&d.commit_interval_ms) {
+            return Err(ConfigError::invalid(
+                "dispatch.commit_interval_ms",
+                "must be between 10 and 10000",
             ));
         }
         if !(1..=256).contains(&d.max_concurrent_requests) {

@@ -1,20 +1,27 @@
-//! Taking one batch of one account to a final outcome for every event in it.
+//! Taking one batch of one account to an outcome for every event in it,
+//! without ever waiting on the platform beyond one request at a time:
+//! what has to wait goes to the retry path (`retry.rs`) with the time it
+//! may be tried again.
 //!
 //! Per request: drop what this instance no longer owns, expire what the
-//! platform would no longer take, wait out a throttle and the account's
-//! pace, send, and act on the adapter's classification:
+//! platform would no longer take, send nothing while the account is paused
+//! (its events wait for the pause on the retry path), wait for the
+//! account's pace, send, and act on the adapter's classification:
 //!
 //! - accepted: delivered, with the platform's request id;
-//! - per-row answer (Google): each row its own outcome;
+//! - per-row answer (Google): each row its own outcome; a row the platform
+//!   wants later (TOO_RECENT_EVENT) waits `backoff_max_ms` on the retry path;
 //! - whole batch rejected (Meta, TikTok): a lone event is rejected with the
-//!   platform's reason; a larger batch is split and each part sent again.
-//!   If the error names an event, that one goes alone and the rest together
-//!   (two requests for one bad event); otherwise halves, which isolates one
-//!   bad event in 1,000 within 2*log2(1000)+1 requests;
-//! - throttled: the whole account pauses (Retry-After, or a doubling pause),
-//!   and no event counts it as a failure;
-//! - transient: retried with exponential backoff and jitter; past
-//!   `max_attempts` the event is failed and dead-lettered for replay.
+//!   platform's reason; a larger batch is split and each part sent again at
+//!   once. If the error names an event, that one goes alone and the rest
+//!   together (two requests for one bad event); otherwise halves, which
+//!   isolates one bad event in 1,000 within 2*log2(1000)+1 requests;
+//! - throttled: the whole account pauses (Retry-After, or a doubling pause)
+//!   and its events wait for the end of the pause; not a failure;
+//! - transient: a failed attempt. Past `max_attempts` the event is failed
+//!   and dead-lettered for replay; otherwise it waits an exponential
+//!   backoff with jitter, and the account holds back for as long (one probe
+//!   at a time while a platform is down, not a stampede).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +29,7 @@ use std::time::Duration;
 use postback_core::model::now_millis;
 use rand::Rng;
 use serde_json::Value;
+use tokio::sync::mpsc::UnboundedSender;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -29,20 +37,21 @@ use crate::account::Account;
 use crate::adapters::{Adapter, Answer, Reason, RowResult};
 use crate::config::DispatchConfig;
 use crate::metrics::DispatchMetrics;
-use crate::outcome::{Final, Outcomes};
+use crate::outcome::{Final, Resolution, Resolved};
 use crate::pending::{Ownership, Pending};
 
 /// The longest wait a platform's Retry-After can impose (a bogus huge value
-/// must not park events, or overflow a deadline).
+/// must not park events for days, or overflow a deadline).
 pub const MAX_PLATFORM_DELAY: Duration = Duration::from_secs(3600);
 
 pub struct Engine {
     pub adapter: Adapter,
-    pub outcomes: Outcomes,
     pub ownership: Arc<Ownership>,
     pub settings: DispatchConfig,
     pub metrics: DispatchMetrics,
     pub shutdown: CancellationToken,
+    /// Where outcomes go (the driver commits them).
+    pub resolved: UnboundedSender<Vec<Resolved>>,
 }
 
 /// A part of a batch still to send; `isolating` when it was split off a
@@ -52,31 +61,17 @@ struct Part {
     isolating: bool,
 }
 
-/// What to do with a part after an answer.
-enum Next {
-    Again(Vec<Pending>),
-    Finished,
-}
-
 impl Engine {
-    /// Runs until every event of `batch` has a final outcome, or is no
-    /// longer this instance's, or the service stops.
+    /// Sends `batch` and splits of it until every event has an outcome, is
+    /// no longer this instance's, or the service stops (then it is read
+    /// again after the restart).
     pub async fn deliver(&self, account: Arc<Account>, group: &'static str, batch: Vec<Pending>) {
         let mut work = vec![Part {
             events: batch,
             isolating: false,
         }];
         while let Some(part) = work.pop() {
-            let mut next = Some((part.events, part.isolating));
-            while let Some((events, isolating)) = next.take() {
-                next = match self
-                    .attempt(&account, group, events, isolating, &mut work)
-                    .await
-                {
-                    Next::Again(rest) => Some((rest, false)),
-                    Next::Finished => None,
-                };
-            }
+            self.attempt(&account, group, part, &mut work).await;
         }
     }
 
@@ -84,53 +79,26 @@ impl Engine {
         &self,
         account: &Account,
         group: &'static str,
-        mut events: Vec<Pending>,
-        isolating: bool,
+        part: Part,
         work: &mut Vec<Part>,
-    ) -> Next {
-        if self.shutdown.is_cancelled() {
-            // Not final: replayed from the last commit after the restart.
-            return Next::Finished;
-        }
-        self.keep_owned(&mut events);
-        let now = now_millis();
-        let (expired, mut events): (Vec<_>, Vec<_>) =
-            events.into_iter().partition(|p| p.deadline_ms <= now);
-        self.finish_all(
-            expired,
-            Final::Expired {
-                reason: "too_old: past the platform's window for this event".into(),
-            },
-        )
-        .await;
-        if events.is_empty() {
-            return Next::Finished;
-        }
-
-        let waited = Instant::now();
-        if !self.wait_out_throttle(account).await {
-            return Next::Finished;
-        }
-        let Ok(permit) = account.requests.acquire().await else {
-            return Next::Finished;
+    ) {
+        let Some(mut events) = self.sendable(account, part.events) else {
+            return;
         };
-        // Requests queue here behind each other; a rebalance meanwhile must
-        // not spend the account's pace on events that are no longer ours.
-        if !self.keep_owned(&mut events) {
-            return Next::Finished;
-        }
+        let waited = Instant::now();
+        let Ok(permit) = account.requests.acquire().await else {
+            return;
+        };
         tokio::select! {
-            _ = self.shutdown.cancelled() => return Next::Finished,
+            _ = self.shutdown.cancelled() => return,
             _ = account.pacer.wait() => {}
         }
-        // A throttle answered while this request queued for its slot holds it too.
-        if !self.wait_out_throttle(account).await {
-            return Next::Finished;
-        }
-        // A rebalance while it queued: what is no longer ours is not sent.
-        if !self.keep_owned(&mut events) {
-            return Next::Finished;
-        }
+        // A rebalance, a pause or a deadline that passed while it queued
+        // for its slot.
+        let Some(sendable) = self.sendable(account, std::mem::take(&mut events)) else {
+            return;
+        };
+        let mut events = sendable;
         self.metrics.quota_wait(waited.elapsed().as_secs_f64());
 
         let rows: Vec<&Value> = events.iter().map(|p| &p.row).collect();
@@ -144,23 +112,65 @@ impl Engine {
             events.len(),
             started.elapsed().as_secs_f64(),
         );
-        if isolating {
+        if part.isolating {
             self.metrics.isolation_requests.inc();
         }
         for p in &mut events {
             p.sends += 1;
         }
+        self.answered(account, events, answer, work);
+    }
 
+    /// What of `events` may be sent now: the others get their outcome
+    /// (expired, or waiting out the account's pause) or are dropped (no
+    /// longer ours). None when nothing is left to send.
+    fn sendable(&self, account: &Account, events: Vec<Pending>) -> Option<Vec<Pending>> {
+        if self.shutdown.is_cancelled() {
+            return None;
+        }
+        let now = now_millis();
+        let (events, lost): (Vec<_>, Vec<_>) = events
+            .into_iter()
+            .partition(|p| self.ownership.owns(&p.origin));
+        self.resolve_all(lost, |_| Resolution::Abandoned);
+        let (expired, events): (Vec<_>, Vec<_>) =
+            events.into_iter().partition(|p| p.deadline_ms <= now);
+        self.finish_all(
+            expired,
+            Final::Expired {
+                reason: "too_old: past the platform's window for this event".into(),
+            },
+        );
+        if events.is_empty() {
+            return None;
+        }
+        if let Some((until, reason)) = account.paused() {
+            let not_before_ms = at_millis_from_now(until.saturating_duration_since(Instant::now()));
+            self.resolve_all(events, |_| Resolution::Retry {
+                not_before_ms,
+                reason: reason.clone(),
+                status: true,
+            });
+            return None;
+        }
+        Some(events)
+    }
+
+    fn answered(
+        &self,
+        account: &Account,
+        mut events: Vec<Pending>,
+        answer: Answer,
+        work: &mut Vec<Part>,
+    ) {
         match answer {
             Answer::Accepted { request_id } => {
                 account.answered();
-                self.finish_all(events, Final::Delivered { request_id })
-                    .await;
-                Next::Finished
+                self.finish_all(events, Final::Delivered { request_id });
             }
             Answer::Rows { request_id, rows } => {
                 account.answered();
-                self.rows(events, rows, request_id).await
+                self.rows(events, rows, request_id);
             }
             Answer::Rejected {
                 request_id,
@@ -177,8 +187,8 @@ impl Engine {
                     } else {
                         Final::Rejected { reason, request_id }
                     };
-                    self.finish_all(events, last).await;
-                    return Next::Finished;
+                    self.finish_all(events, last);
+                    return;
                 }
                 // Processed last-in first-out: the suspect (or first half) next.
                 match index.filter(|i| self.settings.use_error_index && *i < events.len()) {
@@ -205,7 +215,6 @@ impl Engine {
                         });
                     }
                 }
-                Next::Finished
             }
             Answer::Throttled {
                 reason,
@@ -215,117 +224,117 @@ impl Engine {
                 let pause = Duration::from_millis(self.settings.throttle_pause_ms);
                 let retry_after = retry_after
                     .map(|d| d.clamp(pause.min(Duration::from_secs(1)), MAX_PLATFORM_DELAY));
-                let until = account.throttled(retry_after, pause);
+                let until = account.throttled(retry_after, pause, &reason);
                 self.metrics.retries("throttled", events.len());
-                let next_at = at_millis_from_now(until.saturating_duration_since(Instant::now()));
-                self.retrying(&events, &reason, next_at).await;
-                Next::Again(events)
+                let not_before_ms =
+                    at_millis_from_now(until.saturating_duration_since(Instant::now()));
+                self.resolve_all(events, |_| Resolution::Retry {
+                    not_before_ms,
+                    reason: reason.clone(),
+                    status: true,
+                });
             }
             Answer::Transient {
                 reason,
                 retry_after,
             } => {
                 tracing::warn!(account = %account.id, reason = %reason.code, events = events.len(), "platform request failed; will retry");
-                self.failed_attempt(account, events, reason, retry_after, "transient")
-                    .await
+                self.failed_attempt(account, events, reason, retry_after);
             }
         }
     }
 
-    async fn rows(
-        &self,
-        events: Vec<Pending>,
-        rows: Vec<RowResult>,
-        request_id: Option<String>,
-    ) -> Next {
-        let mut finals = Vec::new();
-        let mut again = Vec::new();
-        let mut again_reason = None;
+    fn rows(&self, events: Vec<Pending>, rows: Vec<RowResult>, request_id: Option<String>) {
         let mut rows = rows.into_iter();
-        for p in events {
-            // A short answer leaves the rest unaccounted for: try them again.
-            let row = rows.next().unwrap_or(RowResult::Retry(Reason::new(
-                "missing_result",
-                "the platform answered fewer rows than were sent",
-            )));
-            match row {
-                RowResult::Delivered | RowResult::AlreadyDelivered => finals.push((
-                    p,
-                    Final::Delivered {
-                        request_id: request_id.clone(),
-                    },
-                )),
-                RowResult::Rejected(reason) => finals.push((
-                    p,
-                    Final::Rejected {
+        let mut later = 0;
+        let resolved: Vec<Resolved> = events
+            .into_iter()
+            .map(|p| {
+                // A short answer leaves the rest unaccounted for: try them again.
+                let row = rows.next().unwrap_or(RowResult::Retry(Reason::new(
+                    "missing_result",
+                    "the platform answered fewer rows than were sent",
+                )));
+                let resolution = match row {
+                    RowResult::Delivered | RowResult::AlreadyDelivered => {
+                        Resolution::Final(Final::Delivered {
+                            request_id: request_id.clone(),
+                        })
+                    }
+                    RowResult::Rejected(reason) => Resolution::Final(Final::Rejected {
                         reason,
                         request_id: request_id.clone(),
-                    },
-                )),
-                RowResult::Expired(reason) => finals.push((
-                    p,
-                    Final::Expired {
+                    }),
+                    RowResult::Expired(reason) => Resolution::Final(Final::Expired {
                         reason: reason.describe(),
-                    },
-                )),
-                RowResult::Retry(reason) => {
-                    again.push(p);
-                    again_reason = Some(reason);
+                    }),
+                    // The platform wants these rows later (Google's
+                    // TOO_RECENT_EVENT: the click is under 6 h old). Not a
+                    // failure: tried again every `backoff_max_ms` until
+                    // accepted or past the platform's window.
+                    RowResult::Retry(reason) => {
+                        later += 1;
+                        Resolution::Retry {
+                            not_before_ms: at_millis_from_now(Duration::from_millis(
+                                self.settings.backoff_max_ms,
+                            )),
+                            reason,
+                            status: true,
+                        }
+                    }
+                };
+                Resolved {
+                    pending: p,
+                    resolution,
                 }
-            }
+            })
+            .collect();
+        if later > 0 {
+            self.metrics.retries("row", later);
         }
-        self.finish(finals).await;
-        match again_reason {
-            Some(reason) if !again.is_empty() => self.later(again, reason).await,
-            _ => Next::Finished,
-        }
-    }
-
-    /// The platform wants these rows later (Google's TOO_RECENT_EVENT: the
-    /// click is under 6 h old). Not a failure: tried again every
-    /// `backoff_max_ms` until accepted or past the platform's window.
-    async fn later(&self, events: Vec<Pending>, reason: Reason) -> Next {
-        let delay = Duration::from_millis(self.settings.backoff_max_ms);
-        self.metrics.retries("row", events.len());
-        self.again_after(events, &reason, delay).await
+        self.send(resolved);
     }
 
     /// One more failed attempt for `events`: the ones past the limit fail,
-    /// the others wait their backoff.
-    async fn failed_attempt(
+    /// the others wait their backoff on the retry path, and the account
+    /// holds back as long.
+    fn failed_attempt(
         &self,
         account: &Account,
         events: Vec<Pending>,
         reason: Reason,
         retry_after: Option<Duration>,
-        why: &str,
-    ) -> Next {
+    ) {
         let max = self.settings.max_attempts;
-        let (failed, mut again): (Vec<_>, Vec<_>) =
-            events.into_iter().partition(|p| p.failures + 1 >= max);
+        let mut attempts = 0;
+        let (failed, again): (Vec<_>, Vec<_>) = events
+            .into_iter()
+            .map(|mut p| {
+                p.failures += 1;
+                attempts = attempts.max(p.failures);
+                p
+            })
+            .partition(|p| p.failures >= max);
         self.finish_all(
             failed,
             Final::Failed {
                 reason: reason.clone(),
             },
-        )
-        .await;
+        );
         if again.is_empty() {
-            return Next::Finished;
-        }
-        let mut attempts = 0;
-        for p in &mut again {
-            p.failures += 1;
-            attempts = attempts.max(p.failures);
+            return;
         }
         let delay = retry_after
             .map(|d| d.min(MAX_PLATFORM_DELAY))
             .unwrap_or_else(|| self.backoff(attempts));
-        if why == "transient" {
-            account.hold_until(Instant::now() + delay);
-        }
-        self.metrics.retries(why, again.len());
-        self.again_after(again, &reason, delay).await
+        account.hold_until(Instant::now() + delay, &reason);
+        self.metrics.retries("transient", again.len());
+        let not_before_ms = at_millis_from_now(delay);
+        self.resolve_all(again, |_| Resolution::Retry {
+            not_before_ms,
+            reason: reason.clone(),
+            status: true,
+        });
     }
 
     /// Exponential backoff with jitter: between half and all of
@@ -338,62 +347,33 @@ impl Engine {
         Duration::from_millis(ms as u64)
     }
 
-    /// Drops the events of partitions this instance lost (their new owner
-    /// redoes them); false when none is left.
-    fn keep_owned(&self, events: &mut Vec<Pending>) -> bool {
-        events.retain(|p| self.ownership.owns(&p.origin));
-        !events.is_empty()
-    }
-
-    /// Final statuses, for the events this instance still owns: a lost
-    /// partition's events are the new owner's to report (it redoes them).
-    async fn finish(&self, mut items: Vec<(Pending, Final)>) {
-        items.retain(|(p, _)| self.ownership.owns(&p.origin));
-        self.outcomes.finish(items).await;
-    }
-
-    async fn retrying(&self, events: &[Pending], reason: &Reason, next_at_ms: i64) {
-        let owned: Vec<&Pending> = events
-            .iter()
-            .filter(|p| self.ownership.owns(&p.origin))
-            .collect();
-        self.outcomes.retrying(&owned, reason, next_at_ms).await;
-    }
-
     /// The same final outcome for every event.
-    async fn finish_all(&self, events: Vec<Pending>, outcome: Final) {
-        if events.is_empty() {
-            return;
-        }
-        let items = events.into_iter().map(|p| (p, outcome.clone())).collect();
-        self.finish(items).await;
+    fn finish_all(&self, events: Vec<Pending>, outcome: Final) {
+        self.resolve_all(events, |_| Resolution::Final(outcome.clone()));
     }
 
-    /// Waits until the platform's pause of the account is over; false if
-    /// the service stops first.
-    async fn wait_out_throttle(&self, account: &Account) -> bool {
-        let Some(until) = account.throttled_until() else {
-            return true;
-        };
-        tokio::select! {
-            _ = self.shutdown.cancelled() => false,
-            _ = tokio::time::sleep_until(until) => true,
-        }
+    fn resolve_all(&self, events: Vec<Pending>, resolution: impl Fn(&Pending) -> Resolution) {
+        let resolved = events
+            .into_iter()
+            .map(|pending| Resolved {
+                resolution: resolution(&pending),
+                pending,
+            })
+            .collect();
+        self.send(resolved);
     }
 
-    /// Records the next attempt `delay` from now, waits it out, and hands
-    /// the events back for it.
-    async fn again_after(&self, events: Vec<Pending>, reason: &Reason, delay: Duration) -> Next {
-        self.retrying(&events, reason, at_millis_from_now(delay))
-            .await;
-        tokio::select! {
-            _ = self.shutdown.cancelled() => Next::Finished,
-            _ = tokio::time::sleep(delay) => Next::Again(events),
+    /// Hands outcomes to the driver (which drops those of partitions this
+    /// instance lost since: the new owner reads them again).
+    fn send(&self, resolved: Vec<Resolved>) {
+        if !resolved.is_empty() {
+            // The receiver only goes away when the service stops.
+            let _ = self.resolved.send(resolved);
         }
     }
 }
 
-/// Unix ms, `delay` from now (for a status record's next attempt).
-fn at_millis_from_now(delay: Duration) -> i64 {
+/// Unix ms, `delay` from now.
+pub fn at_millis_from_now(delay: Duration) -> i64 {
     now_millis().saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2))
 }

@@ -6,46 +6,74 @@
 //! - [`adapters`]: the platforms' wire formats and answers, one per file;
 //! - [`delivery`]: one batch to a final outcome for each of its events
 //!   (throttles, retries, isolating bad events);
-//! - [`driver`]: the consumer, batching, offsets and flow control;
-//! - [`pacing`] and [`account`]: quotas and per-account state;
-//! - [`outcome`]: status records, dead letters, releasing offsets.
+//! - [`driver`]: the consumer, batching, rebalances and flow control;
+//! - [`retry`]: the retry topics conversions wait on;
+//! - [`tracker`] and [`commit`]: which outcomes may commit, and committing
+//!   them with their input offsets in one transaction;
+//! - [`pacing`] and [`account`]: quotas, per-account state and budgets;
+//! - [`outcome`]: status records, retry records, dead letters.
 
 pub mod account;
 pub mod adapters;
 pub mod batcher;
+pub mod commit;
 pub mod config;
 pub mod delivery;
 pub mod driver;
 pub mod metrics;
-pub mod offsets;
 pub mod outcome;
 pub mod pacing;
 pub mod pending;
+pub mod retry;
+pub mod tracker;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use postback_core::kafka::{KafkaError, Producer};
+use postback_core::config::KafkaConfig;
+use postback_core::dead_letter::DeadLetters;
+use postback_core::kafka::{
+    create_topics, instance_id, KafkaError, Producer, TopicSpec, TransactionalProducer,
+};
 use postback_core::metrics::ServiceMetrics;
 use postback_core::ops::{Readiness, StageOps};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::account::Accounts;
 use crate::adapters::Adapter;
+use crate::commit::{Committer, Sink};
 use crate::config::DispatcherConfig;
 use crate::delivery::Engine;
-use crate::driver::{Driver, DriverSettings};
+use crate::driver::{Driver, DriverParts, DriverSettings, Shared};
 use crate::metrics::DispatchMetrics;
-use crate::outcome::Outcomes;
+use crate::outcome::{Outcomes, STAGE};
 use crate::pending::Ownership;
+use crate::retry::Tiers;
 
 pub const SERVICE: &str = "dispatcher";
+
+/// How long the dispatch topic's retry topics keep records (as long as the
+/// dispatch topic itself: a conversion waits at most an hour per hop).
+const RETRY_RETENTION_MS: u64 = 7 * 86_400_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DispatcherError {
     #[error("cannot create the Kafka producer: {0}")]
     Producer(#[source] KafkaError),
+    #[error("cannot read the partitions of {topic}: {source}")]
+    Metadata {
+        topic: String,
+        #[source]
+        source: KafkaError,
+    },
+    #[error("cannot create the retry topics of {topic}: {source}")]
+    RetryTopics {
+        topic: String,
+        #[source]
+        source: KafkaError,
+    },
     #[error("cannot build the HTTP client: {0}")]
     Http(#[source] reqwest::Error),
     #[error(transparent)]
@@ -66,7 +94,38 @@ pub async fn run(
     let metrics = DispatchMetrics::new(&service_metrics, platform);
     let readiness = Readiness::new();
     let client_id = format!("postback-dispatcher-{}", platform.as_str());
-    let producer = Producer::new(&config.kafka, &client_id).map_err(DispatcherError::Producer)?;
+    let main_topic = config.topics.dispatch(platform);
+    let tiers = Tiers::new(&main_topic, &config.dispatch.retry_tiers());
+    ensure_retry_topics(&config.kafka, &main_topic, &tiers).await?;
+    let sink = if config.consumer.exactly_once {
+        let transactional_id = format!(
+            "{}.{}",
+            config.group_id(),
+            instance_id(config.consumer.instance_id.as_deref())
+        );
+        Sink::Transactional(
+            TransactionalProducer::new(&config.kafka, &client_id, &transactional_id)
+                .await
+                .map_err(DispatcherError::Producer)?,
+        )
+    } else {
+        Sink::Acknowledged(
+            Producer::new(&config.kafka, &client_id).map_err(DispatcherError::Producer)?,
+        )
+    };
+    let dead_letters = DeadLetters::new(
+        format!("{STAGE}.{}", platform.as_str()),
+        config.topics.rejected.clone(),
+    );
+    let committer = Committer::new(sink, tiers.clone(), dead_letters, metrics.clone());
+    let probe_client = committer.probe_client();
+    let ownership = Arc::new(Ownership::default());
+    let shared = Arc::new(Shared::new(
+        committer,
+        ownership.clone(),
+        tiers.clone(),
+        metrics.clone(),
+    ));
     let http = reqwest::Client::builder()
         .timeout(Duration::from_millis(config.dispatch.request_timeout_ms))
         .connect_timeout(Duration::from_secs(10))
@@ -81,56 +140,119 @@ pub async fn run(
             "no account configured: every conversion will be not_eligible (platform_not_configured)"
         );
     }
-    let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (resolved_tx, resolved_rx) = tokio::sync::mpsc::unbounded_channel();
     let engine = Arc::new(Engine {
         adapter: Adapter::new(&config, http),
-        outcomes: Outcomes::new(
-            producer.clone(),
-            platform,
-            config.topics.status.clone(),
-            config.topics.rejected.clone(),
-            done_tx,
-            metrics.clone(),
-            shutdown.clone(),
-        ),
-        ownership: Arc::new(Ownership::default()),
+        ownership,
         settings: config.dispatch.clone(),
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),
+        resolved: resolved_tx,
     });
+    let outcomes = Arc::new(Outcomes::new(
+        platform,
+        config.topics.status.clone(),
+        config.topics.rejected.clone(),
+        tiers,
+        metrics.clone(),
+    ));
     let driver = Driver::new(
         &config.kafka,
         DriverSettings {
-            topic: config.topics.dispatch(platform),
             group_id: config.group_id(),
             platform,
             windows: config.platforms.clone(),
             batch_limit: config.dispatch.batch_limit(platform),
             linger: config.dispatch.linger(),
             max_pending: config.dispatch.max_pending_events,
+            commit_interval: Duration::from_millis(config.dispatch.commit_interval_ms),
             drain: Duration::from_millis(config.dispatch.request_timeout_ms)
                 + Duration::from_secs(5),
         },
-        engine,
-        accounts.clone(),
-        done_rx,
-        metrics,
+        DriverParts {
+            shared,
+            engine,
+            outcomes,
+            accounts: accounts.clone(),
+            resolved: resolved_rx,
+            metrics,
+        },
     )?;
     tracing::info!(
         platform = platform.as_str(),
         accounts = accounts.len(),
         group = %config.group_id(),
+        exactly_once = config.consumer.exactly_once,
         "dispatcher starting"
     );
     let stage_ops = StageOps::spawn(
         ops_listener,
         service_metrics,
         readiness,
-        producer.client(),
+        probe_client,
         shutdown.clone(),
     );
     let result = driver.run(shutdown.clone()).await;
-    producer.flush(Duration::from_secs(5));
     stage_ops.stop().await.map_err(DispatcherError::Ops)?;
     result.map_err(Into::into)
+}
+
+/// Creates the retry topics of `main` that are missing, with its partition
+/// count (existing ones are left alone).
+async fn ensure_retry_topics(
+    kafka: &KafkaConfig,
+    main: &str,
+    tiers: &Tiers,
+) -> Result<(), DispatcherError> {
+    let partitions = partition_count(kafka, main).await?;
+    let specs: Vec<TopicSpec> = tiers
+        .retry_topics()
+        .map(|t| {
+            let mut spec = TopicSpec::new(t, partitions);
+            spec.configs = vec![("retention.ms".into(), RETRY_RETENTION_MS.to_string())];
+            spec
+        })
+        .collect();
+    create_topics(kafka, &specs)
+        .await
+        .map_err(|source| DispatcherError::RetryTopics {
+            topic: main.to_string(),
+            source,
+        })
+}
+
+/// The partition count of `topic`, waiting a little for one being created.
+async fn partition_count(kafka: &KafkaConfig, topic: &str) -> Result<i32, DispatcherError> {
+    let err = |source| DispatcherError::Metadata {
+        topic: topic.to_string(),
+        source,
+    };
+    let client: BaseConsumer = kafka.client_config().create().map_err(err)?;
+    let name = topic.to_string();
+    let found = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let metadata = client.fetch_metadata(Some(&name), Duration::from_secs(30))?;
+            let partitions = metadata
+                .topics()
+                .first()
+                .filter(|t| t.error().is_none())
+                .map_or(0, |t| t.partitions().len());
+            if partitions > 0 {
+                return Ok(Some(partitions as i32));
+            }
+            if std::time::Instant::now() > deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    })
+    .await
+    .map_err(|_| err(KafkaError::Canceled))?
+    .map_err(err)?;
+    found.ok_or_else(|| {
+        err(KafkaError::MetadataFetch(
+            rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
+        ))
+    })
 }

@@ -22,6 +22,8 @@ pub struct DispatchMetrics {
     pub quota_share: IntGauge,
     pub lag: IntGaugeVec,
     pub rebalances: IntCounterVec,
+    pub commits: IntCounterVec,
+    deferred: IntCounterVec,
 }
 
 impl DispatchMetrics {
@@ -73,7 +75,7 @@ impl DispatchMetrics {
             pending: m
                 .gauge_vec(
                     "pending_events",
-                    "Conversions read and not yet given a final outcome.",
+                    "Conversions read and not yet committed with their outcome.",
                     &["platform"],
                 )
                 .with_label_values(&[p]),
@@ -116,6 +118,16 @@ impl DispatchMetrics {
                 "Rebalance events, by kind (assign, revoke, error).",
                 &["kind"],
             ),
+            commits: m.counter_vec(
+                "transactions_total",
+                "Commits of outcomes with their input offsets, by outcome (committed, aborted, fenced).",
+                &["outcome"],
+            ),
+            deferred: m.counter_vec(
+                "deferred_events_total",
+                "Conversions put on the retry path without a request, by why (account_paused, account_busy, not_due).",
+                &["platform", "reason"],
+            ),
         }
         .labelled()
     }
@@ -127,6 +139,12 @@ impl DispatchMetrics {
         }
         for reason in ["throttled", "transient", "row"] {
             self.retries.with_label_values(&[self.platform, reason]);
+        }
+        for reason in ["account_paused", "account_busy", "not_due"] {
+            self.deferred.with_label_values(&[self.platform, reason]);
+        }
+        for outcome in ["committed", "aborted", "fenced"] {
+            self.commits.with_label_values(&[outcome]);
         }
         self
     }
@@ -147,6 +165,12 @@ impl DispatchMetrics {
         self.events
             .with_label_values(&[self.platform, outcome, reason])
             .inc_by(n as u64);
+    }
+
+    pub fn deferred(&self, reason: &str) {
+        self.deferred
+            .with_label_values(&[self.platform, reason])
+            .inc();
     }
 
     pub fn retries(&self, reason: &str, n: usize) {

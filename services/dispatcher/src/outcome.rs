@@ -1,24 +1,18 @@
-//! Writing what happened to conversions.status (and failed conversions to
-//! conversions.rejected), and telling the consumer which offsets are done.
-//!
-//! A conversion's offset is released only after its final status (and dead
-//! letter, if any) is acknowledged by the broker: a crash before that
-//! replays the conversion, and the platform's own dedup (event_id, order_id)
-//! absorbs the resend.
-
-use std::time::Duration;
+//! What happened to a conversion, as the records that say so: its status on
+//! conversions.status, its retry record when it waits, its dead letter on
+//! conversions.rejected when it failed for good. They are committed with
+//! the conversion's input offset, in one transaction (`commit`).
 
 use postback_core::avro::{Codec, SchemaKind};
 use postback_core::dead_letter::DeadLetters;
-use postback_core::kafka::{OutboundRecord, Producer};
+use postback_core::kafka::OutboundRecord;
 use postback_core::model::{now_millis, DeliveryStatus, ServerSideStatus};
 use postback_core::Platform;
-use tokio::sync::mpsc::UnboundedSender;
-use tokio_util::sync::CancellationToken;
 
 use crate::adapters::Reason;
 use crate::metrics::DispatchMetrics;
-use crate::pending::{Origin, Pending};
+use crate::pending::Pending;
+use crate::retry::Tiers;
 
 pub const STAGE: &str = "dispatcher";
 
@@ -74,33 +68,51 @@ impl Final {
     }
 }
 
-/// A message to the consumer: this record has its final outcome.
-#[derive(Debug, Clone, Copy)]
-pub struct Done(pub Origin);
+/// What became of a conversion: its last word on this platform, or the time
+/// it may be tried again.
+#[derive(Debug, Clone)]
+pub enum Resolution {
+    Final(Final),
+    Retry {
+        not_before_ms: i64,
+        reason: Reason,
+        /// Whether a `retrying` status says so (an attempt was made, or
+        /// the account is paused); a conversion only moving along the retry
+        /// path, or waiting for its account's budget, changes nothing a
+        /// person needs to see.
+        status: bool,
+    },
+    /// Its partition moved to another instance, which reads it again:
+    /// nothing to write here.
+    Abandoned,
+}
 
+/// A conversion and what became of it, from a delivery task to the driver.
+pub struct Resolved {
+    pub pending: Pending,
+    pub resolution: Resolution,
+}
+
+/// The records an outcome writes: status records, retry records, dead
+/// letters. They commit with the conversion's input offset.
 pub struct Outcomes {
-    producer: Producer,
     platform: Platform,
     status_topic: String,
     codec: Codec<DeliveryStatus>,
     dead_letters: DeadLetters,
-    done: UnboundedSender<Done>,
+    tiers: Tiers,
     metrics: DispatchMetrics,
-    shutdown: CancellationToken,
 }
 
 impl Outcomes {
     pub fn new(
-        producer: Producer,
         platform: Platform,
         status_topic: String,
         rejected_topic: String,
-        done: UnboundedSender<Done>,
+        tiers: Tiers,
         metrics: DispatchMetrics,
-        shutdown: CancellationToken,
     ) -> Self {
         Outcomes {
-            producer,
             platform,
             status_topic,
             codec: Codec::new(SchemaKind::DeliveryStatus),
@@ -108,14 +120,17 @@ impl Outcomes {
                 format!("{STAGE}.{}", platform.as_str()),
                 rejected_topic,
             ),
-            done,
+            tiers,
             metrics,
-            shutdown,
         }
     }
 
     pub fn dead_letters(&self) -> &DeadLetters {
         &self.dead_letters
+    }
+
+    pub fn tiers(&self) -> &Tiers {
+        &self.tiers
     }
 
     fn status(&self, p: &Pending, server_side: ServerSideStatus) -> DeliveryStatus {
@@ -137,120 +152,70 @@ impl Outcomes {
         }
     }
 
-    fn encode(&self, p: &Pending, status: &DeliveryStatus) -> Option<OutboundRecord> {
+    fn encode(&self, p: &Pending, status: &DeliveryStatus, out: &mut Vec<OutboundRecord>) {
         match self.codec.encode(status) {
-            Ok(bytes) => Some(OutboundRecord::new(
+            Ok(bytes) => out.push(OutboundRecord::new(
                 &self.status_topic,
                 p.key.clone(),
                 bytes,
             )),
-            Err(e) => {
-                // Our own schema: a bug, not input. Logged, never fatal.
-                tracing::error!(error = %e, "cannot encode a status record");
-                None
-            }
+            // Our own schema: a bug, not input. Logged, never fatal.
+            Err(e) => tracing::error!(error = %e, "cannot encode a status record"),
         }
     }
 
-    /// Writes the final outcome of each conversion, then releases its
-    /// offset. Returns false if shutdown interrupted it (nothing released:
-    /// the conversions are replayed).
-    pub async fn finish(&self, items: Vec<(Pending, Final)>) -> bool {
-        if items.is_empty() {
-            return true;
-        }
-        let mut records = Vec::with_capacity(items.len());
-        for (p, outcome) in &items {
-            let mut status = self.status(p, outcome.status());
-            match outcome {
-                Final::Delivered { request_id } => {
-                    status.platform_request_id = request_id.clone();
+    /// The records of `resolution` for `p`.
+    pub fn records(&self, p: &Pending, resolution: &Resolution) -> Vec<OutboundRecord> {
+        let mut out = Vec::with_capacity(2);
+        match resolution {
+            Resolution::Abandoned => {}
+            Resolution::Final(outcome) => self.final_records(p, outcome, &mut out),
+            Resolution::Retry {
+                not_before_ms,
+                reason,
+                status,
+            } => {
+                out.push(self.tiers.record(p, *not_before_ms, now_millis()));
+                if *status {
+                    let mut s = self.status(p, ServerSideStatus::Retrying);
+                    s.reason = Some(reason.describe());
+                    s.next_attempt_at = Some(*not_before_ms);
+                    self.encode(p, &s, &mut out);
+                    self.metrics.events("retrying", &reason.code, 1);
                 }
-                Final::Rejected { reason, request_id } => {
-                    status.reason = Some(reason.describe());
-                    status.platform_request_id = request_id.clone();
-                }
-                Final::Expired { reason } => status.reason = Some(reason.clone()),
-                Final::Failed { reason } => {
-                    status.reason = Some(reason.describe());
-                    match self.dead_letters.for_record(
-                        &p.as_inbound(),
-                        "delivery_failed",
-                        format!("{} attempts; last error: {}", p.failures, reason.describe()),
-                        Vec::new(),
-                        Some(p.tenant.clone()),
-                    ) {
-                        Ok(letter) => records.push(letter),
-                        Err(e) => tracing::error!(error = %e, "cannot encode a dead letter"),
-                    }
-                }
-                Final::NotEligible { reason } => status.reason = Some(reason.clone()),
             }
-            records.extend(self.encode(p, &status));
         }
-        if !self.write(records).await {
-            return false;
-        }
-        for (p, outcome) in &items {
-            self.metrics
-                .events(outcome.outcome_label(), &outcome.reason_label(), 1);
-            // The receiver only goes away when the service stops.
-            self.release(p.origin);
-        }
-        true
+        out
     }
 
-    /// Records that the conversions will be tried again at `next_at_ms`.
-    pub async fn retrying(&self, items: &[&Pending], reason: &Reason, next_at_ms: i64) {
-        let records: Vec<OutboundRecord> = items
-            .iter()
-            .filter_map(|p| {
-                let mut status = self.status(p, ServerSideStatus::Retrying);
+    fn final_records(&self, p: &Pending, outcome: &Final, out: &mut Vec<OutboundRecord>) {
+        let mut status = self.status(p, outcome.status());
+        match outcome {
+            Final::Delivered { request_id } => {
+                status.platform_request_id = request_id.clone();
+            }
+            Final::Rejected { reason, request_id } => {
                 status.reason = Some(reason.describe());
-                status.next_attempt_at = Some(next_at_ms);
-                self.encode(p, &status)
-            })
-            .collect();
-        self.metrics.events("retrying", &reason.code, items.len());
-        self.write(records).await;
-    }
-
-    /// Releases a record that needs no status (its dead letter is written).
-    pub fn release(&self, origin: Origin) {
-        let _ = self.done.send(Done(origin));
-    }
-
-    /// Writes every record, retrying until the broker acknowledged all of
-    /// them; false if shutdown came first.
-    pub async fn write(&self, records: Vec<OutboundRecord>) -> bool {
-        let mut pending = records;
-        let mut backoff = Duration::from_millis(100);
-        while !pending.is_empty() {
-            let results = self.producer.send_all(&pending).await;
-            let mut again = Vec::new();
-            for (record, result) in pending.into_iter().zip(results) {
-                match result {
-                    Ok(_) => {}
-                    Err(e) if e.is_retriable() => again.push(record),
-                    Err(e) => {
-                        tracing::error!(error = %e, topic = %record.topic, "record can never be written; dropped");
-                    }
+                status.platform_request_id = request_id.clone();
+            }
+            Final::Expired { reason } => status.reason = Some(reason.clone()),
+            Final::Failed { reason } => {
+                status.reason = Some(reason.describe());
+                match self.dead_letters.for_record(
+                    &p.as_inbound(),
+                    "delivery_failed",
+                    format!("{} attempts; last error: {}", p.failures, reason.describe()),
+                    Vec::new(),
+                    Some(p.tenant.clone()),
+                ) {
+                    Ok(letter) => out.push(letter),
+                    Err(e) => tracing::error!(error = %e, "cannot encode a dead letter"),
                 }
             }
-            if again.is_empty() {
-                break;
-            }
-            tracing::warn!(
-                pending = again.len(),
-                "status records not acknowledged; retrying"
-            );
-            tokio::select! {
-                _ = self.shutdown.cancelled() => return false,
-                _ = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
-            pending = again;
+            Final::NotEligible { reason } => status.reason = Some(reason.clone()),
         }
-        true
+        self.encode(p, &status, out);
+        self.metrics
+            .events(outcome.outcome_label(), &outcome.reason_label(), 1);
     }
 }

@@ -499,7 +499,7 @@ impl ConsumerLoop {
 
 /// Runs blocking librdkafka work without stalling the runtime's other
 /// tasks, where the runtime allows it.
-pub(crate) fn run_blocking<T>(f: impl FnOnce() -> T) -> T {
+pub fn run_blocking<T>(f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current() {
         Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
             tokio::task::block_in_place(f)

@@ -14,7 +14,7 @@ mod transaction;
 pub use admin::{create_topics, probe_broker, topic_configs, watch_broker, TopicSpec};
 pub use batch_writer::WriterFailed;
 pub use client_config::{consumer_config, producer_config, MAX_RECORD_BYTES};
-pub use consumer::{ConsumerLoop, ConsumerLoopConfig, ConsumerLoopError};
+pub use consumer::{run_blocking, ConsumerLoop, ConsumerLoopConfig, ConsumerLoopError};
 pub use handler::{HandlerError, InboundRecord, RecordHandler, TopicPartition};
 pub use producer::{Delivered, DeliveryError, OutboundRecord, Producer};
 pub use rdkafka::error::KafkaError;

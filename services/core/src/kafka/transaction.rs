@@ -161,6 +161,81 @@ impl TransactionalProducer {
         Ok(deliveries)
     }
 
+    /// The same as [`commit`](Self::commit), on the calling thread, with
+    /// offsets for one or more consumer groups (each with its group's
+    /// metadata, which fences a member that lost its partitions): for a
+    /// caller that must not yield (a rebalance callback committing what its
+    /// revoked partitions finished before they move), or that runs on the
+    /// blocking pool already. An empty offset list is skipped.
+    pub fn commit_blocking(
+        &self,
+        outputs: &[OutboundRecord],
+        groups: &[(TopicPartitionList, Option<ConsumerGroupMetadata>)],
+    ) -> Result<Vec<Delivered>, TransactionError> {
+        self.producer.begin_transaction().map_err(classify)?;
+        let outcome = (|| {
+            let mut pending = Vec::with_capacity(outputs.len());
+            for (index, record) in outputs.iter().enumerate() {
+                pending.push(self.enqueue_blocking(index, record)?);
+            }
+            let mut deliveries = Vec::with_capacity(outputs.len());
+            for (index, future) in pending.into_iter().enumerate() {
+                match resolve(futures::executor::block_on(future)) {
+                    Ok(d) => deliveries.push(d),
+                    Err(DeliveryError::TooLarge) => {
+                        return Err(TransactionError::TooLarge { index })
+                    }
+                    Err(e) => {
+                        return Err(TransactionError::Aborted {
+                            reason: e.to_string(),
+                            fenced: false,
+                        })
+                    }
+                }
+            }
+            for (offsets, group) in groups.iter().filter(|(o, _)| o.count() > 0) {
+                let group = group.as_ref().ok_or_else(|| TransactionError::Aborted {
+                    reason: "the consumer is not in its group".into(),
+                    fenced: true,
+                })?;
+                self.producer
+                    .send_offsets_to_transaction(offsets, group, CALL_TIMEOUT)
+                    .map_err(classify)?;
+            }
+            commit_retrying(&self.producer)?;
+            Ok(deliveries)
+        })();
+        if let Err(error) = &outcome {
+            if !matches!(error, TransactionError::Fatal(_)) {
+                abort_blocking(&self.producer)?;
+            }
+        }
+        outcome
+    }
+
+    fn enqueue_blocking(
+        &self,
+        index: usize,
+        record: &OutboundRecord,
+    ) -> Result<DeliveryFuture, TransactionError> {
+        let started = std::time::Instant::now();
+        loop {
+            match enqueue_on(&self.producer, record) {
+                Ok(f) => return Ok(f),
+                Err(DeliveryError::TooLarge) => return Err(TransactionError::TooLarge { index }),
+                Err(DeliveryError::QueueFull) if started.elapsed() < CALL_TIMEOUT => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => {
+                    return Err(TransactionError::Aborted {
+                        reason: e.to_string(),
+                        fenced: false,
+                    })
+                }
+            }
+        }
+    }
+
     /// Queues one output of the open transaction, waiting while the local
     /// queue is full.
     async fn enqueue(
@@ -187,30 +262,33 @@ impl TransactionalProducer {
         }
     }
 
-    /// Aborts the open transaction; librdkafka allows retrying an abort
-    /// that timed out. An abort that cannot complete leaves the producer
-    /// unusable, which is fatal.
+    /// Aborts the open transaction (see [`abort_blocking`]).
     async fn abort(&self) -> Result<(), TransactionError> {
         let producer = self.producer.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            let mut last = None;
-            for _ in 0..3 {
-                match producer.abort_transaction(CALL_TIMEOUT) {
-                    Ok(()) => return Ok(()),
-                    Err(e) => match classify(e) {
-                        fatal @ TransactionError::Fatal(_) => return Err(fatal),
-                        other => last = Some(other),
-                    },
-                }
-            }
-            Err(TransactionError::Fatal(format!(
-                "cannot abort the transaction: {}",
-                last.map(|e| e.to_string()).unwrap_or_default()
-            )))
-        })
-        .await;
-        result.map_err(|e| TransactionError::Fatal(format!("abort task: {e}")))?
+        tokio::task::spawn_blocking(move || abort_blocking(&producer))
+            .await
+            .map_err(|e| TransactionError::Fatal(format!("abort task: {e}")))?
     }
+}
+
+/// Aborts the open transaction; librdkafka allows retrying an abort that
+/// timed out. An abort that cannot complete leaves the producer unusable,
+/// which is fatal.
+fn abort_blocking(producer: &FutureProducer) -> Result<(), TransactionError> {
+    let mut last = None;
+    for _ in 0..3 {
+        match producer.abort_transaction(CALL_TIMEOUT) {
+            Ok(()) => return Ok(()),
+            Err(e) => match classify(e) {
+                fatal @ TransactionError::Fatal(_) => return Err(fatal),
+                other => last = Some(other),
+            },
+        }
+    }
+    Err(TransactionError::Fatal(format!(
+        "cannot abort the transaction: {}",
+        last.map(|e| e.to_string()).unwrap_or_default()
+    )))
 }
 
 /// commit_transaction, again while librdkafka says the same call may
