@@ -27,8 +27,8 @@ use anyhow::{bail, Context};
 use postback_core::config::{KafkaConfig, SaslConfig, SaslMechanism, Secret, SecurityProtocol};
 use postback_core::kafka::{create_topics, InboundRecord, TopicSpec};
 use rdkafka::admin::{AdminClient, AdminOptions};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -296,13 +296,13 @@ impl Broker {
         let partitions = self.partitions(topic).await?;
         // Assigned by hand, not subscribed: no group to join, so a read
         // starts at once and never disturbs the pipeline's groups.
-        let consumer: StreamConsumer = self
+        let consumer: StreamConsumer<EndIsNotAnError> = self
             .client_config()
             .set("group.id", unique("postback-test-reader"))
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
             .set("isolation.level", "read_committed")
-            .create()?;
+            .create_with_context(EndIsNotAnError)?;
         let mut tpl = TopicPartitionList::new();
         for p in 0..partitions {
             tpl.add_partition_offset(topic, p, Offset::Beginning)?;
@@ -333,6 +333,22 @@ impl Broker {
         Ok(out)
     }
 }
+
+/// A reader asks to be told where each partition ends; librdkafka also
+/// reports that through the client's error callback, which the default
+/// context would log as an error.
+struct EndIsNotAnError;
+
+impl ClientContext for EndIsNotAnError {
+    fn error(&self, error: KafkaError, reason: &str) {
+        match error {
+            KafkaError::PartitionEOF(_) => {}
+            e => tracing::warn!(error = %e, reason, "test reader client error"),
+        }
+    }
+}
+
+impl ConsumerContext for EndIsNotAnError {}
 
 #[derive(Clone, Copy)]
 enum Until {

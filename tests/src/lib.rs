@@ -50,16 +50,31 @@ pub fn repo_root() -> PathBuf {
 pub fn kafka_toml(kafka: &postback_core::config::KafkaConfig) -> String {
     let quote = |s: &str| serde_json::to_string(s).unwrap_or_default();
     let mut out = format!(
-        "[kafka]\nbootstrap_servers = {}\nsecurity_protocol = \"{}\"\ncompression = \"{}\"\n",
+        "[kafka]\nbootstrap_servers = {}\nsecurity_protocol = \"{}\"\ncompression = \"{}\"\n\
+         transaction_timeout_ms = {}\ndelivery_timeout_ms = {}\n",
         quote(&kafka.bootstrap_servers),
         kafka.security_protocol.as_str(),
-        kafka.compression.as_str()
+        kafka.compression.as_str(),
+        kafka.transaction_timeout_ms,
+        kafka.delivery_timeout_ms
     );
     if let Some(ca) = &kafka.ssl_ca_location {
         out.push_str(&format!(
             "ssl_ca_location = {}\n",
             quote(&ca.to_string_lossy())
         ));
+    }
+    for (table, properties) in [
+        ("properties", &kafka.properties),
+        ("producer_properties", &kafka.producer_properties),
+        ("consumer_properties", &kafka.consumer_properties),
+    ] {
+        if !properties.is_empty() {
+            out.push_str(&format!("[kafka.{table}]\n"));
+            for (k, v) in properties {
+                out.push_str(&format!("{} = {}\n", quote(k), quote(v)));
+            }
+        }
     }
     if let Some(sasl) = &kafka.sasl {
         out.push_str(&format!(

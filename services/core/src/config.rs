@@ -668,7 +668,9 @@ pub struct ConsumerConfig {
     pub exactly_once: bool,
     /// This instance's name among its group's live members (a StatefulSet
     /// pod's name): with a stable one, a restarted instance aborts at once
-    /// what its previous life left open. Default: made up per start.
+    /// what its previous life left open (its transactional id is
+    /// `<group>.<instance_id>`). Default: made up per start. Never the same
+    /// for two live instances: each would fence the other.
     #[serde(default)]
     pub instance_id: Option<String>,
 }

@@ -158,3 +158,85 @@ async fn a_partition_moves_with_its_state() -> anyhow::Result<()> {
     assert!(a.metric("postback_deduplicator_duplicates_total").await? >= 100.0);
     a.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_deduplicator_is_fenced_and_writes_nothing_after_the_takeover(
+) -> anyhow::Result<()> {
+    const N: usize = 60;
+    let p = Pipeline::start(2).await?;
+    let dir = tempfile::tempdir()?;
+    let mut config = p.config(
+        &dir.path().join("zombie"),
+        DedupConfig {
+            window_secs: 3600,
+            merge_window_ms: 15_000,
+        },
+    );
+    // A short session, so the takeover comes soon after the freeze.
+    config
+        .kafka
+        .consumer_properties
+        .insert("session.timeout.ms".into(), "6000".into());
+    let zombie = Process::start(&config, dir.path(), "zombie")?;
+    // Frozen while it holds conversions inside their merge window.
+    p.send_bulk(&reports(0..N, Source::Browser)).await?;
+    let started = Instant::now();
+    while zombie
+        .metric("postback_deduplicator_held_conversions")
+        .await
+        .unwrap_or(0.0)
+        < N as f64
+    {
+        anyhow::ensure!(
+            started.elapsed() < WAIT,
+            "not all held: {}",
+            std::fs::read_to_string(&zombie.log)?
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    zombie.freeze();
+
+    // Another instance takes the partitions over once the session expires,
+    // restores the held conversions from the changelog and emits them.
+    let mut takeover_config = config.clone();
+    takeover_config.state.dir = dir.path().join("takeover");
+    let takeover = Process::start(&takeover_config, dir.path(), "takeover")?;
+    for platform in ["meta", "tiktok"] {
+        let sent = p.dispatched(platform, N, WAIT, Duration::ZERO).await?;
+        assert_each_once(&sent, N, platform);
+    }
+
+    // The zombie wakes with the same conversions held and their windows
+    // closed: it emits them, and the group refuses its transaction.
+    zombie.thaw();
+    let woke = Instant::now();
+    let log = loop {
+        let log = std::fs::read_to_string(&zombie.log)?;
+        if log.contains("refused this instance") || log.contains("\"lost\":true") {
+            break log;
+        }
+        anyhow::ensure!(
+            woke.elapsed() < WAIT,
+            "the zombie never noticed it was fenced:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    tokio::time::sleep(SETTLE).await;
+    for platform in ["meta", "tiktok"] {
+        let sent = p.dispatched(platform, N, WAIT, SETTLE).await?;
+        assert_each_once(&sent, N, platform);
+    }
+    let statuses = p.statuses(N * 3 + 1, SETTLE).await?;
+    assert_eq!(
+        statuses.len(),
+        N * 3,
+        "one status per conversion and platform"
+    );
+    eprintln!(
+        "zombie fenced: {}; takeover emitted each of {N} conversions once; the zombie's log: {} lines",
+        log.contains("refused this instance"),
+        log.lines().count()
+    );
+    drop(takeover);
+    Ok(())
+}

@@ -20,6 +20,9 @@
 //! The calls block; the driver makes them between polls, and a rebalance
 //! callback makes them for the partitions it is about to give away.
 
+use std::sync::{Mutex, MutexGuard};
+
+use postback_core::config::KafkaConfig;
 use postback_core::dead_letter::DeadLetters;
 use postback_core::kafka::{OutboundRecord, Producer, TransactionError, TransactionalProducer};
 use rdkafka::consumer::{
@@ -81,8 +84,18 @@ pub enum Committed {
     Fenced(String),
 }
 
+/// How to make a new transactional producer when one fails for good.
+pub struct Renewal {
+    pub kafka: KafkaConfig,
+    pub client_id: String,
+    pub transactional_id: String,
+}
+
 pub struct Committer {
-    sink: Sink,
+    /// Replaced when a transactional producer fails for good (commits run
+    /// one at a time: between polls, or inside one).
+    sink: Mutex<Sink>,
+    renewal: Option<Renewal>,
     tiers: Tiers,
     dead_letters: DeadLetters,
     metrics: DispatchMetrics,
@@ -91,24 +104,45 @@ pub struct Committer {
 impl Committer {
     pub fn new(
         sink: Sink,
+        renewal: Option<Renewal>,
         tiers: Tiers,
         dead_letters: DeadLetters,
         metrics: DispatchMetrics,
     ) -> Self {
         Committer {
-            sink,
+            sink: Mutex::new(sink),
+            renewal,
             tiers,
             dead_letters,
             metrics,
         }
     }
 
+    fn sink(&self) -> MutexGuard<'_, Sink> {
+        match self.sink.lock() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        }
+    }
+
     /// A client of the producer, for the broker readiness probe.
     pub fn probe_client(&self) -> rdkafka::producer::FutureProducer {
-        match &self.sink {
+        match &*self.sink() {
             Sink::Transactional(t) => t.client(),
             Sink::Acknowledged(p) => p.client(),
         }
+    }
+
+    /// A new transactional producer with the same id, in place of one that
+    /// failed for good (the broker fences the old one). Blocking.
+    pub fn renew(&self) -> Result<(), KafkaError> {
+        let Some(r) = &self.renewal else {
+            return Ok(());
+        };
+        let producer =
+            TransactionalProducer::new_blocking(&r.kafka, &r.client_id, &r.transactional_id)?;
+        *self.sink() = Sink::Transactional(producer);
+        Ok(())
     }
 
     /// Commits `release` (blocking). A record larger than the broker takes
@@ -125,8 +159,9 @@ impl Committer {
                 "no consumer for some of the offsets".into(),
             ));
         }
+        let sink = self.sink();
         loop {
-            let result = match &self.sink {
+            let result = match &*sink {
                 Sink::Transactional(producer) => {
                     let with_metadata: Vec<(TopicPartitionList, Option<ConsumerGroupMetadata>)> =
                         pairs

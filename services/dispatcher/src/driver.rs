@@ -70,6 +70,8 @@ pub enum DriverError {
     },
     #[error("cannot commit outcomes: {0}")]
     Commit(#[source] TransactionError),
+    #[error("cannot start a new transactional producer: {0}")]
+    Renew(#[source] KafkaError),
 }
 
 enum Change {
@@ -711,7 +713,21 @@ impl Driver {
         };
         let result =
             postback_core::kafka::run_blocking(|| shared.committer.commit(groups, &mut release));
-        match result.map_err(DriverError::Commit)? {
+        let committed = match result {
+            Ok(c) => c,
+            Err(TransactionError::Fatal(reason)) => {
+                // Nothing of it is visible: a new producer (which fences
+                // this one) takes over, and what was not committed is read
+                // again.
+                tracing::error!(%reason, "the transactional producer failed for good; a new one takes over");
+                self.renew_producer()?;
+                self.restart_partitions();
+                self.next_commit = Instant::now() + self.settings.commit_interval;
+                return Ok(());
+            }
+            Err(e) => return Err(DriverError::Commit(e)),
+        };
+        match committed {
             Committed::Done => {
                 self.shared.tracker().committed(&release);
                 self.commit_backoff = self.settings.commit_interval;
@@ -730,6 +746,25 @@ impl Driver {
         }
         self.next_commit = Instant::now() + self.commit_backoff;
         Ok(())
+    }
+
+    /// A new transactional producer, trying for a while before the
+    /// dispatcher gives up.
+    fn renew_producer(&self) -> Result<(), DriverError> {
+        let mut backoff = Duration::from_secs(1);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match postback_core::kafka::run_blocking(|| self.shared.committer.renew()) {
+                Ok(()) => return Ok(()),
+                Err(e) if attempt < 10 => {
+                    tracing::warn!(error = %e, attempt, "cannot start a new transactional producer yet");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+                Err(e) => return Err(DriverError::Renew(e)),
+            }
+        }
     }
 
     /// Reads every owned partition again from its last commit, under a new

@@ -43,7 +43,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::account::Accounts;
 use crate::adapters::Adapter;
-use crate::commit::{Committer, Sink};
+use crate::commit::{Committer, Renewal, Sink};
 use crate::config::DispatcherConfig;
 use crate::delivery::Engine;
 use crate::driver::{Driver, DriverParts, DriverSettings, Shared};
@@ -97,27 +97,31 @@ pub async fn run(
     let main_topic = config.topics.dispatch(platform);
     let tiers = Tiers::new(&main_topic, &config.dispatch.retry_tiers());
     ensure_retry_topics(&config.kafka, &main_topic, &tiers).await?;
-    let sink = if config.consumer.exactly_once {
+    let (sink, renewal) = if config.consumer.exactly_once {
         let transactional_id = format!(
             "{}.{}",
             config.group_id(),
             instance_id(config.consumer.instance_id.as_deref())
         );
-        Sink::Transactional(
-            TransactionalProducer::new(&config.kafka, &client_id, &transactional_id)
-                .await
-                .map_err(DispatcherError::Producer)?,
-        )
+        let producer = TransactionalProducer::new(&config.kafka, &client_id, &transactional_id)
+            .await
+            .map_err(DispatcherError::Producer)?;
+        let renewal = Renewal {
+            kafka: config.kafka.clone(),
+            client_id: client_id.clone(),
+            transactional_id,
+        };
+        (Sink::Transactional(producer), Some(renewal))
     } else {
-        Sink::Acknowledged(
-            Producer::new(&config.kafka, &client_id).map_err(DispatcherError::Producer)?,
-        )
+        let producer =
+            Producer::new(&config.kafka, &client_id).map_err(DispatcherError::Producer)?;
+        (Sink::Acknowledged(producer), None)
     };
     let dead_letters = DeadLetters::new(
         format!("{STAGE}.{}", platform.as_str()),
         config.topics.rejected.clone(),
     );
-    let committer = Committer::new(sink, tiers.clone(), dead_letters, metrics.clone());
+    let committer = Committer::new(sink, renewal, tiers.clone(), dead_letters, metrics.clone());
     let probe_client = committer.probe_client();
     let ownership = Arc::new(Ownership::default());
     let shared = Arc::new(Shared::new(

@@ -38,7 +38,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::KafkaConfig;
 use crate::dead_letter::DeadLetters;
-use crate::kafka::batch_writer::{count_by_topic, BatchWriter, WriterMetrics, Written};
+use crate::kafka::batch_writer::{
+    count_by_topic, BatchWriter, WriterFailed, WriterMetrics, Written,
+};
 use crate::kafka::client_config::consumer_config;
 use crate::kafka::handler::{HandlerError, InboundRecord, RecordHandler, TopicPartition};
 use crate::kafka::producer::{OutboundRecord, Producer};
@@ -138,6 +140,8 @@ impl LoopMetrics {
 pub struct ConsumerLoop {
     consumer: StreamConsumer<LoopContext>,
     writer: BatchWriter,
+    /// For a new transactional producer when one fails for good.
+    kafka: KafkaConfig,
     dead_letters: DeadLetters,
     config: ConsumerLoopConfig,
     metrics: LoopMetrics,
@@ -194,6 +198,7 @@ impl ConsumerLoop {
         Ok(ConsumerLoop {
             consumer,
             writer,
+            kafka: kafka.clone(),
             dead_letters,
             config,
             metrics: LoopMetrics::new(metrics),
@@ -315,8 +320,20 @@ impl ConsumerLoop {
                 &self.metrics.writer,
                 shutdown,
             )
-            .await
-            .map_err(|e| ConsumerLoopError::Transaction(e.0))?;
+            .await;
+        let written = match written {
+            Ok(w) => w,
+            Err(WriterFailed(TransactionError::Fatal(reason))) => {
+                // Nothing of the transaction is visible: forget the batch,
+                // read it again, with a producer that fences this one.
+                tracing::error!(%reason, "the transactional producer failed for good; a new one takes over and the batch is read again");
+                handler.on_aborted();
+                self.rewind(&batch.records);
+                self.renew_producer(shutdown).await?;
+                return Ok(true);
+            }
+            Err(e) => return Err(ConsumerLoopError::Transaction(e.0)),
+        };
         match written {
             Written::Done(deliveries) => {
                 self.committed = offsets;
@@ -338,6 +355,40 @@ impl ConsumerLoop {
                 handler.on_aborted();
                 Ok(false)
             }
+        }
+    }
+
+    /// A new transactional producer with the same id (the broker fences
+    /// the failed one), trying for a while before the stage gives up.
+    async fn renew_producer(
+        &mut self,
+        shutdown: &CancellationToken,
+    ) -> Result<(), ConsumerLoopError> {
+        let mut backoff = Duration::from_secs(1);
+        let mut attempts = 0;
+        loop {
+            match TransactionalProducer::new(
+                &self.kafka,
+                &self.config.client_id,
+                &self.config.transactional_id(),
+            )
+            .await
+            {
+                Ok(producer) => {
+                    self.writer = BatchWriter::Transactional(producer);
+                    return Ok(());
+                }
+                Err(e) if attempts < 10 => {
+                    attempts += 1;
+                    tracing::warn!(error = %e, attempts, "cannot start a new transactional producer yet");
+                }
+                Err(e) => return Err(ConsumerLoopError::Producer(e)),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(30));
         }
     }
 

@@ -42,8 +42,12 @@ pub enum TransactionError {
     /// transaction was aborted, and retrying it unchanged cannot succeed.
     #[error("output {index} is larger than the broker accepts; transaction aborted")]
     TooLarge { index: usize },
-    /// The producer cannot go on (another instance took its transactional
-    /// id, or an invariant the broker checks broke): the stage must stop.
+    /// This producer cannot go on: the broker bumped its epoch (a
+    /// transaction outlived `transaction.timeout.ms`, say while the broker
+    /// was down), another instance took its transactional id, or an
+    /// invariant the broker checks broke. Nothing of the open transaction is
+    /// visible; a new producer with the same id (which fences this one)
+    /// can take the work up again.
     #[error("transactional producer failed for good: {0}")]
     Fatal(String),
 }
@@ -58,6 +62,24 @@ impl TransactionalProducer {
     /// broker, which aborts whatever a previous producer with that id left
     /// open.
     pub async fn new(
+        kafka: &KafkaConfig,
+        client_id: &str,
+        transactional_id: &str,
+    ) -> Result<Self, KafkaError> {
+        let (kafka, client_id, transactional_id) = (
+            kafka.clone(),
+            client_id.to_string(),
+            transactional_id.to_string(),
+        );
+        tokio::task::spawn_blocking(move || {
+            Self::new_blocking(&kafka, &client_id, &transactional_id)
+        })
+        .await
+        .map_err(|_| KafkaError::Canceled)?
+    }
+
+    /// [`new`](Self::new), on the calling thread.
+    pub fn new_blocking(
         kafka: &KafkaConfig,
         client_id: &str,
         transactional_id: &str,
@@ -79,10 +101,7 @@ impl TransactionalProducer {
                     .to_string(),
             );
         let producer: FutureProducer = config.create()?;
-        let init = producer.clone();
-        tokio::task::spawn_blocking(move || init.init_transactions(CALL_TIMEOUT))
-            .await
-            .map_err(|_| KafkaError::Canceled)??;
+        producer.init_transactions(CALL_TIMEOUT)?;
         Ok(TransactionalProducer {
             producer,
             transactional_id: transactional_id.to_string(),

@@ -95,6 +95,17 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Produces reports of distinct conversions at once (no order between
+    /// them).
+    pub async fn send_bulk(&self, reports: &[ConversionEnriched]) -> anyhow::Result<()> {
+        let codec: Codec<ConversionEnriched> = Codec::new(SchemaKind::ConversionEnriched);
+        let records: Vec<(Vec<u8>, Vec<u8>)> = reports
+            .iter()
+            .map(|r| Ok((r.key(), codec.encode(r)?)))
+            .collect::<anyhow::Result<_>>()?;
+        postback_testkit::bench::fill(&self.broker, &self.topics.enriched, &records).await
+    }
+
     /// Everything on dispatch.<platform> after `n` arrived (or `timeout`),
     /// plus whatever else shows up within `settle` (to see extra emissions).
     pub async fn dispatched(
@@ -242,6 +253,25 @@ impl Process {
         Some(sum_metric(&text, name))
     }
 
+    /// SIGSTOP: frozen mid-whatever (a stop-the-world pause, a stalled
+    /// node), its heartbeats too.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT: back, unaware of what happened meanwhile.
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, which: &str) {
+        let status = Command::new("kill")
+            .args([which, &self.child.id().to_string()])
+            .status()
+            .expect("kill(1)");
+        assert!(status.success(), "kill {which} failed");
+    }
+
     /// SIGKILL: no shutdown, no final commit, nothing flushed.
     pub fn kill_9(&mut self) {
         let _ = self.child.kill();
@@ -277,6 +307,7 @@ listen = "127.0.0.1:{ops_port}"
 [consumer]
 group_id = "{group}"
 max_batch = {max_batch}
+exactly_once = {exactly_once}
 
 [dedup]
 window_secs = {window}
@@ -303,6 +334,7 @@ level = "info"
             .as_deref()
             .unwrap_or("postback-deduplicator"),
         max_batch = c.consumer.max_batch,
+        exactly_once = c.consumer.exactly_once,
         window = c.dedup.window_secs,
         merge = c.dedup.merge_window_ms,
         dir = c.state.dir.display(),

@@ -153,8 +153,13 @@ impl Rig {
     }
 
     pub async fn with_sandbox(partitions: i32, sandbox: SandboxConfig) -> Rig {
-        postback_core::telemetry::init(&Default::default());
         let broker = Broker::shared().await.expect("broker");
+        Self::on(broker, partitions, sandbox).await
+    }
+
+    /// A rig on `broker` (a private one, for tests that restart it).
+    pub async fn on(broker: Broker, partitions: i32, sandbox: SandboxConfig) -> Rig {
+        postback_core::telemetry::init(&Default::default());
         let topics = TopicsConfig {
             status: unique("status"),
             rejected: unique("rejected"),
@@ -500,5 +505,114 @@ fn scalar(v: &Value) -> String {
             items.iter().map(scalar).collect::<Vec<_>>().join(", ")
         ),
         other => other.to_string(),
+    }
+}
+
+/// One of the pipeline's binaries as a child process (kill -9 and restart
+/// with the same configuration), logging JSON to a file.
+pub struct Service {
+    pub name: String,
+    binary: std::path::PathBuf,
+    config: std::path::PathBuf,
+    pub log: std::path::PathBuf,
+    child: Option<Child>,
+    args: Vec<String>,
+}
+
+impl Service {
+    /// Starts `binary` (a package's binary of this workspace) with
+    /// `config` written to `dir/<name>.toml`.
+    pub fn start(
+        binary: &str,
+        name: &str,
+        dir: &std::path::Path,
+        config: &str,
+        args: &[&str],
+    ) -> Service {
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(&path, config).expect("write config");
+        let mut s = Service {
+            name: name.to_string(),
+            binary: workspace_binary(binary),
+            config: path,
+            log: dir.join(format!("{name}.log")),
+            child: None,
+            args: args.iter().map(|a| a.to_string()).collect(),
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new(&self.binary);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("POSTBACK_") {
+                cmd.env_remove(k);
+            }
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let child = cmd
+            .args(&self.args)
+            .arg("--config")
+            .arg(&self.config)
+            .env("POSTBACK_LOG__LEVEL", "info")
+            .env("POSTBACK_LOG__FORMAT", "json")
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", self.binary.display()));
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: no shutdown, no commit, nothing flushed.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again, same configuration (same instance id).
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// The path of a binary of this workspace, built beside this test's
+/// dispatcher binary (`cargo nextest run --workspace` builds them all);
+/// built here when missing (a run of this package's tests alone).
+pub fn workspace_binary(name: &str) -> std::path::PathBuf {
+    let path = std::path::Path::new(env!("CARGO_BIN_EXE_postback-dispatcher")).with_file_name(name);
+    if !path.exists() {
+        let package = name.to_string();
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(postback_testkit::repo_root())
+            .args(["build", "--quiet", "-p", &package, "--bin", &package])
+            .status()
+            .expect("run cargo");
+        assert!(status.success(), "cannot build {name}");
+    }
+    path
+}
+
+impl Process {
+    /// The TOML a dispatcher child process is started with.
+    pub fn config_text(config: &DispatcherConfig) -> String {
+        toml_of(config)
     }
 }
