@@ -18,8 +18,8 @@ if [[ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]]; then
   "$ROOT/scripts/kafka.sh" start --dir "$broker_dir" --port "$port" --owner-pid $$
   export TESTKIT_KAFKA_DIR="$broker_dir"
 fi
-cargo bench -p postback-testkit --bench kafka_ceiling
-cargo bench -p postback-collector --bench collector_throughput
-cargo bench -p postback-enricher --bench enricher_throughput
-cargo bench -p postback-deduplicator --bench dedup_throughput
-POSTBACK_LOG=warn cargo bench -p postback-dispatcher --bench dispatch_throughput
+cargo bench --workspace --bench kafka_ceiling
+cargo bench --workspace --bench collector_throughput
+cargo bench --workspace --bench enricher_throughput
+cargo bench --workspace --bench dedup_throughput
+POSTBACK_LOG=warn cargo bench --workspace --bench dispatch_throughput

@@ -5,7 +5,7 @@
 //! record on unchanged and committing: a stage that does nothing), with
 //! and without a transaction per batch.
 //!
-//! `scripts/bench.sh`, or `cargo bench -p postback-testkit --bench kafka_ceiling`.
+//! `scripts/bench.sh`, or `cargo bench --workspace --bench kafka_ceiling`.
 //! BENCH_EVENTS (default 200000), BENCH_RECORD_BYTES (default 700).
 
 use std::time::{Duration, Instant};

@@ -13,7 +13,7 @@
 //!    costs. Merge window 0 there, so every conversion is emitted within
 //!    the timed run.
 //!
-//! `scripts/bench.sh`, or `cargo bench -p postback-deduplicator --bench dedup_throughput`.
+//! `scripts/bench.sh`, or `cargo bench --workspace --bench dedup_throughput`.
 //! BENCH_KEYS_MAX (default 10000000), BENCH_EVENTS (default 50000),
 //! BENCH_RATE (default 20000).
 

@@ -7,14 +7,16 @@
 //!    against uploading the same rows straight to the sandbox with the same
 //!    adapter (1,000-event requests, 4 in flight, best of three): the
 //!    ratio is what consuming, decoding, batching, pacing and writing a
-//!    status record per event cost.
+//!    status record per event cost. Twice: outcomes and offsets in Kafka
+//!    transactions (the default), and acknowledged writes then offset
+//!    commits (`consumer.exactly_once = false`).
 //! 2. Meta and TikTok: one 1,000-event batch with one bad event at a random
 //!    place; the requests it takes to deliver the 999 and reject the one,
 //!    using the index the platform's error names and by halving alone.
 //!    Target: at most 2*log2(1000)+2 = 21.9.
 //!
 //! Figures only. `scripts/bench.sh`, or
-//! `cargo bench -p postback-dispatcher --bench dispatch_throughput`.
+//! `cargo bench --workspace --bench dispatch_throughput`.
 
 // As in the binary (src/main.rs).
 #[global_allocator]
@@ -60,14 +62,22 @@ async fn wait_for(
     }
 }
 
-async fn throughput(platform: Platform, events: usize) -> anyhow::Result<()> {
+/// Delivered events/s of one dispatcher over a backlog of `events`, and
+/// the requests it took.
+async fn dispatch_rate(
+    platform: Platform,
+    events: usize,
+    exactly_once: bool,
+) -> anyhow::Result<(f64, f64)> {
     let rig = Rig::start(4).await;
     let now = now_ms();
     let backlog: Vec<_> = (0..events)
         .map(|i| conversion(&format!("bench-{i:07}"), now - 60_000))
         .collect();
     rig.fill(platform, &backlog).await;
-    let d = InProcess::start(rig.config(platform)).await;
+    let mut config = rig.config(platform);
+    config.consumer.exactly_once = exactly_once;
+    let d = InProcess::start(config).await;
     let delivered = [("outcome", "delivered")];
     let first = wait_for(
         &d,
@@ -96,8 +106,14 @@ async fn throughput(platform: Platform, events: usize) -> anyhow::Result<()> {
         )
         .await;
     d.stop().await;
+    Ok((rate, requests))
+}
 
-    // The same rows, straight to the sandbox with the same adapter.
+/// The same kind of rows uploaded straight to the sandbox with the same
+/// adapter, 4 requests in flight: events/s, best of three.
+async fn direct_rate(platform: Platform, events: usize) -> anyhow::Result<f64> {
+    let rig = Rig::start(1).await;
+    let now = now_ms();
     let config = rig.config(platform);
     let adapter = Adapter::new(&config, reqwest::Client::new());
     let accounts = Accounts::from_config(&config);
@@ -136,12 +152,20 @@ async fn throughput(platform: Platform, events: usize) -> anyhow::Result<()> {
         anyhow::ensure!(failures == 0, "{platform}: direct uploads failed");
         direct = direct.max(events as f64 / started.elapsed().as_secs_f64());
     }
+    Ok(direct)
+}
+
+async fn throughput(platform: Platform, events: usize) -> anyhow::Result<()> {
+    let (exactly_once, requests) = dispatch_rate(platform, events, true).await?;
+    let (at_least_once, _) = dispatch_rate(platform, events, false).await?;
+    let direct = direct_rate(platform, events).await?;
     println!(
-        "{:<11} {events:>7} events  dispatcher {rate:>9.0} delivered/s  ({:.0} requests, {:.0} events/request)  direct upload {direct:>9.0}/s  ratio {:.2}",
+        "{:<11} {events:>7} events  transactions {exactly_once:>9.0}/s  acknowledged writes {at_least_once:>9.0}/s  ({:.0} events/request)  direct upload {direct:>9.0}/s  ratios {:.2} / {:.2} of direct, {:.2} with vs without transactions",
         platform.as_str(),
-        requests,
         events as f64 / requests.max(1.0),
-        rate / direct
+        exactly_once / direct,
+        at_least_once / direct,
+        exactly_once / at_least_once,
     );
     Ok(())
 }

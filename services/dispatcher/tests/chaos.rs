@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use postback_core::config::TopicsConfig;
 use postback_core::model::{DeadLetter, ServerSideStatus};
 use postback_core::{Codec, Platform, SchemaKind};
-use postback_sandbox::store::Filter;
 use postback_testkit::{kafka_toml, unique, Broker};
 use serde_json::json;
 use support::*;
@@ -50,27 +49,6 @@ fn event(i: usize) -> serde_json::Value {
         "page": {"url": "https://shop.example/checkout/thank-you"},
         "consent": {"ad_storage": "granted", "ad_user_data": "granted", "ad_personalization": "granted"}
     })
-}
-
-/// The conversions of `platform` whose final status was committed before
-/// `before_ms` (read committed: what a killed dispatcher had open when it
-/// died was aborted and is not there; its successor's records are younger).
-async fn finals_committed_before(
-    rig: &Rig,
-    platform: Platform,
-    before_ms: i64,
-) -> BTreeSet<String> {
-    let codec: Codec<postback_core::model::DeliveryStatus> = Codec::new(SchemaKind::DeliveryStatus);
-    rig.broker
-        .read_to_end(&rig.topics.status)
-        .await
-        .expect("statuses")
-        .iter()
-        .filter(|r| r.timestamp.is_some_and(|t| t < before_ms))
-        .filter_map(|r| codec.decode(r.payload.as_deref()?).ok())
-        .filter(|s| s.platform == platform.as_str() && is_final(s.server_side))
-        .map(|s| s.event_id)
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -300,25 +278,13 @@ async fn kills_and_a_broker_restart_leave_every_conversion_delivered_once_with_o
 
     let mut final_before_kill: BTreeMap<Platform, BTreeSet<String>> = BTreeMap::new();
     for (p, at) in &killed_at {
-        final_before_kill.insert(*p, finals_committed_before(&rig, *p, *at).await);
+        final_before_kill.insert(*p, rig.finals_committed_before(*p, *at).await);
     }
     let mut report = Vec::new();
     for p in Platform::ALL {
         let by_id = accepted(p);
         let finals = finals(&statuses, p);
-        let resent: Vec<String> = rig
-            .sandbox
-            .state
-            .store
-            .duplicates(&Filter {
-                platform: Some(p),
-                limit: Some(1_000_000),
-                ..Default::default()
-            })
-            .items
-            .into_iter()
-            .filter_map(|d| d.event_id)
-            .collect();
+        let resent = rig.sandbox.resent_ids(p);
         report.push(format!(
             "{p}: accepted {} conversions, {} resends absorbed, {} final statuses ({} before its kill)",
             by_id.len(),

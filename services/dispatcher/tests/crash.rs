@@ -1,6 +1,7 @@
 //! kill -9 a dispatcher mid-batch: after a restart every conversion has
 //! exactly one final status record (read committed), the platform counted
-//! none twice, and what was sent again is at most what was in flight.
+//! none twice, and nothing whose final status was committed before the kill
+//! was sent again.
 
 mod support;
 
@@ -42,6 +43,7 @@ async fn a_killed_dispatcher_resumes_without_losing_or_double_counting() {
         })
         .await;
     first.kill9();
+    let killed_at = now_ms();
     let before_kill = finals(&partial, Platform::Meta).len();
     assert!(before_kill < EVENTS, "killed before the end");
 
@@ -57,13 +59,21 @@ async fn a_killed_dispatcher_resumes_without_losing_or_double_counting() {
         assert_eq!(records.len(), 1, "{id}: exactly one final status record");
         assert_eq!(records[0].server_side, ServerSideStatus::Delivered, "{id}");
     }
-    // The requests in flight at the kill are the only ones a restart may
-    // send again (nothing with a committed status is read again).
-    let in_flight = config.dispatch.max_batch_events * config.dispatch.max_concurrent_requests;
-    let resent = rig.sandbox.duplicates(Platform::Meta);
+    // Only what the killed instance had not committed (requests in flight,
+    // outcomes in its open transaction) may be sent again.
+    let committed = rig.finals_committed_before(Platform::Meta, killed_at).await;
+    let resent = rig.sandbox.resent_ids(Platform::Meta);
+    for id in &resent {
+        assert!(
+            !committed.contains(id),
+            "{id} was sent again though its final status was committed before the kill"
+        );
+    }
     assert!(
-        resent <= in_flight,
-        "{resent} resends, more than the {in_flight} events in flight at the kill"
+        resent.len() <= EVENTS - committed.len(),
+        "{} resends, more than the {} conversions not committed at the kill",
+        resent.len(),
+        EVENTS - committed.len()
     );
     let accepted = rig.sandbox.accepted(Platform::Meta);
     let distinct: BTreeSet<_> = accepted.iter().filter_map(|e| e.event_id.clone()).collect();
@@ -88,6 +98,9 @@ async fn a_killed_dispatcher_resumes_without_losing_or_double_counting() {
         }
     }
     eprintln!(
-        "killed after {before_kill} final outcomes; resends absorbed by the platform's dedup: {resent} (at most {in_flight} were in flight)"
+        "killed with {} final outcomes committed ({before_kill} seen before the kill); resends absorbed by the platform's dedup: {} (requests in flight at most {})",
+        committed.len(),
+        resent.len(),
+        config.dispatch.max_batch_events * config.dispatch.max_concurrent_requests
     );
 }

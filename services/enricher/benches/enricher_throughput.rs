@@ -3,7 +3,7 @@
 //! commit: the consumer loop with a handler that does nothing). The ratio is
 //! what enrichment costs. Target: enriched >= 70% of pass-through.
 //!
-//! `scripts/bench.sh`, or `cargo bench -p postback-enricher --bench enricher_throughput`.
+//! `scripts/bench.sh`, or `cargo bench --workspace --bench enricher_throughput`.
 //! BENCH_EVENTS (default 100000).
 
 use std::time::Instant;

@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::Duration;
@@ -100,6 +100,18 @@ impl SandboxHandle {
             ..Default::default()
         };
         self.state.store.accepted(&filter).items
+    }
+
+    /// The event ids of `platform` that arrived again after their first
+    /// acceptance (one per resend).
+    pub fn resent_ids(&self, platform: Platform) -> Vec<String> {
+        let filter = Filter {
+            platform: Some(platform),
+            limit: Some(1_000_000),
+            ..Default::default()
+        };
+        let duplicates = self.state.store.duplicates(&filter).items;
+        duplicates.into_iter().filter_map(|d| d.event_id).collect()
     }
 
     pub fn duplicates(&self, platform: Platform) -> usize {
@@ -212,6 +224,27 @@ impl Rig {
         postback_testkit::bench::fill(&self.broker, &self.topics.dispatch(platform), &records)
             .await
             .expect("fill");
+    }
+
+    /// The conversions of `platform` whose final status was committed before
+    /// `before_ms` (read committed: what a killed dispatcher had open when it
+    /// died was aborted and is not there; its successor's records are younger).
+    pub async fn finals_committed_before(
+        &self,
+        platform: Platform,
+        before_ms: i64,
+    ) -> BTreeSet<String> {
+        let codec: Codec<DeliveryStatus> = Codec::new(SchemaKind::DeliveryStatus);
+        self.broker
+            .read_to_end(&self.topics.status)
+            .await
+            .expect("statuses")
+            .iter()
+            .filter(|r| r.timestamp.is_some_and(|t| t < before_ms))
+            .filter_map(|r| codec.decode(r.payload.as_deref()?).ok())
+            .filter(|s| s.platform == platform.as_str() && is_final(s.server_side))
+            .map(|s| s.event_id)
+            .collect()
     }
 
     /// Every status record so far, waiting until `done` holds or `timeout`.
