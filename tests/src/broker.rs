@@ -255,6 +255,25 @@ impl Broker {
             .collect())
     }
 
+    /// Deletes every record of `topic`'s `partition` below its current end,
+    /// as retention would: the partition's low watermark becomes its high
+    /// one, which it returns.
+    pub async fn delete_all_records(&self, topic: &str, partition: i32) -> anyhow::Result<i64> {
+        let admin: AdminClient<DefaultClientContext> = self.client_config().create()?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition, Offset::End)?;
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        let result = admin.delete_records(&tpl, &options).await?;
+        let element = result
+            .find_partition(topic, partition)
+            .with_context(|| format!("{topic}/{partition}: no answer to DeleteRecords"))?;
+        element.error()?;
+        match element.offset() {
+            Offset::Offset(low) => Ok(low),
+            other => bail!("{topic}/{partition}: DeleteRecords answered {other:?}"),
+        }
+    }
+
     /// Produces raw bytes to a topic and waits for the acknowledgement.
     pub async fn produce(&self, topic: &str, key: &[u8], payload: &[u8]) -> anyhow::Result<()> {
         let producer: FutureProducer = self.client_config().set("acks", "all").create()?;

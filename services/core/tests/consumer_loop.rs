@@ -7,8 +7,12 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use postback_core::dead_letter::DeadLetters;
-use postback_core::kafka::{ConsumerLoop, ConsumerLoopConfig, InboundRecord, OutboundRecord};
+use postback_core::kafka::{
+    ConsumerLoop, ConsumerLoopConfig, InboundRecord, OutboundRecord, TopicSpec,
+};
 use postback_core::metrics::ServiceMetrics;
+use postback_core::model::DeadLetter;
+use postback_core::{Codec, SchemaKind};
 use postback_testkit::{unique, Broker};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
@@ -53,8 +57,29 @@ async fn spawn_loop(
     broker: &Broker,
     name: &str,
     group: &str,
+    topics: (&str, &str),
+    exactly_once: bool,
+) -> Instance {
+    spawn_loop_with(
+        broker,
+        name,
+        group,
+        topics,
+        exactly_once,
+        &unique("rejected"),
+    )
+    .await
+}
+
+/// Copies every record to `output`, but for `big:<n>`, whose copy is `n`
+/// bytes; dead letters go to `rejected`.
+async fn spawn_loop_with(
+    broker: &Broker,
+    name: &str,
+    group: &str,
     (input, output): (&str, &str),
     exactly_once: bool,
+    rejected: &str,
 ) -> Instance {
     let mut kafka = broker.kafka_config();
     // What an instance that died mid-transaction left open is aborted soon.
@@ -70,7 +95,7 @@ async fn spawn_loop(
             exactly_once,
             instance_id: unique(name),
         },
-        DeadLetters::new("test", unique("rejected")),
+        DeadLetters::new("test", rejected.to_string()),
         &ServiceMetrics::new("test"),
     )
     .await
@@ -80,11 +105,24 @@ async fn spawn_loop(
     let token = stop.clone();
     let task = tokio::spawn(async move {
         let mut handler = move |r: &InboundRecord, out: &mut Vec<OutboundRecord>| {
-            out.push(OutboundRecord::new(
-                output.clone(),
-                r.key.clone(),
-                r.payload.clone().unwrap_or_default(),
-            ));
+            let payload = r.payload.clone().unwrap_or_default();
+            let payload = match String::from_utf8_lossy(&payload).strip_prefix("big:") {
+                // Bytes no compression shrinks (the limit is on the
+                // compressed batch).
+                Some(n) => {
+                    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+                    (0..n.parse::<usize>().unwrap_or(0))
+                        .map(|_| {
+                            x ^= x << 13;
+                            x ^= x >> 7;
+                            x ^= x << 17;
+                            (x >> 32) as u8
+                        })
+                        .collect()
+                }
+                None => payload,
+            };
+            out.push(OutboundRecord::new(output.clone(), r.key.clone(), payload));
         };
         consumer.run(&mut handler, token).await.unwrap();
     });
@@ -243,4 +281,91 @@ async fn at_least_once_mode_loses_nothing_when_an_instance_leaves() {
     a.stop().await;
     let distinct: HashSet<u64> = numbers(&out).into_iter().map(|(_, n)| n).collect();
     assert_eq!(distinct.len(), N, "lost {} records", N - distinct.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_larger_than_the_broker_takes_is_a_dead_letter_and_its_neighbours_land() {
+    let broker = Broker::shared().await.unwrap();
+    for exactly_once in [true, false] {
+        let (input, output, rejected) = (unique("big.in"), unique("big.out"), unique("big.dlq"));
+        // The broker refuses a produce batch over this as a whole, small
+        // records and all.
+        let mut small_topic = TopicSpec::new(&output, 1);
+        small_topic.configs = vec![("max.message.bytes".into(), "8192".into())];
+        broker
+            .create_topics(&[
+                TopicSpec::new(&input, 1),
+                small_topic,
+                TopicSpec::new(&rejected, 1),
+            ])
+            .await
+            .unwrap();
+        let producer: FutureProducer = broker.client_config().create().unwrap();
+        for i in 0..40 {
+            let payload = if i == 20 {
+                "big:20000".to_string()
+            } else {
+                i.to_string()
+            };
+            producer
+                .send(
+                    FutureRecord::to(&input).key("k").payload(&payload),
+                    Duration::from_secs(30),
+                )
+                .await
+                .map_err(|(e, _)| e)
+                .unwrap();
+        }
+        let group = unique("big.group");
+        let instance = spawn_loop_with(
+            &broker,
+            "big",
+            &group,
+            (&input, &output),
+            exactly_once,
+            &rejected,
+        )
+        .await;
+        let letters = broker
+            .consume(&rejected, 1, Duration::from_secs(60))
+            .await
+            .unwrap();
+        let landed = broker
+            .consume(&output, 39, Duration::from_secs(60))
+            .await
+            .unwrap();
+        instance.stop().await;
+        let landed: Vec<String> = landed
+            .iter()
+            .map(|r| {
+                let p = r.payload.as_deref().unwrap_or_default();
+                if p.len() > 100 {
+                    format!("<{} bytes>", p.len())
+                } else {
+                    String::from_utf8_lossy(p).into()
+                }
+            })
+            .collect();
+        let expected: Vec<String> = (0..40)
+            .filter(|i| *i != 20)
+            .map(|i| i.to_string())
+            .collect();
+        assert_eq!(
+            landed, expected,
+            "every neighbour landed, in order (exactly_once {exactly_once})"
+        );
+        assert_eq!(letters.len(), 1);
+        let codec: Codec<DeadLetter> = Codec::new(SchemaKind::DeadLetter);
+        let letter = codec
+            .decode(letters[0].payload.as_deref().unwrap_or_default())
+            .unwrap();
+        assert_eq!(letter.reason, "output_too_large");
+        assert_eq!(letter.source_topic.as_deref(), Some(output.as_str()));
+        let all = broker.read_to_end(&output).await.unwrap();
+        assert_eq!(
+            all.len(),
+            39,
+            "nothing written twice (exactly_once {exactly_once})"
+        );
+    }
 }

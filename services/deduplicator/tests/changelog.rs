@@ -1,7 +1,9 @@
 //! The changelog on a real broker: created compacted with the dedup
 //! window's retention, compacted for real by the broker's log cleaner, and
 //! a new instance restored from the compacted log still knows every
-//! conversion it must not send again.
+//! conversion it must not send again. A store older than what the
+//! changelog keeps, and a changelog record nobody can read, end in dead
+//! letters, never in a crash loop or a second upload.
 
 mod support;
 
@@ -142,4 +144,97 @@ async fn the_changelog_is_compacted_on_the_broker_and_a_restore_from_it_keeps_du
             > 0.0
     );
     second.stop().await
+}
+
+async fn wait_for_held(instance: &InProcess, n: usize) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while instance
+        .metric("postback_deduplicator_held_conversions")
+        .await?
+        < n as f64
+    {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "not all held");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_store_and_an_unreadable_changelog_record_end_in_dead_letters_not_uploads(
+) -> anyhow::Result<()> {
+    const HELD: usize = 5;
+    let p = Pipeline::start(1).await?;
+    let dedup = DedupConfig {
+        window_secs: 3600,
+        merge_window_ms: 10_000,
+    };
+    // An instance holds conversions inside their merge window and stops:
+    // its store keeps them, with the changelog position it reflects.
+    let stale_dir = tempfile::tempdir()?;
+    let first = InProcess::start(p.config(stale_dir.path(), dedup.clone())).await?;
+    p.send(
+        &(0..HELD)
+            .map(|i| report(&format!("held-{i}"), "Purchase", Source::Server))
+            .collect::<Vec<_>>(),
+    )
+    .await?;
+    wait_for_held(&first, HELD).await?;
+    first.stop().await?;
+
+    // Another owner restores them from the changelog and emits them.
+    let other_dir = tempfile::tempdir()?;
+    let other = InProcess::start(p.config(other_dir.path(), dedup.clone())).await?;
+    let sent = p.dispatched("meta", HELD, WAIT, Duration::ZERO).await?;
+    assert_eq!(sent.len(), HELD);
+    other.stop().await?;
+
+    // Retention then removes what the first store missed.
+    let low = p.broker.delete_all_records(&p.changelog, 0).await?;
+    assert!(low > 0, "the changelog's low watermark moved to {low}");
+
+    // The first store comes back older than the changelog's start: it
+    // still holds the conversions, which the other owner already sent.
+    let back = InProcess::start(p.config(stale_dir.path(), dedup.clone())).await?;
+    let letters = p.dead_letters(HELD, WAIT).await?;
+    assert_eq!(letters.len(), HELD, "one dead letter per stale conversion");
+    for l in &letters {
+        assert_eq!(l.stage, "deduplicator");
+        assert_eq!(l.reason, "stale_state", "{l:?}");
+        assert!(l.original_value.is_some(), "the held record, for a replay");
+    }
+    let sent = p
+        .dispatched("meta", HELD, WAIT, Duration::from_secs(12))
+        .await?;
+    assert_eq!(sent.len(), HELD, "the stale store sent nothing again");
+    assert!(
+        back.metric("postback_deduplicator_held_conversions")
+            .await?
+            < 1.0
+    );
+    back.stop().await?;
+
+    // A changelog record nobody can read: a new instance restoring the
+    // partition turns it into a dead letter and goes on.
+    p.broker
+        .produce(&p.changelog, b"t1/Purchase/unreadable", b"not a state")
+        .await?;
+    let fresh_dir = tempfile::tempdir()?;
+    let fresh = InProcess::start(p.config(fresh_dir.path(), dedup)).await?;
+    let letters = p.dead_letters(HELD + 1, WAIT).await?;
+    assert_eq!(letters.len(), HELD + 1);
+    let unreadable = &letters[HELD];
+    assert_eq!(unreadable.reason, "undecodable_state", "{unreadable:?}");
+    assert_eq!(
+        unreadable.original_value.as_deref(),
+        Some(&b"not a state"[..])
+    );
+    p.send(&[report("after", "Purchase", Source::Server)])
+        .await?;
+    let sent = p.dispatched("meta", HELD + 1, WAIT, Duration::ZERO).await?;
+    assert!(
+        sent.iter().any(|c| c.event_id == "after"),
+        "the partition goes on after the unreadable record"
+    );
+    fresh.stop().await?;
+    Ok(())
 }

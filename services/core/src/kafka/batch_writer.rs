@@ -337,15 +337,24 @@ async fn acknowledge_all(
                 .iter()
                 .filter_map(|r| r.clone().ok()),
         );
+        let sent_from = start;
         start += acknowledged;
         let Some((_, error)) = first_failure else {
             break;
         };
         if !error.is_retriable() {
-            let index = indices[start];
+            // A broker refuses a whole produce batch over the topic's
+            // max.message.bytes: the largest refused record is the one to
+            // blame, never a small neighbour before it.
+            let worst = (acknowledged..results.len())
+                .filter(|i| results[*i].as_ref().is_err_and(|e| !e.is_retriable()))
+                .max_by_key(|i| records[*i].payload.len())
+                .unwrap_or(acknowledged);
+            let index = indices[sent_from + worst];
             if replace_too_large(outputs, index, dead_letters, metrics) {
-                // Its dead letter goes out in its place right away.
-                replaced.push(deliveries.len());
+                // Its dead letter goes out in its place; everything from
+                // the first refusal is written again.
+                replaced.push(sent_from + worst);
             } else {
                 tracing::error!(topic = %outputs[index].topic, "output can never be written; dropped");
                 deliveries.push(Delivered {

@@ -146,19 +146,11 @@ impl TransactionalProducer {
         for (index, record) in outputs.iter().enumerate() {
             pending.push(self.enqueue(index, record).await?);
         }
-        let mut deliveries = Vec::with_capacity(outputs.len());
-        for (index, future) in pending.into_iter().enumerate() {
-            match resolve(future.await) {
-                Ok(d) => deliveries.push(d),
-                Err(DeliveryError::TooLarge) => return Err(TransactionError::TooLarge { index }),
-                Err(e) => {
-                    return Err(TransactionError::Aborted {
-                        reason: e.to_string(),
-                        fenced: false,
-                    })
-                }
-            }
+        let mut results = Vec::with_capacity(pending.len());
+        for future in pending {
+            results.push(resolve(future.await));
         }
+        let deliveries = delivered(outputs, results)?;
         let producer = self.producer.clone();
         tokio::task::spawn_blocking(move || {
             if offsets.count() > 0 {
@@ -197,21 +189,11 @@ impl TransactionalProducer {
             for (index, record) in outputs.iter().enumerate() {
                 pending.push(self.enqueue_blocking(index, record)?);
             }
-            let mut deliveries = Vec::with_capacity(outputs.len());
-            for (index, future) in pending.into_iter().enumerate() {
-                match resolve(futures::executor::block_on(future)) {
-                    Ok(d) => deliveries.push(d),
-                    Err(DeliveryError::TooLarge) => {
-                        return Err(TransactionError::TooLarge { index })
-                    }
-                    Err(e) => {
-                        return Err(TransactionError::Aborted {
-                            reason: e.to_string(),
-                            fenced: false,
-                        })
-                    }
-                }
-            }
+            let results = pending
+                .into_iter()
+                .map(|f| resolve(futures::executor::block_on(f)))
+                .collect();
+            let deliveries = delivered(outputs, results)?;
             for (offsets, group) in groups.iter().filter(|(o, _)| o.count() > 0) {
                 let group = group.as_ref().ok_or_else(|| TransactionError::Aborted {
                     reason: "the consumer is not in its group".into(),
@@ -287,6 +269,44 @@ impl TransactionalProducer {
         tokio::task::spawn_blocking(move || abort_blocking(&producer))
             .await
             .map_err(|e| TransactionError::Fatal(format!("abort task: {e}")))?
+    }
+}
+
+/// Where each output landed, or why the transaction cannot commit. The
+/// broker refuses a whole produce batch when it is over the topic's
+/// `max.message.bytes`, so every record of it reports "too large": the
+/// largest of them is the one to blame (the retry without it tells whether
+/// another one is too large as well), never a small neighbour.
+fn delivered(
+    outputs: &[OutboundRecord],
+    results: Vec<Result<Delivered, DeliveryError>>,
+) -> Result<Vec<Delivered>, TransactionError> {
+    let mut deliveries = Vec::with_capacity(results.len());
+    let mut too_large: Option<usize> = None;
+    let size = |i: usize| {
+        outputs
+            .get(i)
+            .map_or(0, |o| o.payload.len() + o.key.as_ref().map_or(0, Vec::len))
+    };
+    for (index, result) in results.into_iter().enumerate() {
+        match result {
+            Ok(d) => deliveries.push(d),
+            Err(DeliveryError::TooLarge) => {
+                if too_large.is_none_or(|worst| size(index) > size(worst)) {
+                    too_large = Some(index);
+                }
+            }
+            Err(e) => {
+                return Err(TransactionError::Aborted {
+                    reason: e.to_string(),
+                    fenced: false,
+                })
+            }
+        }
+    }
+    match too_large {
+        Some(index) => Err(TransactionError::TooLarge { index }),
+        None => Ok(deliveries),
     }
 }
 

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use postback_core::config::{ConsumerConfig, TopicsConfig};
-use postback_core::model::{ConversionEnriched, DeliveryStatus, Source};
+use postback_core::model::{ConversionEnriched, DeadLetter, DeliveryStatus, Source};
 use postback_core::{Codec, SchemaKind};
 use postback_deduplicator::config::{DedupConfig, DeduplicatorConfig, StateConfig};
 use postback_testkit::fixtures::enriched_report;
@@ -134,6 +134,24 @@ impl Pipeline {
     ) -> anyhow::Result<Vec<DeliveryStatus>> {
         let got = self.broker.consume(&self.topics.status, n, timeout).await?;
         let codec: Codec<DeliveryStatus> = Codec::new(SchemaKind::DeliveryStatus);
+        got.iter()
+            .map(|r| Ok(codec.decode(r.payload.as_deref().unwrap_or_default())?))
+            .collect()
+    }
+}
+
+impl Pipeline {
+    /// The dead letters on the rejected topic once `n` arrived (or `timeout`).
+    pub async fn dead_letters(
+        &self,
+        n: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<DeadLetter>> {
+        let got = self
+            .broker
+            .consume(&self.topics.rejected, n, timeout)
+            .await?;
+        let codec: Codec<DeadLetter> = Codec::new(SchemaKind::DeadLetter);
         got.iter()
             .map(|r| Ok(codec.decode(r.payload.as_deref().unwrap_or_default())?))
             .collect()
