@@ -3,12 +3,14 @@
 //! every input record's output is on the output topic once (read
 //! committed), in order per key. At-least-once: nothing is lost.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use postback_core::dead_letter::DeadLetters;
 use postback_core::kafka::{
-    ConsumerLoop, ConsumerLoopConfig, InboundRecord, OutboundRecord, TopicSpec,
+    ConsumerLoop, ConsumerLoopConfig, HandlerError, InboundRecord, OutboundRecord, RecordHandler,
+    TopicPartition, TopicSpec,
 };
 use postback_core::metrics::ServiceMetrics;
 use postback_core::model::DeadLetter;
@@ -81,6 +83,40 @@ async fn spawn_loop_with(
     exactly_once: bool,
     rejected: &str,
 ) -> Instance {
+    let output = output.to_string();
+    let handler = move |r: &InboundRecord, out: &mut Vec<OutboundRecord>| {
+        let payload = r.payload.clone().unwrap_or_default();
+        let payload = match String::from_utf8_lossy(&payload).strip_prefix("big:") {
+            // Bytes no compression shrinks (the limit is on the
+            // compressed batch).
+            Some(n) => {
+                let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+                (0..n.parse::<usize>().unwrap_or(0))
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        (x >> 32) as u8
+                    })
+                    .collect()
+            }
+            None => payload,
+        };
+        out.push(OutboundRecord::new(output.clone(), r.key.clone(), payload));
+    };
+    let group = (name, group);
+    spawn_handler(broker, group, input, exactly_once, rejected, handler).await
+}
+
+/// Runs `handler` in a consumer loop of `group` (name, group id) on `input`.
+async fn spawn_handler(
+    broker: &Broker,
+    (name, group): (&str, &str),
+    input: &str,
+    exactly_once: bool,
+    rejected: &str,
+    mut handler: impl RecordHandler + 'static,
+) -> Instance {
     let mut kafka = broker.kafka_config();
     // What an instance that died mid-transaction left open is aborted soon.
     kafka.transaction_timeout_ms = 5_000;
@@ -100,30 +136,9 @@ async fn spawn_loop_with(
     )
     .await
     .unwrap();
-    let output = output.to_string();
     let stop = CancellationToken::new();
     let token = stop.clone();
     let task = tokio::spawn(async move {
-        let mut handler = move |r: &InboundRecord, out: &mut Vec<OutboundRecord>| {
-            let payload = r.payload.clone().unwrap_or_default();
-            let payload = match String::from_utf8_lossy(&payload).strip_prefix("big:") {
-                // Bytes no compression shrinks (the limit is on the
-                // compressed batch).
-                Some(n) => {
-                    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-                    (0..n.parse::<usize>().unwrap_or(0))
-                        .map(|_| {
-                            x ^= x << 13;
-                            x ^= x >> 7;
-                            x ^= x << 17;
-                            (x >> 32) as u8
-                        })
-                        .collect()
-                }
-                None => payload,
-            };
-            out.push(OutboundRecord::new(output.clone(), r.key.clone(), payload));
-        };
         consumer.run(&mut handler, token).await.unwrap();
     });
     Instance { stop, task }
@@ -368,4 +383,92 @@ async fn an_output_larger_than_the_broker_takes_is_a_dead_letter_and_its_neighbo
             "nothing written twice (exactly_once {exactly_once})"
         );
     }
+}
+
+/// Counts what it owns and what was taken from it.
+#[derive(Clone, Default)]
+struct Ownership {
+    owned: Arc<Mutex<BTreeSet<i32>>>,
+    revoked: Arc<Mutex<Vec<i32>>>,
+}
+
+impl RecordHandler for Ownership {
+    fn handle(&mut self, _record: &InboundRecord, _out: &mut Vec<OutboundRecord>) {}
+
+    // The loop tells of assignment changes between batches; ticks make
+    // batches on a topic without records.
+    fn tick_interval(&self) -> Option<Duration> {
+        Some(Duration::from_millis(50))
+    }
+
+    fn on_assigned(&mut self, partitions: &[TopicPartition]) -> Result<(), HandlerError> {
+        let mut owned = self.owned.lock().unwrap();
+        owned.extend(partitions.iter().map(|p| p.partition));
+        Ok(())
+    }
+
+    fn on_revoked(&mut self, partitions: &[TopicPartition]) {
+        let mut owned = self.owned.lock().unwrap();
+        for p in partitions {
+            owned.remove(&p.partition);
+            self.revoked.lock().unwrap().push(p.partition);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_instance_takes_partitions_without_revoking_the_ones_that_stay() {
+    let broker = Broker::shared().await.unwrap();
+    let (input, _) = topics(&broker).await;
+    let group = unique("coop.group");
+    let first = Ownership::default();
+    let a = spawn_handler(
+        &broker,
+        ("a", &group),
+        &input,
+        true,
+        &unique("rejected"),
+        first.clone(),
+    )
+    .await;
+    let owns = |o: &Ownership| o.owned.lock().unwrap().len();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while owns(&first) < PARTITIONS as usize {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a never owned every partition"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let second = Ownership::default();
+    let b = spawn_handler(
+        &broker,
+        ("b", &group),
+        &input,
+        true,
+        &unique("rejected"),
+        second.clone(),
+    )
+    .await;
+    while owns(&second) < PARTITIONS as usize / 2 || owns(&first) > PARTITIONS as usize / 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the partitions were not shared"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Eager rebalancing would revoke all four and give two back; here only
+    // the two that moved are revoked, and the two that stayed never were.
+    let revoked = first.revoked.lock().unwrap().clone();
+    let moved = second.owned.lock().unwrap().clone();
+    let stayed = first.owned.lock().unwrap().clone();
+    assert_eq!(
+        revoked.len(),
+        PARTITIONS as usize / 2,
+        "revoked {revoked:?}"
+    );
+    assert_eq!(revoked.iter().copied().collect::<BTreeSet<_>>(), moved);
+    assert!(stayed.is_disjoint(&moved));
+    b.stop().await;
+    a.stop().await;
 }
