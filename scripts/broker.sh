@@ -11,7 +11,7 @@ start() {
   local owner=()
   [[ -n "${BROKER_OWNER_PID:-}" ]] && owner=(--owner-pid "$BROKER_OWNER_PID")
   "$ROOT/scripts/kafka.sh" start --dir "$DIR" --port "$PORT" "${owner[@]}"
-  "$ROOT/scripts/build.sh" postback-ctl
+  "$ROOT/scripts/build.sh"
   "$ROOT/target/release/postback-ctl" --bootstrap "127.0.0.1:$PORT" topics --file "$ROOT/config/topics.txt" >/dev/null
   say "topics ready (config/topics.txt)"
 }

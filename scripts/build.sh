@@ -1,11 +1,8 @@
 #!/usr/bin/env bash
-# Builds the named packages' binaries in release mode (all when none named).
+# Builds postback's release binaries. Always the whole workspace: a build of
+# a few packages alone resolves other features for the crates they share
+# and rebuilds those, so every caller asks for the same build (the second
+# one finds it done).
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
-if [[ $# -eq 0 ]]; then
-  cargo build --release --bins --quiet
-else
-  args=()
-  for p in "$@"; do args+=(-p "$p"); done
-  cargo build --release --bins --quiet "${args[@]}"
-fi
+cargo build --release --workspace --bins --quiet

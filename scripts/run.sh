@@ -25,8 +25,7 @@ export KAFKA_PORT
 
 "$ROOT/scripts/kafka.sh" install
 say "building postback (release)"
-"$ROOT/scripts/build.sh" postback-collector postback-enricher postback-deduplicator postback-dispatcher \
-  postback-sandbox postback-ctl
+"$ROOT/scripts/build.sh"
 pids=()
 PIDFILE="$STATE/run.pids"
 : >"$PIDFILE"
