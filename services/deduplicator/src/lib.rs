@@ -24,7 +24,6 @@ use postback_core::kafka::{create_topics, topic_configs, ConsumerLoop, KafkaErro
 use postback_core::metrics::ServiceMetrics;
 use postback_core::ops::{Readiness, StageOps};
 use postback_core::Platform;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -236,38 +235,10 @@ async fn partition_count(
     kafka: &postback_core::config::KafkaConfig,
     topic: &str,
 ) -> Result<i32, DeduplicatorError> {
-    let err = |source| DeduplicatorError::Metadata {
-        topic: topic.to_string(),
-        source,
-    };
-    let client: BaseConsumer = kafka.client_config().create().map_err(err)?;
-    let name = topic.to_string();
-    // A topic another instance just created may not be in every broker's
-    // metadata yet: give it a moment before calling it missing.
-    let found = tokio::task::spawn_blocking(move || {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let metadata = client.fetch_metadata(Some(&name), Duration::from_secs(30))?;
-            let partitions = metadata
-                .topics()
-                .first()
-                .filter(|t| t.error().is_none())
-                .map_or(0, |t| t.partitions().len());
-            if partitions > 0 {
-                return Ok(Some(partitions as i32));
-            }
-            if std::time::Instant::now() > deadline {
-                return Ok(None);
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    })
-    .await
-    .map_err(|_| err(KafkaError::Canceled))?
-    .map_err(err)?;
-    found.ok_or_else(|| {
-        err(KafkaError::MetadataFetch(
-            rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
-        ))
-    })
+    postback_core::kafka::partition_count(kafka, topic)
+        .await
+        .map_err(|source| DeduplicatorError::Metadata {
+            topic: topic.to_string(),
+            source,
+        })
 }

@@ -37,7 +37,6 @@ use postback_core::kafka::{
 };
 use postback_core::metrics::ServiceMetrics;
 use postback_core::ops::{Readiness, StageOps};
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -225,38 +224,14 @@ async fn ensure_retry_topics(
         })
 }
 
-/// The partition count of `topic`, waiting a little for one being created.
-async fn partition_count(kafka: &KafkaConfig, topic: &str) -> Result<i32, DispatcherError> {
-    let err = |source| DispatcherError::Metadata {
-        topic: topic.to_string(),
-        source,
-    };
-    let client: BaseConsumer = kafka.client_config().create().map_err(err)?;
-    let name = topic.to_string();
-    let found = tokio::task::spawn_blocking(move || {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let metadata = client.fetch_metadata(Some(&name), Duration::from_secs(30))?;
-            let partitions = metadata
-                .topics()
-                .first()
-                .filter(|t| t.error().is_none())
-                .map_or(0, |t| t.partitions().len());
-            if partitions > 0 {
-                return Ok(Some(partitions as i32));
-            }
-            if std::time::Instant::now() > deadline {
-                return Ok(None);
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    })
-    .await
-    .map_err(|_| err(KafkaError::Canceled))?
-    .map_err(err)?;
-    found.ok_or_else(|| {
-        err(KafkaError::MetadataFetch(
-            rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
-        ))
-    })
+async fn partition_count(
+    kafka: &postback_core::config::KafkaConfig,
+    topic: &str,
+) -> Result<i32, DispatcherError> {
+    postback_core::kafka::partition_count(kafka, topic)
+        .await
+        .map_err(|source| DispatcherError::Metadata {
+            topic: topic.to_string(),
+            source,
+        })
 }

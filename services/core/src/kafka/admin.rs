@@ -104,3 +104,36 @@ pub async fn watch_broker(
         }
     }
 }
+
+/// The partition count of `topic`. A topic another instance just created
+/// may not be in every broker's metadata yet, so a missing one is looked
+/// up again for up to 30 s before it counts as missing
+/// (UnknownTopicOrPartition).
+pub async fn partition_count(kafka: &KafkaConfig, topic: &str) -> Result<i32, KafkaError> {
+    let client: rdkafka::consumer::BaseConsumer = kafka.client_config().create()?;
+    let name = topic.to_string();
+    let found = tokio::task::spawn_blocking(move || {
+        use rdkafka::consumer::Consumer as _;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let metadata = client.fetch_metadata(Some(&name), Duration::from_secs(30))?;
+            let partitions = metadata
+                .topics()
+                .first()
+                .filter(|t| t.error().is_none())
+                .map_or(0, |t| t.partitions().len());
+            if partitions > 0 {
+                return Ok::<_, KafkaError>(Some(partitions as i32));
+            }
+            if std::time::Instant::now() > deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    })
+    .await
+    .map_err(|_| KafkaError::Canceled)??;
+    found.ok_or(KafkaError::MetadataFetch(
+        RDKafkaErrorCode::UnknownTopicOrPartition,
+    ))
+}

@@ -11,7 +11,9 @@ mod producer;
 mod rebalance;
 mod transaction;
 
-pub use admin::{create_topics, probe_broker, topic_configs, watch_broker, TopicSpec};
+pub use admin::{
+    create_topics, partition_count, probe_broker, topic_configs, watch_broker, TopicSpec,
+};
 pub use batch_writer::WriterFailed;
 pub use client_config::{consumer_config, producer_config, MAX_RECORD_BYTES};
 pub use consumer::{run_blocking, ConsumerLoop, ConsumerLoopConfig, ConsumerLoopError};
