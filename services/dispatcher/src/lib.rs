@@ -33,7 +33,8 @@ use std::time::Duration;
 use postback_core::config::KafkaConfig;
 use postback_core::dead_letter::DeadLetters;
 use postback_core::kafka::{
-    create_topics, instance_id, KafkaError, Producer, TopicSpec, TransactionalProducer,
+    create_topics, instance_id, transactional_id, KafkaError, Producer, TopicSpec,
+    TransactionalProducer,
 };
 use postback_core::metrics::ServiceMetrics;
 use postback_core::ops::{Readiness, StageOps};
@@ -97,10 +98,9 @@ pub async fn run(
     let tiers = Tiers::new(&main_topic, &config.dispatch.retry_tiers());
     ensure_retry_topics(&config.kafka, &main_topic, &tiers).await?;
     let (sink, renewal) = if config.consumer.exactly_once {
-        let transactional_id = format!(
-            "{}.{}",
-            config.group_id(),
-            instance_id(config.consumer.instance_id.as_deref())
+        let transactional_id = transactional_id(
+            &config.group_id(),
+            &instance_id(config.consumer.instance_id.as_deref()),
         );
         let producer = TransactionalProducer::new(&config.kafka, &client_id, &transactional_id)
             .await

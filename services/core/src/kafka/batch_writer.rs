@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::dead_letter::DeadLetters;
 use crate::kafka::handler::{InboundRecord, TopicPartition};
-use crate::kafka::producer::{Delivered, OutboundRecord, Producer};
+use crate::kafka::producer::{largest_too_large, Delivered, OutboundRecord, Producer};
 use crate::kafka::rebalance::LoopContext;
 use crate::kafka::transaction::{TransactionError, TransactionalProducer};
 use crate::metrics::{latency_buckets, ServiceMetrics};
@@ -343,13 +343,7 @@ async fn acknowledge_all(
             break;
         };
         if !error.is_retriable() {
-            // A broker refuses a whole produce batch over the topic's
-            // max.message.bytes: the largest refused record is the one to
-            // blame, never a small neighbour before it.
-            let worst = (acknowledged..results.len())
-                .filter(|i| results[*i].as_ref().is_err_and(|e| !e.is_retriable()))
-                .max_by_key(|i| records[*i].payload.len())
-                .unwrap_or(acknowledged);
+            let worst = largest_too_large(&records, &results).unwrap_or(acknowledged);
             let index = indices[sent_from + worst];
             if replace_too_large(outputs, index, dead_letters, metrics) {
                 // Its dead letter goes out in its place; everything from

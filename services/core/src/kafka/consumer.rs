@@ -67,7 +67,7 @@ pub struct ConsumerLoopConfig {
 
 impl ConsumerLoopConfig {
     pub fn transactional_id(&self) -> String {
-        format!("{}.{}", self.group_id, self.instance_id)
+        crate::kafka::transactional_id(&self.group_id, &self.instance_id)
     }
 }
 

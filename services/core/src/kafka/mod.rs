@@ -23,6 +23,13 @@ pub use rdkafka::error::KafkaError;
 pub use rebalance::LoopContext;
 pub use transaction::{TransactionError, TransactionalProducer};
 
+/// The transactional id of an instance of a consumer group: stable across
+/// restarts exactly when `instance_id` is, so a restart fences (and aborts)
+/// what its previous life left open.
+pub fn transactional_id(group_id: &str, instance_id: &str) -> String {
+    format!("{group_id}.{instance_id}")
+}
+
 /// A name for this process among the instances of its group: the
 /// configured one (a StatefulSet pod name: stable across restarts, so a
 /// restarted instance's transactional producer aborts at once what its

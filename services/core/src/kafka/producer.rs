@@ -58,6 +58,12 @@ impl OutboundRecord {
         self
     }
 
+    /// Bytes of key, value and headers: what counts against a size limit.
+    pub fn bytes(&self) -> usize {
+        let headers: usize = self.headers.iter().map(|(n, v)| n.len() + v.len()).sum();
+        self.payload.len() + self.key.as_ref().map_or(0, Vec::len) + headers
+    }
+
     /// The record, written to exactly `partition` (a changelog partition
     /// mirrors its input partition, whatever the key hashes to).
     pub fn to_partition(mut self, partition: i32) -> Self {
@@ -270,4 +276,22 @@ pub(crate) fn resolve(
         Ok(Err((e, _))) => Err(DeliveryError::NotAcknowledged(e.to_string())),
         Err(_) => Err(DeliveryError::Cancelled),
     }
+}
+
+/// Of the records refused as too large, the one to blame. A broker refuses
+/// a whole produce batch over its topic's `max.message.bytes`, so every
+/// record of the batch reports "too large": the largest is the culprit
+/// (writing the rest again tells whether another one is too large as
+/// well), never a small neighbour. `results[i]` is the outcome of
+/// `records[i]`.
+pub(crate) fn largest_too_large(
+    records: &[OutboundRecord],
+    results: &[Result<Delivered, DeliveryError>],
+) -> Option<usize> {
+    results
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| matches!(r, Err(DeliveryError::TooLarge)))
+        .max_by_key(|(i, _)| records.get(*i).map_or(0, OutboundRecord::bytes))
+        .map(|(i, _)| i)
 }

@@ -20,7 +20,9 @@ use rdkafka::topic_partition_list::TopicPartitionList;
 
 use crate::config::KafkaConfig;
 use crate::kafka::client_config::producer_config;
-use crate::kafka::producer::{enqueue_on, resolve, Delivered, DeliveryError, OutboundRecord};
+use crate::kafka::producer::{
+    enqueue_on, largest_too_large, resolve, Delivered, DeliveryError, OutboundRecord,
+};
 
 /// How long one transactional call may block.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -272,41 +274,26 @@ impl TransactionalProducer {
     }
 }
 
-/// Where each output landed, or why the transaction cannot commit. The
-/// broker refuses a whole produce batch when it is over the topic's
-/// `max.message.bytes`, so every record of it reports "too large": the
-/// largest of them is the one to blame (the retry without it tells whether
-/// another one is too large as well), never a small neighbour.
+/// Where each output landed, or why the transaction cannot commit: any
+/// failure but size aborts it; otherwise an output too large is named (the
+/// largest refused one, see `largest_too_large`).
 fn delivered(
     outputs: &[OutboundRecord],
     results: Vec<Result<Delivered, DeliveryError>>,
 ) -> Result<Vec<Delivered>, TransactionError> {
-    let mut deliveries = Vec::with_capacity(results.len());
-    let mut too_large: Option<usize> = None;
-    let size = |i: usize| {
-        outputs
-            .get(i)
-            .map_or(0, |o| o.payload.len() + o.key.as_ref().map_or(0, Vec::len))
-    };
-    for (index, result) in results.into_iter().enumerate() {
-        match result {
-            Ok(d) => deliveries.push(d),
-            Err(DeliveryError::TooLarge) => {
-                if too_large.is_none_or(|worst| size(index) > size(worst)) {
-                    too_large = Some(index);
-                }
-            }
-            Err(e) => {
-                return Err(TransactionError::Aborted {
-                    reason: e.to_string(),
-                    fenced: false,
-                })
-            }
-        }
+    // Any other failure aborts: the transaction is tried again as it is.
+    if let Some(e) = results.iter().find_map(|r| match r {
+        Err(e) if e.is_retriable() => Some(e),
+        _ => None,
+    }) {
+        return Err(TransactionError::Aborted {
+            reason: e.to_string(),
+            fenced: false,
+        });
     }
-    match too_large {
+    match largest_too_large(outputs, &results) {
         Some(index) => Err(TransactionError::TooLarge { index }),
-        None => Ok(deliveries),
+        None => Ok(results.into_iter().flatten().collect()),
     }
 }
 
