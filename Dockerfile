@@ -11,5 +11,5 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
     && mkdir -p /var/lib/postback && chown postback /var/lib/postback
 COPY --from=build /out/ /usr/local/bin/
 COPY config/ /etc/postback/
-COPY services/sandbox/sandbox.example.toml /etc/postback/
+COPY tools/sandbox/sandbox.example.toml /etc/postback/
 USER postback

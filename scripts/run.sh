@@ -62,7 +62,7 @@ POSTBACK_KAFKA__BOOTSTRAP_SERVERS="$BOOTSTRAP" POSTBACK_OPS__LISTEN="127.0.0.1:$
   POSTBACK_STATE__DIR="$STATE/deduplicator" \
   start_service deduplicator "$ROOT/target/release/postback-deduplicator" --config "$ROOT/config/deduplicator.local.toml"
 POSTBACK_HTTP__LISTEN="127.0.0.1:$SANDBOX_PORT" \
-  start_service sandbox "$ROOT/target/release/postback-sandbox" --config "$ROOT/services/sandbox/sandbox.example.toml"
+  start_service sandbox "$ROOT/target/release/postback-sandbox" --config "$ROOT/tools/sandbox/sandbox.example.toml"
 SANDBOX="http://127.0.0.1:$SANDBOX_PORT"
 for platform in meta google_ads tiktok; do
   case "$platform" in
