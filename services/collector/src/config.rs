@@ -8,69 +8,41 @@ use postback_core::config::{
 };
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct CollectorConfig {
-    #[serde(default)]
     pub http: HttpConfig,
-    #[serde(default)]
     pub kafka: KafkaConfig,
-    #[serde(default)]
     pub topics: TopicsConfig,
-    #[serde(default)]
     pub log: LogConfig,
     /// Server-side API keys; each decides the tenant of what it sends.
-    #[serde(default)]
     pub api_keys: Vec<ApiKey>,
     /// Public browser site keys, with the origins allowed to use them.
-    #[serde(default)]
     pub site_keys: Vec<SiteKey>,
-    #[serde(default)]
     pub ingest: IngestConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
     /// The API and the ops endpoints (/healthz, /readyz, /metrics) share it.
-    #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
-    #[serde(default = "default_max_batch")]
     pub max_batch_events: usize,
     /// Seconds a client is told to wait (Retry-After) when the broker is unavailable.
-    #[serde(default = "default_retry_after")]
     pub retry_after_secs: u64,
     /// How far in the future an event_time may be, in seconds.
-    #[serde(default = "default_max_future")]
     pub max_future_secs: u64,
-}
-
-fn default_listen() -> SocketAddr {
-    SocketAddr::from(([0, 0, 0, 0], 8080))
-}
-fn default_max_body() -> usize {
-    4 * 1024 * 1024
-}
-fn default_max_batch() -> usize {
-    1000
-}
-fn default_retry_after() -> u64 {
-    5
-}
-fn default_max_future() -> u64 {
-    600
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
-            listen: default_listen(),
-            max_body_bytes: default_max_body(),
-            max_batch_events: default_max_batch(),
-            retry_after_secs: default_retry_after(),
-            max_future_secs: default_max_future(),
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            max_body_bytes: 4 * 1024 * 1024,
+            max_batch_events: 1000,
+            retry_after_secs: 5,
+            max_future_secs: 600,
         }
     }
 }
@@ -109,38 +81,25 @@ pub struct SiteKey {
 
 /// Consuming JSON conversions from retailers' own Kafka topics.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct IngestConfig {
-    #[serde(default)]
     pub enabled: bool,
-    #[serde(default = "default_ingest_group")]
     pub group_id: String,
-    #[serde(default)]
     pub topics: Vec<IngestTopic>,
     /// Conversions from the ingest topics reach conversions.raw exactly
     /// once (one transaction per batch); false: at-least-once, for
     /// brokers without transactions.
-    #[serde(default = "yes")]
     pub exactly_once: bool,
     /// This instance's stable name among the ingest group's members (see
     /// `consumer.instance_id` of the other stages).
-    #[serde(default)]
     pub instance_id: Option<String>,
-}
-
-fn yes() -> bool {
-    true
-}
-
-fn default_ingest_group() -> String {
-    "postback-collector-ingest".into()
 }
 
 impl Default for IngestConfig {
     fn default() -> Self {
         IngestConfig {
             enabled: false,
-            group_id: default_ingest_group(),
+            group_id: "postback-collector-ingest".into(),
             topics: Vec::new(),
             exactly_once: true,
             instance_id: None,
@@ -259,6 +218,8 @@ impl Validate for CollectorConfig {
         Ok(())
     }
 }
+
+impl postback_core::config::PlainConfiguration for CollectorConfig {}
 
 impl postback_core::service::ServiceConfig for CollectorConfig {
     fn log(&self) -> &LogConfig {

@@ -22,42 +22,25 @@ pub const NO_IDENTIFIERS: &str = "no_identifiers";
 
 /// How old an event a platform still accepts (reference/platform-apis.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct PlatformWindows {
     /// Meta rejects events older than 7 days...
-    #[serde(default = "meta_days")]
     pub meta_days: u32,
     /// ...except physical_store events, up to 62 days.
-    #[serde(default = "meta_store_days")]
     pub meta_physical_store_days: u32,
     /// Google Ads click conversions: 90 days (EXPIRED_EVENT past it).
-    #[serde(default = "google_days")]
     pub google_ads_days: u32,
     /// TikTok does not document a limit; ttclid is valid 7 days, so 7 by default.
-    #[serde(default = "tiktok_days")]
     pub tiktok_days: u32,
-}
-
-fn meta_days() -> u32 {
-    7
-}
-fn meta_store_days() -> u32 {
-    62
-}
-fn google_days() -> u32 {
-    90
-}
-fn tiktok_days() -> u32 {
-    7
 }
 
 impl Default for PlatformWindows {
     fn default() -> Self {
         PlatformWindows {
-            meta_days: meta_days(),
-            meta_physical_store_days: meta_store_days(),
-            google_ads_days: google_days(),
-            tiktok_days: tiktok_days(),
+            meta_days: 7,
+            meta_physical_store_days: 62,
+            google_ads_days: 90,
+            tiktok_days: 7,
         }
     }
 }

@@ -7,14 +7,13 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{self, LogConfig, Validate};
+use crate::config::{self, Configuration, LogConfig};
 
 /// What `main` needs to know about a service's configuration.
-pub trait ServiceConfig: DeserializeOwned + Validate {
+pub trait ServiceConfig: Configuration {
     fn log(&self) -> &LogConfig;
     /// Where the service's HTTP endpoints (at least the ops ones) listen.
     fn listen(&self) -> SocketAddr;

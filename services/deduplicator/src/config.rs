@@ -2,72 +2,50 @@
 //! and its changelog topic.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use postback_core::config::{
-    validate_topic_name, ConfigError, ConsumerConfig, KafkaConfig, LogConfig, OpsConfig,
-    TopicsConfig, Validate,
-};
-use postback_core::eligibility::PlatformWindows;
+use postback_core::config::{validate_topic_name, ConfigError, Stage, StageConfig, Validate};
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DeduplicatorConfig {
-    #[serde(default)]
-    pub kafka: KafkaConfig,
-    #[serde(default)]
-    pub topics: TopicsConfig,
-    #[serde(default)]
-    pub log: LogConfig,
-    #[serde(default = "default_ops")]
-    pub ops: OpsConfig,
-    #[serde(default)]
-    pub consumer: ConsumerConfig,
-    /// How old an event each platform accepts: a merged conversion's
-    /// eligibility is decided again, age included.
-    #[serde(default)]
-    pub platforms: PlatformWindows,
-    #[serde(default)]
+/// The deduplicator's file: the sections every stage shares and these.
+/// (Its `[platforms]` windows apply again to a merged conversion, age
+/// included.)
+pub type DeduplicatorConfig = StageConfig<DeduplicatorSections>;
+
+/// The deduplicator's own sections.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DeduplicatorSections {
     pub dedup: DedupConfig,
-    #[serde(default)]
     pub state: StateConfig,
 }
 
-fn default_ops() -> OpsConfig {
-    OpsConfig {
-        listen: SocketAddr::from(([0, 0, 0, 0], 9093)),
+impl Stage for DeduplicatorSections {
+    const OPS_PORT: u16 = 9093;
+
+    fn default_group_id(&self) -> String {
+        "postback-deduplicator".into()
     }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct DedupConfig {
     /// How long a conversion is remembered after its first report: later
     /// reports within it are duplicates. 48 h by default (Meta's and
     /// TikTok's own window), at most 30 days.
-    #[serde(default = "default_window_secs")]
     pub window_secs: u64,
     /// How long the first report of a conversion waits for the other side's
     /// report before it is sent on; 0 sends it at once.
-    #[serde(default = "default_merge_window_ms")]
     pub merge_window_ms: u64,
-}
-
-fn default_window_secs() -> u64 {
-    48 * 3600
-}
-fn default_merge_window_ms() -> u64 {
-    10_000
 }
 
 impl Default for DedupConfig {
     fn default() -> Self {
         DedupConfig {
-            window_secs: default_window_secs(),
-            merge_window_ms: default_merge_window_ms(),
+            window_secs: 48 * 3600,
+            merge_window_ms: 10_000,
         }
     }
 }
@@ -83,58 +61,36 @@ impl DedupConfig {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct StateConfig {
     /// Where the on-disk store lives. Losing it costs a restore from the
     /// changelog, never correctness; one directory per instance.
-    #[serde(default = "default_state_dir")]
     pub dir: PathBuf,
     /// Compacted topic every state change is written to, with as many
     /// partitions as the input topic (created so if missing).
-    #[serde(default = "default_changelog")]
     pub changelog_topic: String,
     /// Block cache of the store, shared by all partitions.
-    #[serde(default = "default_cache_mb")]
     pub cache_mb: u64,
     /// Memtable size per partition before it is flushed to disk.
-    #[serde(default = "default_memtable_mb")]
     pub memtable_mb: u64,
     /// Longest a partition's restore may go without progress before the
     /// instance gives up (and leaves the group).
-    #[serde(default = "default_restore_stall_secs")]
     pub restore_stall_secs: u64,
     /// More topic configs for the changelog when the deduplicator creates
     /// it (segment.bytes, min.cleanable.dirty.ratio, ...). cleanup.policy
     /// and retention.ms are the deduplicator's own: compacted, kept just
     /// past the dedup window.
-    #[serde(default)]
     pub changelog_topic_configs: BTreeMap<String, String>,
-}
-
-fn default_state_dir() -> PathBuf {
-    PathBuf::from("state/deduplicator")
-}
-fn default_changelog() -> String {
-    "postback-deduplicator-state-changelog".into()
-}
-fn default_cache_mb() -> u64 {
-    64
-}
-fn default_memtable_mb() -> u64 {
-    8
-}
-fn default_restore_stall_secs() -> u64 {
-    60
 }
 
 impl Default for StateConfig {
     fn default() -> Self {
         StateConfig {
-            dir: default_state_dir(),
-            changelog_topic: default_changelog(),
-            cache_mb: default_cache_mb(),
-            memtable_mb: default_memtable_mb(),
-            restore_stall_secs: default_restore_stall_secs(),
+            dir: PathBuf::from("state/deduplicator"),
+            changelog_topic: "postback-deduplicator-state-changelog".into(),
+            cache_mb: 64,
+            memtable_mb: 8,
+            restore_stall_secs: 60,
             changelog_topic_configs: BTreeMap::new(),
         }
     }
@@ -142,12 +98,8 @@ impl Default for StateConfig {
 
 const MAX_WINDOW_SECS: u64 = 30 * 86_400;
 
-impl Validate for DeduplicatorConfig {
+impl Validate for DeduplicatorSections {
     fn validate(&self) -> Result<(), ConfigError> {
-        self.kafka.validate()?;
-        self.topics.validate()?;
-        self.consumer.validate()?;
-        self.platforms.validate()?;
         if self.dedup.window_secs == 0 || self.dedup.window_secs > MAX_WINDOW_SECS {
             return Err(ConfigError::invalid(
                 "dedup.window_secs",
@@ -200,34 +152,21 @@ impl Validate for DeduplicatorConfig {
     }
 }
 
-impl postback_core::service::ServiceConfig for DeduplicatorConfig {
-    fn log(&self) -> &LogConfig {
-        &self.log
-    }
-
-    fn listen(&self) -> SocketAddr {
-        self.ops.listen
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn load(toml: &str) -> Result<DeduplicatorConfig, ConfigError> {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("d.toml");
-        std::fs::write(&path, toml).unwrap();
-        postback_core::config::load_from(Some(&path), vec![])
+        postback_core::config::load_toml(toml, vec![])
     }
 
     #[test]
     fn defaults_are_the_documented_ones() {
         let c = load("").unwrap();
-        assert_eq!(c.dedup.window(), Duration::from_secs(48 * 3600));
-        assert_eq!(c.dedup.merge_window(), Duration::from_secs(10));
+        assert_eq!(c.stage.dedup.window(), Duration::from_secs(48 * 3600));
+        assert_eq!(c.stage.dedup.merge_window(), Duration::from_secs(10));
         assert_eq!(
-            c.state.changelog_topic,
+            c.stage.state.changelog_topic,
             "postback-deduplicator-state-changelog"
         );
     }

@@ -4,11 +4,11 @@
 //! changes reach the store.
 //!
 //! Every state change is staged twice: as a changelog record pushed with
-//! the outputs that caused it, and in `pending`. Only once the loop reports
+//! the outputs that caused it, and in `staged.rs`. Only once the loop reports
 //! the outputs committed (one transaction with the changelog records and
-//! the input offsets) does `pending` go to the store, with the changelog
-//! offset it now reflects; an aborted transaction drops `pending` and the
-//! timers go back to what the store says. So the store never holds a
+//! the input offsets) do the staged changes go to the store, with the
+//! changelog offset they now reflect; an aborted transaction drops them and
+//! the timers go back to what the store says. So the store never holds a
 //! change the changelog lacks, and a crash at any point leaves a store that
 //! a restore from its checkpoint brings up to date.
 //!
@@ -18,7 +18,7 @@
 //! is unreadable (`undecodable_state`: its history is unknown, so the
 //! report is not taken for a new conversion).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use postback_core::dead_letter::DeadLetters;
 use postback_core::eligibility::{PlatformWindows, PLATFORM_NOT_CONFIGURED};
@@ -31,8 +31,9 @@ use postback_core::{Codec, CodecError, Platform, SchemaKind};
 use crate::key::DedupKey;
 use crate::merge::merge;
 use crate::metrics::DedupMetrics;
+use crate::staged::Staged;
 use crate::state::{FrontEnd, KeyState, Phase, Sources};
-use crate::store::{Change, StateStore, StoreError};
+use crate::store::{StateStore, StoreError};
 
 pub const STAGE: &str = "deduplicator";
 
@@ -135,11 +136,8 @@ pub struct Deduplicator {
     dead_letters: DeadLetters,
     metrics: DedupMetrics,
     owned: BTreeSet<i32>,
-    /// State changes whose outputs are not acknowledged yet, per partition.
-    pending: HashMap<i32, HashMap<DedupKey, KeyState>>,
-    /// (index in the outputs, partition) of each changelog record pushed
-    /// since the last acknowledgement.
-    changelog_slots: Vec<(usize, i32)>,
+    /// State changes whose outputs are not acknowledged yet.
+    staged: Staged,
     /// Held conversions by when their merge window closes.
     timers: BTreeSet<(i64, i32, DedupKey)>,
 }
@@ -160,8 +158,7 @@ impl Deduplicator {
             status: Codec::new(SchemaKind::DeliveryStatus),
             metrics,
             owned: BTreeSet::new(),
-            pending: HashMap::new(),
-            changelog_slots: Vec::new(),
+            staged: Staged::default(),
             timers: BTreeSet::new(),
         }
     }
@@ -192,7 +189,7 @@ impl Deduplicator {
     pub fn release(&mut self, partition: i32) {
         self.owned.remove(&partition);
         self.timers.retain(|(_, p, _)| *p != partition);
-        self.pending.remove(&partition);
+        self.staged.forget_partition(partition);
         self.store.close_partition(partition);
         self.metrics.held.set(self.timers.len() as i64);
     }
@@ -211,7 +208,7 @@ impl Deduplicator {
         key: &DedupKey,
         now: i64,
     ) -> Result<Option<KeyState>, DedupError> {
-        let state = match self.pending.get(&partition).and_then(|m| m.get(key)) {
+        let state = match self.staged.get(partition, key) {
             Some(s) => Some(s.clone()),
             None => match self.store.get(partition, key) {
                 Ok(s) => s,
@@ -526,7 +523,7 @@ impl Deduplicator {
         state: KeyState,
         out: &mut Vec<OutboundRecord>,
     ) {
-        self.changelog_slots.push((out.len(), partition));
+        let slot = out.len();
         out.push(
             OutboundRecord::new(
                 &self.topics.changelog,
@@ -540,18 +537,14 @@ impl Deduplicator {
             // rather than losing the conversion.
             .deferred(),
         );
-        self.pending
-            .entry(partition)
-            .or_default()
-            .insert(key, state);
+        self.staged.stage(partition, key, state, slot);
     }
 
     /// The outputs pushed since the last acknowledgement were thrown away
     /// (an aborted transaction) and their reports are read again: the
     /// staged changes go, and the timers are what the store says.
     pub fn aborted(&mut self) -> Result<(), DedupError> {
-        self.pending.clear();
-        self.changelog_slots.clear();
+        self.staged.discard();
         self.timers.clear();
         for partition in self.owned.clone() {
             for (key, emit_at) in self.store.held(partition)? {
@@ -566,40 +559,9 @@ impl Deduplicator {
     /// (`deliveries[i]` for the i-th): the staged state goes to the store,
     /// with the changelog offsets it now reflects.
     pub fn acknowledged(&mut self, deliveries: &[Delivered]) -> Result<(), DedupError> {
-        let mut checkpoints: BTreeMap<i32, i64> = BTreeMap::new();
-        for (slot, partition) in std::mem::take(&mut self.changelog_slots) {
-            match deliveries.get(slot) {
-                // A dead letter took its place (the broker would not take
-                // it). The state stays in this store only; reports are kept
-                // below that size, so this is a broker limit lower than ours.
-                Some(d) if d.partition < 0 => {
-                    tracing::error!(
-                        partition,
-                        "a changelog record was replaced by a dead letter; its state is in this store only"
-                    );
-                    self.metrics
-                        .dead_letters
-                        .with_label_values(&["changelog_too_large"])
-                        .inc();
-                }
-                Some(d) if d.partition == partition => {
-                    let c = checkpoints.entry(partition).or_insert(0);
-                    *c = (*c).max(d.offset + 1);
-                }
-                other => tracing::error!(slot, partition, delivered = ?other,
-                    "changelog acknowledgement does not match what was sent; checkpoint not moved"),
-            }
-        }
-        let changes = self.pending.iter().flat_map(|(partition, states)| {
-            states.iter().map(|(key, state)| Change {
-                partition: *partition,
-                key,
-                state: Some(state),
-            })
-        });
-        let checkpoints: Vec<(i32, i64)> = checkpoints.into_iter().collect();
-        self.store.write(changes, &checkpoints)?;
-        self.pending.clear();
+        let checkpoints = self.staged.checkpoints(deliveries, &self.metrics);
+        self.store.write(self.staged.changes(), &checkpoints)?;
+        self.staged.clear();
         Ok(())
     }
 }

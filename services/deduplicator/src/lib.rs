@@ -14,6 +14,7 @@ pub mod key;
 pub mod merge;
 pub mod metrics;
 pub mod restore;
+mod staged;
 pub mod state;
 pub mod store;
 
@@ -79,21 +80,21 @@ pub async fn run(
     ensure_changelog(&config).await?;
 
     let store = StateStore::open(&StoreConfig {
-        dir: config.state.dir.clone(),
-        cache_bytes: config.state.cache_mb << 20,
-        memtable_bytes: config.state.memtable_mb << 20,
+        dir: config.stage.state.dir.clone(),
+        cache_bytes: config.stage.state.cache_mb << 20,
+        memtable_bytes: config.stage.state.memtable_mb << 20,
     })?;
     let dedup = Deduplicator::new(
         store,
         Settings {
-            window_ms: config.dedup.window().as_millis() as i64,
-            merge_window_ms: config.dedup.merge_window().as_millis() as i64,
+            window_ms: config.stage.dedup.window().as_millis() as i64,
+            merge_window_ms: config.stage.dedup.merge_window().as_millis() as i64,
             platforms: config.platforms.clone(),
             max_emits_per_tick: config.consumer.max_batch,
         },
         OutputTopics {
             status: config.topics.status.clone(),
-            changelog: config.state.changelog_topic.clone(),
+            changelog: config.stage.state.changelog_topic.clone(),
             dispatch: Platform::ALL.map(|p| config.topics.dispatch(p)),
             rejected: config.topics.rejected.clone(),
         },
@@ -101,13 +102,13 @@ pub async fn run(
     );
     let restorer = restore::Restorer::new(
         &config.kafka,
-        config.state.changelog_topic.clone(),
+        config.stage.state.changelog_topic.clone(),
         "postback-deduplicator",
-        Duration::from_secs(config.state.restore_stall_secs),
+        Duration::from_secs(config.stage.state.restore_stall_secs),
         DeadLetters::new(dedup::STAGE, config.topics.rejected.clone()),
         metrics.clone(),
     )?;
-    let tick = (config.dedup.merge_window() / 20)
+    let tick = (config.stage.dedup.merge_window() / 20)
         .clamp(Duration::from_millis(20), Duration::from_millis(250));
     let mut handler = handler::DedupHandler::new(
         dedup,
@@ -126,8 +127,7 @@ pub async fn run(
         .or_insert_with(|| "900000".into());
     let consumer = ConsumerLoop::new(
         &kafka,
-        config.consumer.loop_config(
-            "postback-deduplicator",
+        config.loop_config(
             "postback-deduplicator",
             vec![config.topics.enriched.clone()],
         ),
@@ -153,7 +153,7 @@ pub async fn run(
 /// existing one does not match: too few partitions, not compacted, or
 /// deleting state the window still needs.
 async fn ensure_changelog(config: &DeduplicatorConfig) -> Result<(), DeduplicatorError> {
-    let changelog = config.state.changelog_topic.clone();
+    let changelog = config.stage.state.changelog_topic.clone();
     let input = config.topics.enriched.clone();
     let partitions = partition_count(&config.kafka, &input).await?;
     let retention_ms = changelog_retention_ms(config);
@@ -164,6 +164,7 @@ async fn ensure_changelog(config: &DeduplicatorConfig) -> Result<(), Deduplicato
     ];
     spec.configs.extend(
         config
+            .stage
             .state
             .changelog_topic_configs
             .iter()
@@ -189,7 +190,7 @@ async fn ensure_changelog(config: &DeduplicatorConfig) -> Result<(), Deduplicato
 
 /// The changelog keeps a key's state at least as long as the dedup window.
 fn changelog_retention_ms(config: &DeduplicatorConfig) -> u64 {
-    config.dedup.window_secs * 1000 + 3_600_000
+    config.stage.dedup.window_secs * 1000 + 3_600_000
 }
 
 /// An existing changelog (made by hand, or by an older configuration)

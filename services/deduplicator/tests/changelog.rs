@@ -29,7 +29,7 @@ async fn the_changelog_is_compacted_on_the_broker_and_a_restore_from_it_keeps_du
     let mut config = p.config(first_state.path(), dedup.clone());
     // Small segments and an eager cleaner, so compaction happens within
     // the test rather than after a 7-day segment roll.
-    config.state.changelog_topic_configs = BTreeMap::from([
+    config.stage.state.changelog_topic_configs = BTreeMap::from([
         ("segment.ms".to_string(), "300".to_string()),
         ("min.cleanable.dirty.ratio".to_string(), "0.01".to_string()),
         ("min.compaction.lag.ms".to_string(), "0".to_string()),
@@ -114,7 +114,7 @@ async fn the_changelog_is_compacted_on_the_broker_and_a_restore_from_it_keeps_du
     // never a second upload.
     let second_state = tempfile::tempdir()?;
     let mut second_config = config.clone();
-    second_config.state.dir = second_state.path().to_path_buf();
+    second_config.stage.state.dir = second_state.path().to_path_buf();
     let second = InProcess::start(second_config).await?;
     p.send(
         &(0..CONVERSIONS)

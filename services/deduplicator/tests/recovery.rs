@@ -199,7 +199,7 @@ async fn a_frozen_deduplicator_is_fenced_and_writes_nothing_after_the_takeover(
     // Another instance takes the partitions over once the session expires,
     // restores the held conversions from the changelog and emits them.
     let mut takeover_config = config.clone();
-    takeover_config.state.dir = dir.path().join("takeover");
+    takeover_config.stage.state.dir = dir.path().join("takeover");
     let takeover = Process::start(&takeover_config, dir.path(), "takeover")?;
     for platform in ["meta", "tiktok"] {
         let sent = p.dispatched(platform, N, WAIT, Duration::ZERO).await?;

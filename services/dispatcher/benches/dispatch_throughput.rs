@@ -115,8 +115,8 @@ async fn direct_rate(platform: Platform, events: usize) -> anyhow::Result<f64> {
     let rig = Rig::start(1).await;
     let now = now_ms();
     let config = rig.config(platform);
-    let adapter = Adapter::new(&config, reqwest::Client::new());
-    let accounts = Accounts::from_config(&config);
+    let adapter = Adapter::new(&config.stage, reqwest::Client::new());
+    let accounts = Accounts::from_config(&config.stage);
     let account = accounts
         .get(TENANT)
         .ok_or_else(|| anyhow::anyhow!("no account"))?;
@@ -132,7 +132,7 @@ async fn direct_rate(platform: Platform, events: usize) -> anyhow::Result<f64> {
         })
         .collect::<Result<_, _>>()?;
     let group = adapter.group(&direct_events[0]);
-    let limit = config.dispatch.batch_limit(platform);
+    let limit = config.stage.dispatch.batch_limit(platform);
     // Best of three: one pass is a fraction of a second, easily disturbed.
     let mut direct: f64 = 0.0;
     for _ in 0..3 {
@@ -187,9 +187,9 @@ async fn isolation(platform: Platform, use_error_index: bool) -> anyhow::Result<
         .collect();
     rig.fill(platform, &batch).await;
     let mut config = rig.config(platform);
-    config.dispatch.use_error_index = use_error_index;
+    config.stage.dispatch.use_error_index = use_error_index;
     // One batch of 1,000: long linger, everything already on the topic.
-    config.dispatch.linger_ms = 5_000;
+    config.stage.dispatch.linger_ms = 5_000;
     let d = InProcess::start(config).await;
     let finals = wait_for(
         &d,

@@ -13,7 +13,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::adapters::Reason;
-use crate::config::{DispatcherConfig, GoogleAdsAccount, MetaAccount, TiktokAccount};
+use crate::config::{DispatcherSections, GoogleAdsAccount, MetaAccount, TiktokAccount};
 use crate::pacing::Pacer;
 
 pub enum Credentials {
@@ -43,7 +43,7 @@ impl Account {
         id: &str,
         credentials: Credentials,
         quota: Option<f64>,
-        config: &DispatcherConfig,
+        config: &DispatcherSections,
     ) -> Self {
         Account {
             tenant: tenant.to_owned(),
@@ -139,7 +139,7 @@ pub struct Accounts {
 }
 
 impl Accounts {
-    pub fn from_config(config: &DispatcherConfig) -> Self {
+    pub fn from_config(config: &DispatcherSections) -> Self {
         let accounts: Vec<(&String, &str, Credentials, Option<f64>)> = match config.platform() {
             Platform::Meta => config
                 .meta

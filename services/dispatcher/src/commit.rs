@@ -134,13 +134,14 @@ impl Committer {
     }
 
     /// A new transactional producer with the same id, in place of one that
-    /// failed for good (the broker fences the old one). Blocking.
+    /// failed for good (the broker fences the old one), tried for a while
+    /// before the dispatcher gives up. Blocking.
     pub fn renew(&self) -> Result<(), KafkaError> {
         let Some(r) = &self.renewal else {
             return Ok(());
         };
         let producer =
-            TransactionalProducer::new_blocking(&r.kafka, &r.client_id, &r.transactional_id)?;
+            TransactionalProducer::renew_blocking(&r.kafka, &r.client_id, &r.transactional_id)?;
         *self.sink() = Sink::Transactional(producer);
         Ok(())
     }

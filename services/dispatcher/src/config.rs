@@ -7,167 +7,98 @@
 //! `POSTBACK_META__ACCOUNTS__DEMO__ACCESS_TOKEN=...`.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use postback_core::config::{
-    ConfigError, ConsumerConfig, KafkaConfig, LogConfig, OpsConfig, TopicsConfig, Validate,
-};
-use postback_core::eligibility::PlatformWindows;
+use postback_core::config::{ConfigError, Stage, StageConfig, Validate};
 use postback_core::Platform;
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DispatcherConfig {
+/// A dispatcher's file: the sections every stage shares and these.
+pub type DispatcherConfig = StageConfig<DispatcherSections>;
+
+/// The dispatcher's own sections.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DispatcherSections {
     /// The platform this instance serves (`--platform` sets it too).
-    #[serde(default)]
     pub platform: Option<Platform>,
-    #[serde(default)]
-    pub kafka: KafkaConfig,
-    #[serde(default)]
-    pub topics: TopicsConfig,
-    #[serde(default)]
-    pub log: LogConfig,
-    #[serde(default = "default_ops")]
-    pub ops: OpsConfig,
-    #[serde(default)]
-    pub consumer: ConsumerConfig,
-    /// How old an event each platform still accepts.
-    #[serde(default)]
-    pub platforms: PlatformWindows,
-    #[serde(default)]
     pub dispatch: DispatchConfig,
-    #[serde(default)]
     pub meta: MetaConfig,
-    #[serde(default)]
     pub google_ads: GoogleAdsConfig,
-    #[serde(default)]
     pub tiktok: TiktokConfig,
 }
 
-fn default_ops() -> OpsConfig {
-    OpsConfig {
-        listen: SocketAddr::from(([0, 0, 0, 0], 9094)),
+impl Stage for DispatcherSections {
+    const OPS_PORT: u16 = 9094;
+
+    /// One group per platform.
+    fn default_group_id(&self) -> String {
+        format!("postback-dispatcher-{}", self.platform().as_str())
     }
 }
 
 /// Batching, pacing and retries; the same for every platform.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct DispatchConfig {
     /// Most events per request; 0 means the platform's own limit (Meta
     /// 1,000, Google Ads 2,000, TikTok 1,000), and more is capped to it.
-    #[serde(default)]
     pub max_batch_events: usize,
     /// How long a batch that is not full waits for more events.
-    #[serde(default = "default_linger_ms")]
     pub linger_ms: u64,
     /// Events read and not yet committed with their outcome, over the
     /// whole instance; past it the consumer pauses (lag grows, memory does
     /// not). A last resort: per-account budgets keep it from filling.
-    #[serde(default = "default_max_pending")]
     pub max_pending_events: usize,
     /// Events of one account in memory at once (batched or in a request);
     /// past it, its newly read events wait on the retry path, so a slow or
     /// broken account delays only its own conversions.
-    #[serde(default = "default_max_pending_per_account")]
     pub max_pending_per_account: usize,
     /// Delays of the retry topics (`<dispatch topic>.retry-<delay>s`), in
     /// seconds, ascending: a conversion that has to wait goes to the one
     /// with the longest delay that does not exceed its wait, and onwards
     /// from there, so the main partition never waits for it.
-    #[serde(default = "default_retry_tiers")]
     pub retry_tiers_secs: Vec<u64>,
     /// How often finished outcomes are committed (one transaction: their
     /// status records, retry records, dead letters and input offsets).
-    #[serde(default = "default_commit_interval_ms")]
     pub commit_interval_ms: u64,
     /// Requests in flight per account at once.
-    #[serde(default = "default_concurrency")]
     pub max_concurrent_requests: usize,
     /// One request's timeout (connect, send and answer).
-    #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
     /// Failed attempts (5xx, timeouts, auth) after which a conversion is
     /// failed and dead-lettered for replay. Throttles never count.
-    #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
     /// First retry delay; doubles per failed attempt, with full jitter.
-    #[serde(default = "default_backoff_initial_ms")]
     pub backoff_initial_ms: u64,
-    #[serde(default = "default_backoff_max_ms")]
     pub backoff_max_ms: u64,
     /// Pause after a throttle answer that says nothing about when to come back.
-    #[serde(default = "default_throttle_pause_ms")]
     pub throttle_pause_ms: u64,
     /// Share of the account quota actually used, so that the instances'
     /// pacing jitter never adds up to more than the quota.
-    #[serde(default = "default_quota_headroom")]
     pub quota_headroom: f64,
     /// Split a rejected batch around the event the platform's error names
     /// (checked by sending it alone) before falling back to halving.
-    #[serde(default = "yes")]
     pub use_error_index: bool,
-}
-
-fn default_linger_ms() -> u64 {
-    250
-}
-fn default_max_pending() -> usize {
-    50_000
-}
-fn default_max_pending_per_account() -> usize {
-    10_000
-}
-fn default_retry_tiers() -> Vec<u64> {
-    vec![1, 10, 60, 600, 3600]
-}
-fn default_commit_interval_ms() -> u64 {
-    100
-}
-fn default_concurrency() -> usize {
-    4
-}
-fn default_request_timeout_ms() -> u64 {
-    30_000
-}
-fn default_max_attempts() -> u32 {
-    // With the default backoff (0.5 s doubling to 5 min): about an hour.
-    20
-}
-fn default_backoff_initial_ms() -> u64 {
-    500
-}
-fn default_backoff_max_ms() -> u64 {
-    300_000
-}
-fn default_throttle_pause_ms() -> u64 {
-    2_000
-}
-fn default_quota_headroom() -> f64 {
-    0.95
-}
-fn yes() -> bool {
-    true
 }
 
 impl Default for DispatchConfig {
     fn default() -> Self {
         DispatchConfig {
             max_batch_events: 0,
-            linger_ms: default_linger_ms(),
-            max_pending_events: default_max_pending(),
-            max_pending_per_account: default_max_pending_per_account(),
-            retry_tiers_secs: default_retry_tiers(),
-            commit_interval_ms: default_commit_interval_ms(),
-            max_concurrent_requests: default_concurrency(),
-            request_timeout_ms: default_request_timeout_ms(),
-            max_attempts: default_max_attempts(),
-            backoff_initial_ms: default_backoff_initial_ms(),
-            backoff_max_ms: default_backoff_max_ms(),
-            throttle_pause_ms: default_throttle_pause_ms(),
-            quota_headroom: default_quota_headroom(),
+            linger_ms: 250,
+            max_pending_events: 50_000,
+            max_pending_per_account: 10_000,
+            retry_tiers_secs: vec![1, 10, 60, 600, 3600],
+            commit_interval_ms: 100,
+            max_concurrent_requests: 4,
+            request_timeout_ms: 30_000,
+            // With the default backoff (0.5 s doubling to 5 min): about an hour.
+            max_attempts: 20,
+            backoff_initial_ms: 500,
+            backoff_max_ms: 300_000,
+            throttle_pause_ms: 2_000,
+            quota_headroom: 0.95,
             use_error_index: true,
         }
     }
@@ -205,29 +136,19 @@ pub fn platform_batch_limit(platform: Platform) -> usize {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct MetaConfig {
-    #[serde(default = "meta_base_url")]
     pub base_url: String,
-    #[serde(default = "meta_version")]
     pub api_version: String,
     /// Per tenant.
-    #[serde(default)]
     pub accounts: BTreeMap<String, MetaAccount>,
-}
-
-fn meta_base_url() -> String {
-    "https://graph.facebook.com".into()
-}
-fn meta_version() -> String {
-    "v25.0".into()
 }
 
 impl Default for MetaConfig {
     fn default() -> Self {
         MetaConfig {
-            base_url: meta_base_url(),
-            api_version: meta_version(),
+            base_url: "https://graph.facebook.com".into(),
+            api_version: "v25.0".into(),
             accounts: BTreeMap::new(),
         }
     }
@@ -247,42 +168,24 @@ pub struct MetaAccount {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct GoogleAdsConfig {
-    #[serde(default = "google_base_url")]
     pub base_url: String,
-    #[serde(default = "google_version")]
     pub api_version: String,
     /// OAuth 2.0 token endpoint for the refresh-token grant.
-    #[serde(default = "google_token_url")]
     pub token_url: String,
     /// Refresh an access token this long before it expires.
-    #[serde(default = "google_refresh_margin")]
     pub token_refresh_margin_secs: u64,
-    #[serde(default)]
     pub accounts: BTreeMap<String, GoogleAdsAccount>,
-}
-
-fn google_base_url() -> String {
-    "https://googleads.googleapis.com".into()
-}
-fn google_version() -> String {
-    "v23".into()
-}
-fn google_token_url() -> String {
-    "https://oauth2.googleapis.com/token".into()
-}
-fn google_refresh_margin() -> u64 {
-    300
 }
 
 impl Default for GoogleAdsConfig {
     fn default() -> Self {
         GoogleAdsConfig {
-            base_url: google_base_url(),
-            api_version: google_version(),
-            token_url: google_token_url(),
-            token_refresh_margin_secs: google_refresh_margin(),
+            base_url: "https://googleads.googleapis.com".into(),
+            api_version: "v23".into(),
+            token_url: "https://oauth2.googleapis.com/token".into(),
+            token_refresh_margin_secs: 300,
             accounts: BTreeMap::new(),
         }
     }
@@ -309,22 +212,16 @@ pub struct GoogleAdsAccount {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct TiktokConfig {
-    #[serde(default = "tiktok_base_url")]
     pub base_url: String,
-    #[serde(default)]
     pub accounts: BTreeMap<String, TiktokAccount>,
-}
-
-fn tiktok_base_url() -> String {
-    "https://business-api.tiktok.com".into()
 }
 
 impl Default for TiktokConfig {
     fn default() -> Self {
         TiktokConfig {
-            base_url: tiktok_base_url(),
+            base_url: "https://business-api.tiktok.com".into(),
             accounts: BTreeMap::new(),
         }
     }
@@ -357,18 +254,10 @@ redacted_debug!(MetaAccount, pixel_id);
 redacted_debug!(GoogleAdsAccount, customer_id);
 redacted_debug!(TiktokAccount, pixel_code);
 
-impl DispatcherConfig {
+impl DispatcherSections {
     /// The platform, once validated.
     pub fn platform(&self) -> Platform {
         self.platform.unwrap_or(Platform::Meta)
-    }
-
-    /// The consumer group: one per platform unless configured.
-    pub fn group_id(&self) -> String {
-        self.consumer
-            .group_id
-            .clone()
-            .unwrap_or_else(|| format!("postback-dispatcher-{}", self.platform().as_str()))
     }
 }
 
@@ -405,7 +294,7 @@ fn check_digits(key: String, value: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-impl Validate for DispatcherConfig {
+impl Validate for DispatcherSections {
     fn validate(&self) -> Result<(), ConfigError> {
         if self.platform.is_none() {
             return Err(ConfigError::invalid(
@@ -413,10 +302,6 @@ impl Validate for DispatcherConfig {
                 "must be set (meta, google_ads or tiktok), in the file, POSTBACK_PLATFORM or --platform",
             ));
         }
-        self.kafka.validate()?;
-        self.topics.validate()?;
-        self.consumer.validate()?;
-        self.platforms.validate()?;
         let d = &self.dispatch;
         if d.max_batch_events > 2000 {
             return Err(ConfigError::invalid(
@@ -535,16 +420,6 @@ impl Validate for DispatcherConfig {
     }
 }
 
-impl postback_core::service::ServiceConfig for DispatcherConfig {
-    fn log(&self) -> &LogConfig {
-        &self.log
-    }
-
-    fn listen(&self) -> SocketAddr {
-        self.ops.listen
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -554,10 +429,7 @@ mod tests {
     }
 
     fn load_env(toml: &str, env: Vec<(String, String)>) -> Result<DispatcherConfig, ConfigError> {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("d.toml");
-        std::fs::write(&path, toml).unwrap();
-        postback_core::config::load_from(Some(&path), env)
+        postback_core::config::load_toml(toml, env)
     }
 
     #[test]
@@ -565,8 +437,8 @@ mod tests {
         assert_eq!(load("").unwrap_err().key(), Some("platform"));
         let c = load("platform = \"google_ads\"").unwrap();
         assert_eq!(c.group_id(), "postback-dispatcher-google_ads");
-        assert_eq!(c.dispatch.batch_limit(Platform::GoogleAds), 2000);
-        assert_eq!(c.dispatch.batch_limit(Platform::Meta), 1000);
+        assert_eq!(c.stage.dispatch.batch_limit(Platform::GoogleAds), 2000);
+        assert_eq!(c.stage.dispatch.batch_limit(Platform::Meta), 1000);
     }
 
     #[test]
@@ -579,7 +451,7 @@ mod tests {
             )],
         )
         .unwrap();
-        let account = &c.meta.accounts["demo"];
+        let account = &c.stage.meta.accounts["demo"];
         assert_eq!(account.access_token, "EAAsecret");
         let printed = format!("{c:?}");
         assert!(!printed.contains("EAAsecret") && printed.contains("123"));

@@ -30,6 +30,7 @@ use postback_core::model::now_millis;
 use rand::Rng;
 use serde_json::Value;
 use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::SemaphorePermit;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -75,6 +76,8 @@ impl Engine {
         }
     }
 
+    /// One request for `part`: wait for the account's turn, send, and act
+    /// on the answer (which may push splits of it onto `work`).
     async fn attempt(
         &self,
         account: &Account,
@@ -82,25 +85,12 @@ impl Engine {
         part: Part,
         work: &mut Vec<Part>,
     ) {
-        let Some(mut events) = self.sendable(account, part.events) else {
+        let Some(events) = self.sendable(account, part.events) else {
             return;
         };
-        let waited = Instant::now();
-        let Ok(permit) = account.requests.acquire().await else {
+        let Some((permit, mut events)) = self.wait_for_turn(account, events).await else {
             return;
         };
-        tokio::select! {
-            _ = self.shutdown.cancelled() => return,
-            _ = account.pacer.wait() => {}
-        }
-        // A rebalance, a pause or a deadline that passed while it queued
-        // for its slot.
-        let Some(sendable) = self.sendable(account, std::mem::take(&mut events)) else {
-            return;
-        };
-        let mut events = sendable;
-        self.metrics.quota_wait(waited.elapsed().as_secs_f64());
-
         let rows: Vec<&Value> = events.iter().map(|p| &p.row).collect();
         self.metrics.in_flight.inc();
         let started = Instant::now();
@@ -119,6 +109,25 @@ impl Engine {
             p.sends += 1;
         }
         self.answered(account, events, answer, work);
+    }
+
+    /// Waits for one of the account's request slots and its pace, then
+    /// checks `events` again: a rebalance, a pause or a deadline may have
+    /// come while they queued. The permit holds the slot until the answer.
+    async fn wait_for_turn<'a>(
+        &self,
+        account: &'a Account,
+        events: Vec<Pending>,
+    ) -> Option<(SemaphorePermit<'a>, Vec<Pending>)> {
+        let waited = Instant::now();
+        let permit = account.requests.acquire().await.ok()?;
+        tokio::select! {
+            _ = self.shutdown.cancelled() => return None,
+            _ = account.pacer.wait() => {}
+        }
+        let events = self.sendable(account, events)?;
+        self.metrics.quota_wait(waited.elapsed().as_secs_f64());
+        Some((permit, events))
     }
 
     /// What of `events` may be sent now: the others get their outcome
@@ -156,10 +165,12 @@ impl Engine {
         Some(events)
     }
 
+    /// Acts on the adapter's reading of the answer (the module docs say
+    /// what each kind leads to).
     fn answered(
         &self,
         account: &Account,
-        mut events: Vec<Pending>,
+        events: Vec<Pending>,
         answer: Answer,
         work: &mut Vec<Part>,
     ) {
@@ -188,52 +199,14 @@ impl Engine {
                         Final::Rejected { reason, request_id }
                     };
                     self.finish_all(events, last);
-                    return;
-                }
-                // Processed last-in first-out: the suspect (or first half) next.
-                match index.filter(|i| self.settings.use_error_index && *i < events.len()) {
-                    Some(i) => {
-                        let suspect = events.remove(i);
-                        work.push(Part {
-                            events,
-                            isolating: true,
-                        });
-                        work.push(Part {
-                            events: vec![suspect],
-                            isolating: true,
-                        });
-                    }
-                    None => {
-                        let second = events.split_off(events.len() / 2);
-                        work.push(Part {
-                            events: second,
-                            isolating: true,
-                        });
-                        work.push(Part {
-                            events,
-                            isolating: true,
-                        });
-                    }
+                } else {
+                    self.isolate(events, index, work);
                 }
             }
             Answer::Throttled {
                 reason,
                 retry_after,
-            } => {
-                // Honour Retry-After, but never a tight loop on "0".
-                let pause = Duration::from_millis(self.settings.throttle_pause_ms);
-                let retry_after = retry_after
-                    .map(|d| d.clamp(pause.min(Duration::from_secs(1)), MAX_PLATFORM_DELAY));
-                let until = account.throttled(retry_after, pause, &reason);
-                self.metrics.retries("throttled", events.len());
-                let not_before_ms =
-                    at_millis_from_now(until.saturating_duration_since(Instant::now()));
-                self.resolve_all(events, |_| Resolution::Retry {
-                    not_before_ms,
-                    reason: reason.clone(),
-                    status: true,
-                });
-            }
+            } => self.throttled(account, events, reason, retry_after),
             Answer::Transient {
                 reason,
                 retry_after,
@@ -242,6 +215,53 @@ impl Engine {
                 self.failed_attempt(account, events, reason, retry_after);
             }
         }
+    }
+
+    /// A batch the platform refused as a whole is split and each part sent
+    /// again at once, so the bad event ends alone and every other one is
+    /// delivered. The suspect the platform named (when trusted) goes alone
+    /// and the rest together; otherwise halves. Parts are taken last-in
+    /// first-out: the suspect (or first half) next.
+    fn isolate(&self, mut events: Vec<Pending>, index: Option<usize>, work: &mut Vec<Part>) {
+        let (rest, next) =
+            match index.filter(|i| self.settings.use_error_index && *i < events.len()) {
+                Some(i) => {
+                    let suspect = events.remove(i);
+                    (events, vec![suspect])
+                }
+                None => {
+                    let second = events.split_off(events.len() / 2);
+                    (second, events)
+                }
+            };
+        for events in [rest, next] {
+            work.push(Part {
+                events,
+                isolating: true,
+            });
+        }
+    }
+
+    /// The whole account pauses (Retry-After, never a tight loop on "0",
+    /// or a doubling pause) and the events wait for its end; not a failure.
+    fn throttled(
+        &self,
+        account: &Account,
+        events: Vec<Pending>,
+        reason: Reason,
+        retry_after: Option<Duration>,
+    ) {
+        let pause = Duration::from_millis(self.settings.throttle_pause_ms);
+        let retry_after =
+            retry_after.map(|d| d.clamp(pause.min(Duration::from_secs(1)), MAX_PLATFORM_DELAY));
+        let until = account.throttled(retry_after, pause, &reason);
+        self.metrics.retries("throttled", events.len());
+        let not_before_ms = at_millis_from_now(until.saturating_duration_since(Instant::now()));
+        self.resolve_all(events, |_| Resolution::Retry {
+            not_before_ms,
+            reason: reason.clone(),
+            status: true,
+        });
     }
 
     fn rows(&self, events: Vec<Pending>, rows: Vec<RowResult>, request_id: Option<String>) {
@@ -339,6 +359,9 @@ impl Engine {
 
     /// Exponential backoff with jitter: between half and all of
     /// initial * 2^(attempt-1), capped; never zero, never in lockstep.
+    /// Not a retry crate's: the attempt count travels with the event on the
+    /// retry topics (across restarts and instances), so the delay is a
+    /// function of that count, not of an in-process retry loop's state.
     fn backoff(&self, attempt: u32) -> Duration {
         let initial = self.settings.backoff_initial_ms as f64;
         let max = self.settings.backoff_max_ms as f64;

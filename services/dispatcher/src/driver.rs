@@ -748,23 +748,9 @@ impl Driver {
         Ok(())
     }
 
-    /// A new transactional producer, trying for a while before the
-    /// dispatcher gives up.
     fn renew_producer(&self) -> Result<(), DriverError> {
-        let mut backoff = Duration::from_secs(1);
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match postback_core::kafka::run_blocking(|| self.shared.committer.renew()) {
-                Ok(()) => return Ok(()),
-                Err(e) if attempt < 10 => {
-                    tracing::warn!(error = %e, attempt, "cannot start a new transactional producer yet");
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
-                }
-                Err(e) => return Err(DriverError::Renew(e)),
-            }
-        }
+        postback_core::kafka::run_blocking(|| self.shared.committer.renew())
+            .map_err(DriverError::Renew)
     }
 
     /// Reads every owned partition again from its last commit, under a new

@@ -89,13 +89,13 @@ pub async fn run(
     ops_listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), DispatcherError> {
-    let platform = config.platform();
+    let platform = config.stage.platform();
     let service_metrics = ServiceMetrics::new(SERVICE);
     let metrics = DispatchMetrics::new(&service_metrics, platform);
     let readiness = Readiness::new();
     let client_id = format!("postback-dispatcher-{}", platform.as_str());
     let main_topic = config.topics.dispatch(platform);
-    let tiers = Tiers::new(&main_topic, &config.dispatch.retry_tiers());
+    let tiers = Tiers::new(&main_topic, &config.stage.dispatch.retry_tiers());
     ensure_retry_topics(&config.kafka, &main_topic, &tiers).await?;
     let (sink, renewal) = if config.consumer.exactly_once {
         let transactional_id = transactional_id(
@@ -130,13 +130,15 @@ pub async fn run(
         metrics.clone(),
     ));
     let http = reqwest::Client::builder()
-        .timeout(Duration::from_millis(config.dispatch.request_timeout_ms))
+        .timeout(Duration::from_millis(
+            config.stage.dispatch.request_timeout_ms,
+        ))
         .connect_timeout(Duration::from_secs(10))
         .pool_idle_timeout(Duration::from_secs(60))
         .user_agent(concat!("postback-dispatcher/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(DispatcherError::Http)?;
-    let accounts = Arc::new(Accounts::from_config(&config));
+    let accounts = Arc::new(Accounts::from_config(&config.stage));
     if accounts.is_empty() {
         tracing::warn!(
             platform = platform.as_str(),
@@ -145,9 +147,9 @@ pub async fn run(
     }
     let (resolved_tx, resolved_rx) = tokio::sync::mpsc::unbounded_channel();
     let engine = Arc::new(Engine {
-        adapter: Adapter::new(&config, http),
+        adapter: Adapter::new(&config.stage, http),
         ownership,
-        settings: config.dispatch.clone(),
+        settings: config.stage.dispatch.clone(),
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),
         resolved: resolved_tx,
@@ -165,11 +167,11 @@ pub async fn run(
             group_id: config.group_id(),
             platform,
             windows: config.platforms.clone(),
-            batch_limit: config.dispatch.batch_limit(platform),
-            linger: config.dispatch.linger(),
-            max_pending: config.dispatch.max_pending_events,
-            commit_interval: Duration::from_millis(config.dispatch.commit_interval_ms),
-            drain: Duration::from_millis(config.dispatch.request_timeout_ms)
+            batch_limit: config.stage.dispatch.batch_limit(platform),
+            linger: config.stage.dispatch.linger(),
+            max_pending: config.stage.dispatch.max_pending_events,
+            commit_interval: Duration::from_millis(config.stage.dispatch.commit_interval_ms),
+            drain: Duration::from_millis(config.stage.dispatch.request_timeout_ms)
                 + Duration::from_secs(5),
         },
         DriverParts {

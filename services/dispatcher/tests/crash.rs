@@ -33,8 +33,8 @@ async fn a_killed_dispatcher_resumes_without_losing_or_double_counting() {
         .collect();
     rig.fill(Platform::Meta, &events).await;
     let mut config = rig.config(Platform::Meta);
-    config.dispatch.max_batch_events = 10;
-    config.dispatch.max_concurrent_requests = 2;
+    config.stage.dispatch.max_batch_events = 10;
+    config.stage.dispatch.max_concurrent_requests = 2;
 
     let mut first = Process::start(&config);
     let partial = rig
@@ -101,6 +101,6 @@ async fn a_killed_dispatcher_resumes_without_losing_or_double_counting() {
         "killed with {} final outcomes committed ({before_kill} seen before the kill); resends absorbed by the platform's dedup: {} (requests in flight at most {})",
         committed.len(),
         resent.len(),
-        config.dispatch.max_batch_events * config.dispatch.max_concurrent_requests
+        config.stage.dispatch.max_batch_events * config.stage.dispatch.max_concurrent_requests
     );
 }

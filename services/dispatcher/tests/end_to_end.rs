@@ -12,7 +12,6 @@ use postback_core::config::{Compression, KafkaConfig, SaslMechanism, TopicsConfi
 use postback_core::model::ServerSideStatus;
 use postback_core::Platform;
 use postback_testkit::unique;
-use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use support::*;
@@ -29,11 +28,7 @@ fn hex_lower(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-fn load<T: DeserializeOwned + postback_core::config::Validate>(
-    dir: &Path,
-    name: &str,
-    toml: &str,
-) -> T {
+fn load<T: postback_core::config::Configuration>(dir: &Path, name: &str, toml: &str) -> T {
     let path = dir.join(name);
     std::fs::write(&path, toml).expect("write config");
     postback_core::config::load_from(Some(&path), vec![]).expect("valid config")

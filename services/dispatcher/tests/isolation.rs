@@ -66,17 +66,18 @@ async fn a_tenant_whose_account_answers_401_for_minutes_slows_no_other_tenant() 
         },
     );
     let mut config = rig.config(Platform::Meta);
-    config.dispatch.max_batch_events = BATCH;
+    config.stage.dispatch.max_batch_events = BATCH;
     // Retried, never given up, for as long as the token is broken.
-    config.dispatch.max_attempts = 1000;
+    config.stage.dispatch.max_attempts = 1000;
     // The shop's token expired: Meta answers 401, code 190.
     config
+        .stage
         .meta
         .accounts
         .get_mut(TENANT)
         .expect("shop account")
         .access_token = "EAAexpiredToken".into();
-    config.meta.accounts.insert(
+    config.stage.meta.accounts.insert(
         OTHER.into(),
         MetaAccount {
             pixel_id: OTHER_PIXEL.into(),
@@ -85,7 +86,7 @@ async fn a_tenant_whose_account_answers_401_for_minutes_slows_no_other_tenant() 
             quota_per_sec: Some(f64::from(QUOTA)),
         },
     );
-    let ceiling = f64::from(QUOTA) * config.dispatch.quota_headroom * BATCH as f64;
+    let ceiling = f64::from(QUOTA) * config.stage.dispatch.quota_headroom * BATCH as f64;
     let now = now_ms();
     let others: Vec<_> = (0..(ceiling as usize * 150))
         .map(|i| other_conversion(&format!("other-{i:06}"), now))
@@ -178,7 +179,7 @@ async fn a_throttled_account_never_holds_the_commit_and_a_restart_sends_nothing_
         },
     );
     let mut config = rig.config(Platform::Meta);
-    config.meta.accounts.insert(
+    config.stage.meta.accounts.insert(
         OTHER.into(),
         MetaAccount {
             pixel_id: OTHER_PIXEL.into(),

@@ -125,8 +125,8 @@ async fn without_an_error_index_halving_finds_the_bad_events() {
         .collect();
     rig.send(Platform::Tiktok, &events).await;
     let mut config = rig.config(Platform::Tiktok);
-    config.dispatch.use_error_index = false;
-    config.dispatch.linger_ms = 500;
+    config.stage.dispatch.use_error_index = false;
+    config.stage.dispatch.linger_ms = 500;
     let d = InProcess::start(config).await;
     let statuses = rig
         .statuses_until(WAIT, |s| finals(s, Platform::Tiktok).len() == 64)
@@ -170,10 +170,10 @@ async fn a_throttle_storm_is_ridden_out_without_loss_or_failure() {
         },
     );
     let mut meta_config = rig.config(Platform::Meta);
-    meta_config.dispatch.max_batch_events = 10;
+    meta_config.stage.dispatch.max_batch_events = 10;
     let mut google_config = rig.config(Platform::GoogleAds);
-    google_config.dispatch.max_batch_events = 20;
-    google_config.dispatch.max_concurrent_requests = 8;
+    google_config.stage.dispatch.max_batch_events = 20;
+    google_config.stage.dispatch.max_concurrent_requests = 8;
     let meta = InProcess::start(meta_config).await;
     let google = InProcess::start(google_config).await;
     rig.send(Platform::Meta, &events).await;
@@ -286,7 +286,7 @@ async fn an_outage_delays_only_its_platform_and_everything_arrives_after() {
     for p in Platform::ALL {
         let mut config = rig.config(p);
         // Hold on for the whole outage (the default is about an hour).
-        config.dispatch.max_attempts = 1000;
+        config.stage.dispatch.max_attempts = 1000;
         running.push(InProcess::start(config).await);
         rig.send(p, &events).await;
     }
@@ -348,7 +348,7 @@ async fn a_conversion_failing_past_the_limit_is_failed_and_dead_lettered() {
     )
     .await;
     let mut config = rig.config(Platform::Tiktok);
-    config.dispatch.max_attempts = 3;
+    config.stage.dispatch.max_attempts = 3;
     let d = InProcess::start(config).await;
     let statuses = rig
         .statuses_until(WAIT, |s| finals(s, Platform::Tiktok).len() == 2)
@@ -525,10 +525,10 @@ async fn an_account_the_token_may_not_use_fails_for_replay_and_rejects_nothing()
     .await;
     let mut config = rig.config(Platform::Meta);
     // Our token is valid, but not for this pixel: Meta's 100/33.
-    if let Some(a) = config.meta.accounts.get_mut(TENANT) {
+    if let Some(a) = config.stage.meta.accounts.get_mut(TENANT) {
         a.pixel_id = "999".into();
     }
-    config.dispatch.max_attempts = 2;
+    config.stage.dispatch.max_attempts = 2;
     let d = InProcess::start(config).await;
     let statuses = rig
         .statuses_until(WAIT, |s| finals(s, Platform::Meta).len() == 2)

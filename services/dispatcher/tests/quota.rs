@@ -31,10 +31,10 @@ async fn three_instances_use_the_quota_and_never_exceed_it() {
     rig.fill(Platform::Meta, &backlog).await;
 
     let mut config = rig.config(Platform::Meta);
-    config.dispatch.max_batch_events = 4;
-    config.dispatch.max_concurrent_requests = 8;
-    config.dispatch.linger_ms = 20;
-    if let Some(a) = config.meta.accounts.get_mut(TENANT) {
+    config.stage.dispatch.max_batch_events = 4;
+    config.stage.dispatch.max_concurrent_requests = 8;
+    config.stage.dispatch.linger_ms = 20;
+    if let Some(a) = config.stage.meta.accounts.get_mut(TENANT) {
         a.quota_per_sec = Some(f64::from(QUOTA));
     }
     let mut instances = Vec::new();

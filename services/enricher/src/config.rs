@@ -2,37 +2,26 @@
 //! missing consent means for it, and each platform's acceptance window.
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::SocketAddr;
 
-use postback_core::config::{
-    ConfigError, ConsumerConfig, KafkaConfig, LogConfig, OpsConfig, TopicsConfig, Validate,
-};
-use postback_core::eligibility::PlatformWindows;
+use postback_core::config::{ConfigError, Stage, StageConfig, Validate};
 use postback_core::Platform;
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EnricherConfig {
-    #[serde(default)]
-    pub kafka: KafkaConfig,
-    #[serde(default)]
-    pub topics: TopicsConfig,
-    #[serde(default)]
-    pub log: LogConfig,
-    #[serde(default = "default_ops")]
-    pub ops: OpsConfig,
-    #[serde(default)]
-    pub consumer: ConsumerConfig,
-    #[serde(default)]
-    pub platforms: PlatformWindows,
-    #[serde(default)]
+/// The enricher's file: the sections every stage shares and these.
+pub type EnricherConfig = StageConfig<EnricherSections>;
+
+/// The enricher's own sections.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EnricherSections {
     pub tenants: Vec<TenantConfig>,
 }
 
-fn default_ops() -> OpsConfig {
-    OpsConfig {
-        listen: SocketAddr::from(([0, 0, 0, 0], 9091)),
+impl Stage for EnricherSections {
+    const OPS_PORT: u16 = 9091;
+
+    fn default_group_id(&self) -> String {
+        "postback-enricher".into()
     }
 }
 
@@ -53,19 +42,13 @@ pub struct RegionConsent {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct TenantConsent {
     /// Missing consent outside the listed regions. Denied by default: a
     /// conversion is only uploaded with a positive signal unless the tenant
     /// says otherwise.
-    #[serde(default = "denied")]
     pub default: ConsentDefault,
-    #[serde(default)]
     pub regions: Vec<RegionConsent>,
-}
-
-fn denied() -> ConsentDefault {
-    ConsentDefault::Denied
 }
 
 impl Default for TenantConsent {
@@ -106,7 +89,7 @@ pub struct TenantConfig {
     pub consent: TenantConsent,
 }
 
-impl EnricherConfig {
+impl EnricherSections {
     pub fn tenants(&self) -> BTreeMap<String, TenantConfig> {
         self.tenants
             .iter()
@@ -119,12 +102,8 @@ fn is_alpha2(s: &str) -> bool {
     s.len() == 2 && s.chars().all(|c| c.is_ascii_alphabetic())
 }
 
-impl Validate for EnricherConfig {
+impl Validate for EnricherSections {
     fn validate(&self) -> Result<(), ConfigError> {
-        self.kafka.validate()?;
-        self.topics.validate()?;
-        self.consumer.validate()?;
-        self.platforms.validate()?;
         let mut seen = HashSet::new();
         for (i, t) in self.tenants.iter().enumerate() {
             if t.id.is_empty() || !seen.insert(t.id.clone()) {
@@ -153,15 +132,5 @@ impl Validate for EnricherConfig {
             }
         }
         Ok(())
-    }
-}
-
-impl postback_core::service::ServiceConfig for EnricherConfig {
-    fn log(&self) -> &LogConfig {
-        &self.log
-    }
-
-    fn listen(&self) -> SocketAddr {
-        self.ops.listen
     }
 }

@@ -46,17 +46,13 @@ pub async fn run(
     let dead_letters = DeadLetters::new(handler::STAGE, config.topics.rejected.clone());
     let consumer = ConsumerLoop::new(
         &config.kafka,
-        config.consumer.loop_config(
-            "postback-enricher",
-            "postback-enricher",
-            vec![config.topics.raw.clone()],
-        ),
+        config.loop_config("postback-enricher", vec![config.topics.raw.clone()]),
         dead_letters.clone(),
         &service_metrics,
     )
     .await?;
     let mut handler = handler::EnrichHandler::new(
-        enrich::Enricher::new(config.tenants(), config.platforms.clone()),
+        enrich::Enricher::new(config.stage.tenants(), config.platforms.clone()),
         config.topics.enriched.clone(),
         dead_letters,
         metrics,

@@ -8,7 +8,9 @@ use postback_core::config::TopicsConfig;
 use postback_core::kafka::InboundRecord;
 use postback_core::model::*;
 use postback_core::{Codec, Platform, SchemaKind};
-use postback_enricher::config::{ConsentDefault, EnricherConfig, TenantConfig, TenantConsent};
+use postback_enricher::config::{
+    ConsentDefault, EnricherConfig, EnricherSections, TenantConfig, TenantConsent,
+};
 use postback_testkit::{unique, Broker};
 use tokio_util::sync::CancellationToken;
 
@@ -41,23 +43,25 @@ async fn start(broker: &Broker) -> Running {
             ..Default::default()
         },
         platforms: Default::default(),
-        tenants: vec![
-            TenantConfig {
-                id: "acme".into(),
-                default_country: Some("US".into()),
-                platforms: Platform::ALL.to_vec(),
-                consent: TenantConsent {
-                    default: ConsentDefault::Granted,
-                    regions: vec![],
+        stage: EnricherSections {
+            tenants: vec![
+                TenantConfig {
+                    id: "acme".into(),
+                    default_country: Some("US".into()),
+                    platforms: Platform::ALL.to_vec(),
+                    consent: TenantConsent {
+                        default: ConsentDefault::Granted,
+                        regions: vec![],
+                    },
                 },
-            },
-            TenantConfig {
-                id: "metaonly".into(),
-                default_country: Some("FR".into()),
-                platforms: vec![Platform::Meta],
-                consent: TenantConsent::default(),
-            },
-        ],
+                TenantConfig {
+                    id: "metaonly".into(),
+                    default_country: Some("FR".into()),
+                    platforms: vec![Platform::Meta],
+                    consent: TenantConsent::default(),
+                },
+            ],
+        },
     };
     postback_core::config::Validate::validate(&config).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

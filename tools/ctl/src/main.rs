@@ -71,6 +71,8 @@ impl Validate for ConnectionOnly {
     }
 }
 
+impl postback_core::config::PlainConfiguration for ConnectionOnly {}
+
 fn kafka_config(file: Option<String>, bootstrap: Option<String>) -> anyhow::Result<KafkaConfig> {
     let env: Vec<(String, String)> = std::env::vars()
         .filter(|(k, _)| k.starts_with("POSTBACK_KAFKA__"))

@@ -12,115 +12,76 @@ use serde::{Deserialize, Serialize};
 use crate::faults::{FaultSpec, InjectedError};
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct SandboxConfig {
-    #[serde(default)]
     pub http: HttpConfig,
-    #[serde(default)]
     pub log: LogConfig,
-    #[serde(default)]
     pub rules: RulesConfig,
-    #[serde(default)]
     pub meta: MetaConfig,
-    #[serde(default)]
     pub google_ads: GoogleAdsConfig,
-    #[serde(default)]
     pub tiktok: TiktokConfig,
     /// Quotas, latency, error rates and outages per platform account.
-    #[serde(default)]
     pub faults: Vec<FaultRule>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
     /// The platform endpoints, the admin API and /healthz /readyz /metrics share it.
-    #[serde(default = "default_listen")]
     pub listen: SocketAddr,
     /// Larger bodies get HTTP 413; a full Google batch of 2,000 rows is ~2 MB.
-    #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
-}
-
-fn default_listen() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 8090))
-}
-fn default_max_body() -> usize {
-    32 * 1024 * 1024
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
-            listen: default_listen(),
-            max_body_bytes: default_max_body(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8090)),
+            max_body_bytes: 32 * 1024 * 1024,
         }
     }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct RulesConfig {
     /// How long Meta and TikTok remember an event id for dedup (48 h on both).
-    #[serde(default = "default_dedup_window")]
     pub dedup_window_secs: u64,
     /// How far ahead of the sandbox clock an event time may be.
-    #[serde(default = "default_max_future")]
     pub max_future_secs: u64,
     /// Accepted events, duplicates and rejections kept for the admin API
     /// (each list separately); the oldest go first.
-    #[serde(default = "default_max_records")]
     pub max_records: usize,
-}
-
-fn default_dedup_window() -> u64 {
-    48 * 3600
-}
-fn default_max_future() -> u64 {
-    300
-}
-fn default_max_records() -> usize {
-    100_000
 }
 
 impl Default for RulesConfig {
     fn default() -> Self {
         RulesConfig {
-            dedup_window_secs: default_dedup_window(),
-            max_future_secs: default_max_future(),
-            max_records: default_max_records(),
+            dedup_window_secs: 48 * 3600,
+            max_future_secs: 300,
+            max_records: 100_000,
         }
     }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct MetaConfig {
-    #[serde(default)]
     pub pixels: Vec<MetaPixel>,
     /// The Graph API error code of a throttled request. The reference lists
     /// 4, 17 and 341 (32 and 613 seen in the wild); 17 is the per-account one.
-    #[serde(default = "default_meta_throttle_code")]
     pub throttle_code: i64,
     /// The reference leaves the HTTP status of a Meta throttle open ([?]);
     /// dispatchers must key on the code. 429 unless configured.
-    #[serde(default = "default_meta_throttle_status")]
     pub throttle_http_status: u16,
-}
-
-fn default_meta_throttle_code() -> i64 {
-    17
-}
-fn default_meta_throttle_status() -> u16 {
-    429
 }
 
 impl Default for MetaConfig {
     fn default() -> Self {
         MetaConfig {
             pixels: Vec::new(),
-            throttle_code: default_meta_throttle_code(),
-            throttle_http_status: default_meta_throttle_status(),
+            throttle_code: 17,
+            throttle_http_status: 429,
         }
     }
 }
@@ -133,33 +94,24 @@ pub struct MetaPixel {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct GoogleAdsConfig {
     /// Accepted `developer-token` header values.
-    #[serde(default)]
     pub developer_tokens: Vec<String>,
     /// Lifetime of access tokens issued by POST /token.
-    #[serde(default = "default_token_lifetime")]
     pub access_token_lifetime_secs: u64,
-    #[serde(default)]
     pub oauth_clients: Vec<OAuthClient>,
     /// Bearer tokens that never expire, for curl sessions; dispatchers
     /// should go through /token so refresh is exercised.
-    #[serde(default)]
     pub static_access_tokens: Vec<String>,
-    #[serde(default)]
     pub customers: Vec<GoogleCustomer>,
-}
-
-fn default_token_lifetime() -> u64 {
-    3600
 }
 
 impl Default for GoogleAdsConfig {
     fn default() -> Self {
         GoogleAdsConfig {
             developer_tokens: Vec::new(),
-            access_token_lifetime_secs: default_token_lifetime(),
+            access_token_lifetime_secs: 3600,
             oauth_clients: Vec::new(),
             static_access_tokens: Vec::new(),
             customers: Vec::new(),
@@ -194,9 +146,8 @@ fn yes() -> bool {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct TiktokConfig {
-    #[serde(default)]
     pub pixels: Vec<TiktokPixel>,
 }
 
@@ -410,6 +361,8 @@ impl Validate for SandboxConfig {
         Ok(())
     }
 }
+
+impl postback_core::config::PlainConfiguration for SandboxConfig {}
 
 impl postback_core::service::ServiceConfig for SandboxConfig {
     fn log(&self) -> &LogConfig {

@@ -36,24 +36,18 @@ pub enum InjectedError {
 
 /// The faults of one platform account (or of every account, under "*").
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct FaultSpec {
     /// Requests per second admitted; the rest get the platform's throttle error.
-    #[serde(default)]
     pub quota_per_sec: Option<u32>,
     /// Added to every request before it is answered.
-    #[serde(default)]
     pub latency_ms: u64,
     /// Share of requests (0.0-1.0) answered with `error`.
-    #[serde(default)]
     pub error_rate: f64,
-    #[serde(default)]
     pub error: InjectedError,
     /// Every request answers 503 for this long from when the rule is set.
-    #[serde(default)]
     pub outage_secs: Option<u64>,
     /// Every request answers 503 until this Unix time (seconds).
-    #[serde(default)]
     pub outage_until: Option<i64>,
 }
 

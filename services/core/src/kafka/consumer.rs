@@ -43,10 +43,13 @@ use crate::kafka::batch_writer::{
 };
 use crate::kafka::client_config::consumer_config;
 use crate::kafka::handler::{HandlerError, InboundRecord, RecordHandler, TopicPartition};
-use crate::kafka::producer::{OutboundRecord, Producer};
+use crate::kafka::producer::{Delivered, OutboundRecord, Producer};
 use crate::kafka::rebalance::{AssignmentChange, LoopContext};
 use crate::kafka::transaction::{TransactionError, TransactionalProducer};
 use crate::metrics::{batch_size_buckets, latency_buckets, ServiceMetrics};
+
+/// The next offset to read, per input partition.
+type Offsets = BTreeMap<TopicPartition, i64>;
 
 #[derive(Debug, Clone)]
 pub struct ConsumerLoopConfig {
@@ -150,7 +153,7 @@ pub struct ConsumerLoop {
     /// group checks the generation of whoever sends offsets, so even a
     /// transaction of tick outputs alone is fenced if this instance lost
     /// its partitions.
-    committed: BTreeMap<TopicPartition, i64>,
+    committed: Offsets,
 }
 
 /// One cycle's input: the records collected, and whether the tick is due.
@@ -223,6 +226,9 @@ impl ConsumerLoop {
         result
     }
 
+    /// One cycle per batch: read it, let the handler turn it (and, when due,
+    /// its tick) into outputs, and commit those with the batch's offsets. A
+    /// tick's outputs ride in the same transaction as the batch's.
     async fn run_batches<H: RecordHandler>(
         &mut self,
         handler: &mut H,
@@ -293,6 +299,11 @@ impl ConsumerLoop {
 
     /// Makes the batch's outputs durable with its offsets. False when the
     /// loop should stop (shutdown while the broker would not take them).
+    ///
+    /// Whatever the writer answers, the handler hears exactly one of
+    /// `on_acknowledged` (the batch is durable) or `on_aborted` (nothing of
+    /// it is, and its records are read again), so its staged state never
+    /// runs ahead of what the topics hold.
     async fn commit<H: RecordHandler>(
         &mut self,
         handler: &mut H,
@@ -300,15 +311,7 @@ impl ConsumerLoop {
         outputs: &mut [OutboundRecord],
         shutdown: &CancellationToken,
     ) -> Result<bool, ConsumerLoopError> {
-        let mut offsets = self.committed.clone();
-        for r in &batch.records {
-            let tp = TopicPartition {
-                topic: r.topic.clone(),
-                partition: r.partition,
-            };
-            let next = offsets.entry(tp).or_insert(0);
-            *next = (*next).max(r.offset + 1);
-        }
+        let offsets = self.offsets_after(&batch.records);
         let written = self
             .writer
             .write(
@@ -321,75 +324,80 @@ impl ConsumerLoop {
                 shutdown,
             )
             .await;
-        let written = match written {
-            Ok(w) => w,
+        match written {
+            Ok(Written::Done(deliveries)) => {
+                self.acknowledged(handler, batch, offsets, &deliveries)?;
+                Ok(true)
+            }
+            Ok(Written::Fenced) => {
+                // The group moved partitions under us: the next poll tells
+                // which are still ours, and those are read again.
+                handler.on_aborted();
+                self.rewind(&batch.records);
+                Ok(true)
+            }
+            Ok(Written::Stopped) => {
+                handler.on_aborted();
+                Ok(false)
+            }
             Err(WriterFailed(TransactionError::Fatal(reason))) => {
-                // Nothing of the transaction is visible: forget the batch,
-                // read it again, with a producer that fences this one.
                 tracing::error!(%reason, "the transactional producer failed for good; a new one takes over and the batch is read again");
                 handler.on_aborted();
                 self.rewind(&batch.records);
                 self.renew_producer(shutdown).await?;
-                return Ok(true);
-            }
-            Err(e) => return Err(ConsumerLoopError::Transaction(e.0)),
-        };
-        match written {
-            Written::Done(deliveries) => {
-                self.committed = offsets;
-                handler
-                    .on_acknowledged(&deliveries)
-                    .map_err(ConsumerLoopError::Handler)?;
-                self.count(batch);
                 Ok(true)
             }
-            Written::Fenced => {
-                // The group moved partitions under us: forget the batch's
-                // effects and read it again from where it started; the next
-                // poll tells which partitions are still ours.
-                handler.on_aborted();
-                self.rewind(&batch.records);
-                Ok(true)
-            }
-            Written::Stopped => {
-                handler.on_aborted();
-                Ok(false)
-            }
+            Err(e) => Err(ConsumerLoopError::Transaction(e.0)),
         }
     }
 
+    /// The next offset to read per partition once `records` are committed.
+    /// Starts from what is committed already, so a partition the batch has
+    /// no record of keeps its offset and a commit never moves one back.
+    fn offsets_after(&self, records: &[InboundRecord]) -> Offsets {
+        let mut offsets = self.committed.clone();
+        for r in records {
+            let tp = TopicPartition {
+                topic: r.topic.clone(),
+                partition: r.partition,
+            };
+            let next = offsets.entry(tp).or_insert(0);
+            *next = (*next).max(r.offset + 1);
+        }
+        offsets
+    }
+
+    /// The batch is durable: only now do the committed offsets move and the
+    /// handler learn where its outputs landed.
+    fn acknowledged<H: RecordHandler>(
+        &mut self,
+        handler: &mut H,
+        batch: &Batch,
+        offsets: Offsets,
+        deliveries: &[Delivered],
+    ) -> Result<(), ConsumerLoopError> {
+        self.committed = offsets;
+        handler
+            .on_acknowledged(deliveries)
+            .map_err(ConsumerLoopError::Handler)?;
+        self.count(batch);
+        Ok(())
+    }
+
     /// A new transactional producer with the same id (the broker fences
-    /// the failed one), trying for a while before the stage gives up.
+    /// the failed one); the stage gives up when the broker will not have
+    /// one for [`renewal_backoff`](crate::kafka::transaction::renewal_backoff).
     async fn renew_producer(
         &mut self,
         shutdown: &CancellationToken,
     ) -> Result<(), ConsumerLoopError> {
-        let mut backoff = Duration::from_secs(1);
-        let mut attempts = 0;
-        loop {
-            match TransactionalProducer::new(
-                &self.kafka,
-                &self.config.client_id,
-                &self.config.transactional_id(),
-            )
-            .await
-            {
-                Ok(producer) => {
-                    self.writer = BatchWriter::Transactional(producer);
-                    return Ok(());
-                }
-                Err(e) if attempts < 10 => {
-                    attempts += 1;
-                    tracing::warn!(error = %e, attempts, "cannot start a new transactional producer yet");
-                }
-                Err(e) => return Err(ConsumerLoopError::Producer(e)),
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                _ = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(30));
-        }
+        let transactional_id = self.config.transactional_id();
+        let renewed = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            p = TransactionalProducer::renew(&self.kafka, &self.config.client_id, &transactional_id) => p,
+        };
+        self.writer = BatchWriter::Transactional(renewed.map_err(ConsumerLoopError::Producer)?);
+        Ok(())
     }
 
     fn count(&self, batch: &Batch) {

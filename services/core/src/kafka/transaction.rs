@@ -13,6 +13,7 @@
 
 use std::time::Duration;
 
+use backon::{BlockingRetryable, ExponentialBuilder, Retryable};
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, Producer as _};
@@ -52,6 +53,23 @@ pub enum TransactionError {
     /// can take the work up again.
     #[error("transactional producer failed for good: {0}")]
     Fatal(String),
+}
+
+/// How long a stage keeps trying for a new transactional producer after
+/// one failed for good (the broker may be restarting): from 1 s, doubling
+/// to 30 s with jitter, ten times; then the stage stops and its
+/// orchestrator restarts it.
+pub fn renewal_backoff() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_secs(1))
+        .with_max_delay(Duration::from_secs(30))
+        .with_max_times(10)
+        .with_jitter()
+}
+
+fn renewal_failed(error: &KafkaError, retry_in: Duration) {
+    tracing::warn!(error = %error, retry_in_ms = retry_in.as_millis() as u64,
+        "cannot start a new transactional producer yet");
 }
 
 pub struct TransactionalProducer {
@@ -108,6 +126,32 @@ impl TransactionalProducer {
             producer,
             transactional_id: transactional_id.to_string(),
         })
+    }
+
+    /// A new producer with the same id in place of one that failed for
+    /// good (the broker fences the old one), tried under
+    /// [`renewal_backoff`].
+    pub async fn renew(
+        kafka: &KafkaConfig,
+        client_id: &str,
+        transactional_id: &str,
+    ) -> Result<Self, KafkaError> {
+        (|| Self::new(kafka, client_id, transactional_id))
+            .retry(renewal_backoff())
+            .notify(renewal_failed)
+            .await
+    }
+
+    /// [`renew`](Self::renew), on the calling thread.
+    pub fn renew_blocking(
+        kafka: &KafkaConfig,
+        client_id: &str,
+        transactional_id: &str,
+    ) -> Result<Self, KafkaError> {
+        (|| Self::new_blocking(kafka, client_id, transactional_id))
+            .retry(renewal_backoff())
+            .notify(renewal_failed)
+            .call()
     }
 
     pub fn transactional_id(&self) -> &str {

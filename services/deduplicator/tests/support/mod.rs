@@ -11,7 +11,9 @@ use std::time::Duration;
 use postback_core::config::{ConsumerConfig, TopicsConfig};
 use postback_core::model::{ConversionEnriched, DeadLetter, DeliveryStatus, Source};
 use postback_core::{Codec, SchemaKind};
-use postback_deduplicator::config::{DedupConfig, DeduplicatorConfig, StateConfig};
+use postback_deduplicator::config::{
+    DedupConfig, DeduplicatorConfig, DeduplicatorSections, StateConfig,
+};
 use postback_testkit::fixtures::enriched_report;
 use postback_testkit::{unique, Broker};
 use tokio::net::TcpListener;
@@ -72,14 +74,16 @@ impl Pipeline {
                 ..ConsumerConfig::default()
             },
             platforms: Default::default(),
-            dedup,
-            state: StateConfig {
-                dir: state_dir.to_path_buf(),
-                changelog_topic: self.changelog.clone(),
-                cache_mb: 8,
-                memtable_mb: 4,
-                restore_stall_secs: 30,
-                changelog_topic_configs: BTreeMap::new(),
+            stage: DeduplicatorSections {
+                dedup,
+                state: StateConfig {
+                    dir: state_dir.to_path_buf(),
+                    changelog_topic: self.changelog.clone(),
+                    cache_mb: 8,
+                    memtable_mb: 4,
+                    restore_stall_secs: 30,
+                    changelog_topic_configs: BTreeMap::new(),
+                },
             },
         }
     }
@@ -353,11 +357,11 @@ level = "info"
             .unwrap_or("postback-deduplicator"),
         max_batch = c.consumer.max_batch,
         exactly_once = c.consumer.exactly_once,
-        window = c.dedup.window_secs,
-        merge = c.dedup.merge_window_ms,
-        dir = c.state.dir.display(),
-        changelog = c.state.changelog_topic,
-        changelog_configs = changelog_configs_toml(&c.state.changelog_topic_configs),
+        window = c.stage.dedup.window_secs,
+        merge = c.stage.dedup.merge_window_ms,
+        dir = c.stage.state.dir.display(),
+        changelog = c.stage.state.changelog_topic,
+        changelog_configs = changelog_configs_toml(&c.stage.state.changelog_topic_configs),
     )
 }
 

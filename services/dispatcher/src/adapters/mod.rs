@@ -19,7 +19,7 @@ use reqwest::header::HeaderMap;
 use serde_json::Value;
 
 use crate::account::{Account, Credentials};
-use crate::config::DispatcherConfig;
+use crate::config::DispatcherSections;
 
 /// A platform's reason, split into a short code (a metric label: bounded,
 /// from the platform's own vocabulary) and its explanation (status records).
@@ -147,7 +147,7 @@ pub enum Adapter {
 }
 
 impl Adapter {
-    pub fn new(config: &DispatcherConfig, http: reqwest::Client) -> Self {
+    pub fn new(config: &DispatcherSections, http: reqwest::Client) -> Self {
         match config.platform() {
             Platform::Meta => Adapter::Meta(meta::MetaAdapter::new(&config.meta, http)),
             Platform::GoogleAds => {

@@ -294,7 +294,7 @@ pub fn dispatcher_config(sandbox: &str, platform: Platform) -> DispatcherConfig 
     )
     .expect("default config");
     c.ops.listen = "127.0.0.1:0".parse().expect("addr");
-    c.dispatch = DispatchConfig {
+    c.stage.dispatch = DispatchConfig {
         linger_ms: 50,
         backoff_initial_ms: 100,
         backoff_max_ms: 1_000,
@@ -302,8 +302,8 @@ pub fn dispatcher_config(sandbox: &str, platform: Platform) -> DispatcherConfig 
         request_timeout_ms: 5_000,
         ..DispatchConfig::default()
     };
-    c.meta.base_url = sandbox.into();
-    c.meta.accounts = BTreeMap::from([(
+    c.stage.meta.base_url = sandbox.into();
+    c.stage.meta.accounts = BTreeMap::from([(
         TENANT.to_string(),
         MetaAccount {
             pixel_id: META_PIXEL.into(),
@@ -312,9 +312,9 @@ pub fn dispatcher_config(sandbox: &str, platform: Platform) -> DispatcherConfig 
             quota_per_sec: None,
         },
     )]);
-    c.google_ads.base_url = sandbox.into();
-    c.google_ads.token_url = format!("{sandbox}/token");
-    c.google_ads.accounts = BTreeMap::from([(
+    c.stage.google_ads.base_url = sandbox.into();
+    c.stage.google_ads.token_url = format!("{sandbox}/token");
+    c.stage.google_ads.accounts = BTreeMap::from([(
         TENANT.to_string(),
         GoogleAdsAccount {
             customer_id: CUSTOMER.into(),
@@ -330,8 +330,8 @@ pub fn dispatcher_config(sandbox: &str, platform: Platform) -> DispatcherConfig 
             quota_per_sec: None,
         },
     )]);
-    c.tiktok.base_url = sandbox.into();
-    c.tiktok.accounts = BTreeMap::from([(
+    c.stage.tiktok.base_url = sandbox.into();
+    c.stage.tiktok.accounts = BTreeMap::from([(
         TENANT.to_string(),
         TiktokAccount {
             pixel_code: TIKTOK_PIXEL.into(),
