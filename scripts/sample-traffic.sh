@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sends the sample conversions in examples/ to a running collector, the same
-# requests the README shows, and checks each answer. Usage:
+# requests docs/api/README.md shows, and checks each answer. Usage:
 #   sample-traffic.sh [COLLECTOR_URL] [BOOTSTRAP]
 # Event ids get a per-run suffix (RUN_ID, default the time), so a second run
 # against the same broker and deduplicator state is new traffic, not 48 h

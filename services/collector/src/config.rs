@@ -1,4 +1,4 @@
-//! The collector's configuration (see README, "Configuration").
+//! The collector's configuration (docs/collector.md lists every key).
 
 use std::collections::HashSet;
 use std::net::SocketAddr;

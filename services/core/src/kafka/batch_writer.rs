@@ -147,16 +147,21 @@ impl BatchWriter {
 
 /// The next offset to read per input partition of `batch`.
 fn batch_offsets(batch: &[InboundRecord]) -> BTreeMap<TopicPartition, i64> {
-    let mut next: BTreeMap<TopicPartition, i64> = BTreeMap::new();
-    for r in batch {
+    let mut next = BTreeMap::new();
+    advance_past(&mut next, batch);
+    next
+}
+
+/// Moves each partition's next offset past `records`, never back.
+pub(crate) fn advance_past(offsets: &mut BTreeMap<TopicPartition, i64>, records: &[InboundRecord]) {
+    for r in records {
         let tp = TopicPartition {
             topic: r.topic.clone(),
             partition: r.partition,
         };
-        let e = next.entry(tp).or_insert(0);
-        *e = (*e).max(r.offset + 1);
+        let next = offsets.entry(tp).or_insert(0);
+        *next = (*next).max(r.offset + 1);
     }
-    next
 }
 
 fn offsets_list(offsets: &BTreeMap<TopicPartition, i64>) -> TopicPartitionList {

@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::KafkaConfig;
 use crate::dead_letter::DeadLetters;
 use crate::kafka::batch_writer::{
-    count_by_topic, BatchWriter, WriterFailed, WriterMetrics, Written,
+    advance_past, count_by_topic, BatchWriter, WriterFailed, WriterMetrics, Written,
 };
 use crate::kafka::client_config::consumer_config;
 use crate::kafka::handler::{HandlerError, InboundRecord, RecordHandler, TopicPartition};
@@ -300,7 +300,7 @@ impl ConsumerLoop {
     /// Makes the batch's outputs durable with its offsets. False when the
     /// loop should stop (shutdown while the broker would not take them).
     ///
-    /// Whatever the writer answers, the handler hears exactly one of
+    /// Unless the loop fails with an error, the handler hears exactly one of
     /// `on_acknowledged` (the batch is durable) or `on_aborted` (nothing of
     /// it is, and its records are read again), so its staged state never
     /// runs ahead of what the topics hold.
@@ -356,14 +356,7 @@ impl ConsumerLoop {
     /// no record of keeps its offset and a commit never moves one back.
     fn offsets_after(&self, records: &[InboundRecord]) -> Offsets {
         let mut offsets = self.committed.clone();
-        for r in records {
-            let tp = TopicPartition {
-                topic: r.topic.clone(),
-                partition: r.partition,
-            };
-            let next = offsets.entry(tp).or_insert(0);
-            *next = (*next).max(r.offset + 1);
-        }
+        advance_past(&mut offsets, records);
         offsets
     }
 
