@@ -3,6 +3,10 @@
 //!   postback-ctl topics [--file config/topics.txt] [--prefix P]
 //!   postback-ctl tail TOPIC [--count N] [--timeout-secs S]
 //!   postback-ctl produce TOPIC [--key-field event_id] < records.jsonl
+//!   postback-ctl replay [--stage S] [--reason R] [--tenant T] [--since T] [--until T] [--dry-run] ...
+//!
+//! Each command is a function here; `replay` (dead letters back to their
+//! stage, once) is its own module, [`replay`].
 //!
 //! The broker connection is a service's `[kafka]` section: from
 //! `--config FILE` (any service's file; its other sections are ignored),
@@ -20,6 +24,24 @@ use postback_core::{Codec, SchemaKind, SchemaRegistry};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
+
+mod replay;
+
+const USAGE: &str = "\
+usage: postback-ctl [--config FILE] [--bootstrap HOST:PORT] COMMAND
+
+The broker connection is a service's [kafka] section: from --config FILE (any
+service's file; its other sections are ignored), then the POSTBACK_KAFKA__*
+environment (TLS, SASL), then --bootstrap.
+
+Commands:
+  topics [--file config/topics.txt] [--prefix P]
+      Creates every topic of the file with its partitions and configs.
+  tail TOPIC [--count N] [--timeout-secs S]
+      Prints the topic's records from the beginning as JSON lines, decoded.
+  produce TOPIC [--key-field event_id] < records.jsonl
+      Sends one record per stdin line, keyed by the JSON field.
+";
 
 struct Args {
     rest: Vec<String>,
@@ -42,6 +64,12 @@ async fn main() -> anyhow::Result<()> {
     let mut args = Args {
         rest: std::env::args().skip(1).collect(),
     };
+    if args.rest.iter().any(|a| a == "--help" || a == "-h")
+        || args.rest.first().is_some_and(|a| a == "help")
+    {
+        print!("{USAGE}{}", replay::HELP);
+        return Ok(());
+    }
     let kafka = kafka_config(args.flag("--config"), args.flag("--bootstrap"))?;
     let command = if args.rest.is_empty() {
         String::new()
@@ -52,9 +80,17 @@ async fn main() -> anyhow::Result<()> {
         "topics" => topics(&kafka, &mut args).await,
         "tail" => tail(&kafka, &mut args).await,
         "produce" => produce(&kafka, &mut args).await,
-        _ => bail!(
-            "usage: postback-ctl [--config FILE] [--bootstrap HOST:PORT] topics [--file F] [--prefix P] | tail TOPIC [--count N] [--timeout-secs S] | produce TOPIC [--key-field F] < records.jsonl"
-        ),
+        "replay" => {
+            let options = replay::Options::parse(
+                std::mem::take(&mut args.rest),
+                postback_core::model::now_millis(),
+            )?;
+            let summary = replay::run(&kafka, &options).await?;
+            println!("{}", serde_json::json!({ "summary": summary }));
+            eprintln!("replay: {}", summary.human());
+            Ok(())
+        }
+        _ => bail!("{USAGE}{}", replay::HELP),
     }
 }
 
