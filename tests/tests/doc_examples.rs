@@ -134,35 +134,33 @@ fn scan(line: &str, mut quote: Quote) -> Scanned<'_> {
     let mut prev_space = true;
     while i < bytes.len() {
         let c = bytes[i];
+        // Outside single quotes a backslash escapes the next character, and
+        // one at the end of the line continues the command.
+        if c == b'\\' && quote != Quote::Single {
+            if i + 1 == bytes.len() {
+                return Scanned {
+                    quote,
+                    continues: true,
+                    comment: None,
+                    code: line,
+                };
+            }
+            prev_space = false;
+            i += 2;
+            continue;
+        }
         match quote {
             Quote::Single => {
                 if c == b'\'' {
                     quote = Quote::None;
                 }
             }
-            Quote::Double => match c {
-                b'\\' if i + 1 == bytes.len() => {
-                    return Scanned {
-                        quote,
-                        continues: true,
-                        comment: None,
-                        code: line,
-                    }
+            Quote::Double => {
+                if c == b'"' {
+                    quote = Quote::None;
                 }
-                b'\\' => i += 1,
-                b'"' => quote = Quote::None,
-                _ => {}
-            },
+            }
             Quote::None => match c {
-                b'\\' if i + 1 == bytes.len() => {
-                    return Scanned {
-                        quote,
-                        continues: true,
-                        comment: None,
-                        code: line,
-                    }
-                }
-                b'\\' => i += 1,
                 b'\'' => quote = Quote::Single,
                 b'"' => quote = Quote::Double,
                 b'#' if prev_space => {
