@@ -105,7 +105,17 @@ async fn spawn_loop_with(
         out.push(OutboundRecord::new(output.clone(), r.key.clone(), payload));
     };
     let group = (name, group);
-    spawn_handler(broker, group, input, exactly_once, rejected, handler).await
+    let metrics = ServiceMetrics::new("test");
+    spawn_handler(
+        broker,
+        group,
+        input,
+        exactly_once,
+        rejected,
+        handler,
+        &metrics,
+    )
+    .await
 }
 
 /// Runs `handler` in a consumer loop of `group` (name, group id) on `input`.
@@ -116,6 +126,7 @@ async fn spawn_handler(
     exactly_once: bool,
     rejected: &str,
     mut handler: impl RecordHandler + 'static,
+    metrics: &ServiceMetrics,
 ) -> Instance {
     let mut kafka = broker.kafka_config();
     // What an instance that died mid-transaction left open is aborted soon.
@@ -132,7 +143,7 @@ async fn spawn_handler(
             instance_id: unique(name),
         },
         DeadLetters::new("test", rejected.to_string()),
-        &ServiceMetrics::new("test"),
+        metrics,
     )
     .await
     .unwrap();
@@ -429,6 +440,7 @@ async fn a_joining_instance_takes_partitions_without_revoking_the_ones_that_stay
         true,
         &unique("rejected"),
         first.clone(),
+        &ServiceMetrics::new("test"),
     )
     .await;
     let owns = |o: &Ownership| o.owned.lock().unwrap().len();
@@ -448,6 +460,7 @@ async fn a_joining_instance_takes_partitions_without_revoking_the_ones_that_stay
         true,
         &unique("rejected"),
         second.clone(),
+        &ServiceMetrics::new("test"),
     )
     .await;
     while owns(&second) < PARTITIONS as usize / 2 || owns(&first) > PARTITIONS as usize / 2 {
@@ -471,4 +484,80 @@ async fn a_joining_instance_takes_partitions_without_revoking_the_ones_that_stay
     assert!(stayed.is_disjoint(&moved));
     b.stop().await;
     a.stop().await;
+}
+
+/// The loop's lag gauge, per partition of `topic`, as /metrics shows it.
+fn lag(metrics: &ServiceMetrics, topic: &str) -> BTreeMap<String, i64> {
+    let text = metrics.render();
+    let topic_label = format!("topic=\"{topic}\"");
+    text.lines()
+        .filter(|l| {
+            l.starts_with("postback_test_consumer_lag_records{") && l.contains(&topic_label)
+        })
+        .filter_map(|l| {
+            let partition = l.split("partition=\"").nth(1)?.split('"').next()?;
+            let value = l.rsplit(' ').next()?.parse().ok()?;
+            Some((partition.to_string(), value))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lag_gauge_follows_the_backlog_though_offsets_are_committed_in_transactions() {
+    let broker = Broker::shared().await.unwrap();
+    let (input, output) = topics(&broker).await;
+    fill(&broker, &input, 0, 1500).await;
+    // 5 ms a record: the backlog lasts at least 7.5 s, over one statistics
+    // interval (5 s), so a report falls while records are left.
+    let copy = {
+        let output = output.clone();
+        move |r: &InboundRecord, out: &mut Vec<OutboundRecord>| {
+            std::thread::sleep(Duration::from_millis(5));
+            out.push(OutboundRecord::new(
+                output.clone(),
+                r.key.clone(),
+                r.payload.clone().unwrap_or_default(),
+            ));
+        }
+    };
+    let metrics = ServiceMetrics::new("test");
+    let group = unique("lag.group");
+    let instance = spawn_handler(
+        &broker,
+        ("lag", &group),
+        &input,
+        true,
+        &unique("rejected"),
+        copy,
+        &metrics,
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let mut most_behind = 0;
+    let mut done = false;
+    loop {
+        let now = lag(&metrics, &input);
+        most_behind = most_behind.max(now.values().sum::<i64>());
+        if !done {
+            done = broker.read_to_end(&output).await.unwrap().len() == 1500;
+        }
+        // Caught up: every partition reported, each at 0 (the input was not
+        // written in transactions, so there is no commit marker to count).
+        if done && now.len() == PARTITIONS as usize && now.values().all(|l| *l == 0) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "lag never came back to 0 per partition: {now:?} (done: {done})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    instance.stop().await;
+    // librdkafka's own consumer_lag would have had no series at all here: the
+    // group's offsets were only ever committed by the producer.
+    assert!(
+        most_behind > 0 && most_behind <= 1500,
+        "while records were left the gauge said {most_behind}"
+    );
+    println!("lag: at most {most_behind} of 1500 records behind, then 0 on every partition");
 }

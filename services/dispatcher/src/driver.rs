@@ -32,7 +32,9 @@ use std::time::Duration;
 use postback_core::avro::{Codec, SchemaKind};
 use postback_core::config::KafkaConfig;
 use postback_core::eligibility::PlatformWindows;
-use postback_core::kafka::{consumer_config, InboundRecord, KafkaError, TransactionError};
+use postback_core::kafka::{
+    consumer_config, InboundRecord, KafkaError, LagReporter, TransactionError,
+};
 use postback_core::model::{now_millis, ConversionEnriched};
 use postback_core::Platform;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
@@ -211,22 +213,12 @@ pub enum Group {
 pub struct DriverContext {
     shared: Arc<Shared>,
     group: Group,
+    lag: LagReporter,
 }
 
 impl ClientContext for DriverContext {
     fn stats(&self, statistics: Statistics) {
-        let metrics = &self.shared.metrics;
-        metrics.lag.reset();
-        for (topic, t) in &statistics.topics {
-            for (partition, p) in &t.partitions {
-                if *partition >= 0 && p.consumer_lag >= 0 {
-                    metrics
-                        .lag
-                        .with_label_values(&[topic.as_str(), &partition.to_string()])
-                        .set(p.consumer_lag);
-                }
-            }
-        }
+        self.lag.report(&statistics);
     }
 }
 
@@ -323,6 +315,7 @@ impl Driver {
             let context = DriverContext {
                 shared: shared.clone(),
                 group,
+                lag: LagReporter::new(metrics.lag.clone()),
             };
             let consumer: StreamConsumer<DriverContext> = consumer_config(
                 kafka,

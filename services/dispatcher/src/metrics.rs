@@ -110,7 +110,7 @@ impl DispatchMetrics {
                 .with_label_values(&[p]),
             lag: m.gauge_vec(
                 "consumer_lag_records",
-                "Records behind the partition's high watermark, per assigned partition.",
+                "Records between the partition's readable end and this consumer's position, per assigned partition (dispatch and retry topics).",
                 &["topic", "partition"],
             ),
             rebalances: m.counter_vec(

@@ -14,6 +14,7 @@ use rdkafka::topic_partition_list::TopicPartitionList;
 use rdkafka::ClientContext;
 
 use crate::kafka::handler::TopicPartition;
+use crate::kafka::lag::LagReporter;
 use crate::metrics::ServiceMetrics;
 
 /// A rebalance as the loop hands it on, in the order they happened.
@@ -27,7 +28,7 @@ pub(crate) enum AssignmentChange {
 pub struct LoopContext {
     revocations: AtomicU64,
     changes: Mutex<Vec<AssignmentChange>>,
-    lag: IntGaugeVec,
+    lag: LagReporter,
     rebalances: IntCounterVec,
     assigned: IntGaugeVec,
 }
@@ -37,11 +38,11 @@ impl LoopContext {
         LoopContext {
             revocations: AtomicU64::new(0),
             changes: Mutex::new(Vec::new()),
-            lag: metrics.gauge_vec(
+            lag: LagReporter::new(metrics.gauge_vec(
                 "consumer_lag_records",
-                "Records behind the partition's high watermark, per assigned partition.",
+                "Records between the partition's readable end and this consumer's position, per assigned partition.",
                 &["topic", "partition"],
-            ),
+            )),
             rebalances: metrics.counter_vec(
                 "consumer_rebalances_total",
                 "Rebalance events, by kind (assign, revoke, error).",
@@ -78,16 +79,7 @@ impl LoopContext {
 
 impl ClientContext for LoopContext {
     fn stats(&self, statistics: Statistics) {
-        self.lag.reset();
-        for (topic, t) in &statistics.topics {
-            for (partition, p) in &t.partitions {
-                if *partition >= 0 && p.consumer_lag >= 0 {
-                    self.lag
-                        .with_label_values(&[topic.as_str(), &partition.to_string()])
-                        .set(p.consumer_lag);
-                }
-            }
-        }
+        self.lag.report(&statistics);
     }
 }
 
