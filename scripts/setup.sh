@@ -3,7 +3,8 @@
 # a fresh machine may lack: Apache Kafka's jars (from Maven Central, with the
 # machine's Java 17+ and Maven), cargo-nextest (from crates.io) and a Python
 # venv with fastavro (the independent Avro implementation the schema tests
-# check against). Idempotent: a second run downloads nothing.
+# check against); as root with apt-get, Debian's prometheus package for
+# promtool. Idempotent: a second run downloads nothing.
 source "$(dirname "$0")/lib.sh"
 command -v cargo >/dev/null || die "cargo is required (https://rustup.rs)"
 command -v cc >/dev/null || command -v gcc >/dev/null ||
@@ -16,6 +17,19 @@ if ! command -v cargo-nextest >/dev/null 2>&1 && [[ "${POSTBACK_NO_NEXTEST:-}" !
   say "installing cargo-nextest from crates.io (first time only, a few minutes)"
   cargo install cargo-nextest --locked --quiet --no-default-features --features default-no-update ||
     say "cargo-nextest did not install; the tests will run with cargo test"
+fi
+# promtool checks the alert rules in scripts/test.sh. It comes with Debian's
+# prometheus package, which also installs the Prometheus server (on a machine
+# with systemd, apt starts it on port 9090).
+if ! command -v promtool >/dev/null 2>&1; then
+  if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    say "installing promtool: Debian's prometheus package (apt-get, first time only)"
+    { apt-get install -y --no-install-recommends prometheus >/dev/null 2>&1 ||
+      { apt-get update -qq && apt-get install -y --no-install-recommends prometheus >/dev/null; }; } ||
+      say "apt-get could not install prometheus; scripts/test.sh needs its promtool"
+  else
+    say "promtool is missing: scripts/test.sh needs it to check deploy/prometheus (Debian: apt-get install --no-install-recommends prometheus)"
+  fi
 fi
 py="$(venv_python)"
 if ! "$py" -c "import fastavro" 2>/dev/null; then

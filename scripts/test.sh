@@ -3,7 +3,10 @@
 # (unit, and integration against Apache Kafka: one broker for the whole run,
 # started here and stopped when the run ends however it ends, plus a private
 # one for each test that stops or restarts its broker; or the Kafka in
-# KAFKA_BOOTSTRAP_SERVERS). Installs what it needs first.
+# KAFKA_BOOTSTRAP_SERVERS), and the deployment files (scripts/check-deploy.sh:
+# the Kubernetes overlays and docker-compose.yml, offline) and the
+# Prometheus rules (promtool check, and their unit tests). Installs what it
+# needs first.
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 "$ROOT/scripts/setup.sh"
@@ -12,6 +15,14 @@ AVRO_CROSSCHECK_PYTHON="$(venv_python)"
 
 say "cargo fmt --check"
 cargo fmt --all -- --check
+say "deployment files (scripts/check-deploy.sh)"
+"$ROOT/scripts/check-deploy.sh"
+say "Prometheus rules and their unit tests (promtool)"
+command -v promtool >/dev/null 2>&1 ||
+  die "promtool is required to check deploy/prometheus: it is in Debian's prometheus package (apt-get install --no-install-recommends prometheus; scripts/setup.sh installs it when run as root)"
+promtool check config deploy/prometheus/prometheus.yml
+promtool check rules deploy/prometheus/alerts.yml
+promtool test rules deploy/prometheus/tests/*.yml
 say "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 say "building the tests"

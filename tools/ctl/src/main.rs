@@ -3,6 +3,7 @@
 //!   postback-ctl topics [--file config/topics.txt] [--prefix P]
 //!   postback-ctl tail TOPIC [--count N] [--timeout-secs S]
 //!   postback-ctl produce TOPIC [--key-field event_id] < records.jsonl
+//!   postback-ctl lag [GROUP=TOPIC ...]
 //!   postback-ctl replay [--stage S] [--reason R] [--tenant T] [--since T] [--until T] [--dry-run] ...
 //!
 //! Each command is a function here; `replay` (dead letters back to their
@@ -25,6 +26,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
+mod lag;
 mod replay;
 
 const USAGE: &str = "\
@@ -67,7 +69,7 @@ async fn main() -> anyhow::Result<()> {
     if args.rest.iter().any(|a| a == "--help" || a == "-h")
         || args.rest.first().is_some_and(|a| a == "help")
     {
-        print!("{USAGE}{}", replay::HELP);
+        print!("{USAGE}{}{}", lag::HELP, replay::HELP);
         return Ok(());
     }
     let kafka = kafka_config(args.flag("--config"), args.flag("--bootstrap"))?;
@@ -80,6 +82,24 @@ async fn main() -> anyhow::Result<()> {
         "topics" => topics(&kafka, &mut args).await,
         "tail" => tail(&kafka, &mut args).await,
         "produce" => produce(&kafka, &mut args).await,
+        "lag" => {
+            let timeout: u64 = args
+                .flag("--timeout-secs")
+                .map(|c| c.parse())
+                .transpose()?
+                .unwrap_or(10);
+            let pairs = lag::parse(&args.rest)?;
+            let kafka = kafka.clone();
+            let groups = tokio::task::spawn_blocking(move || {
+                lag::run(&kafka, &pairs, Duration::from_secs(timeout))
+            })
+            .await??;
+            for g in &groups {
+                println!("{}", serde_json::to_string(g)?);
+                eprintln!("lag: {}", g.human());
+            }
+            Ok(())
+        }
         "replay" => {
             let options = replay::Options::parse(
                 std::mem::take(&mut args.rest),
@@ -90,7 +110,7 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("replay: {}", summary.human());
             Ok(())
         }
-        _ => bail!("{USAGE}{}", replay::HELP),
+        _ => bail!("{USAGE}{}{}", lag::HELP, replay::HELP),
     }
 }
 

@@ -1,0 +1,297 @@
+// Validates rendered Kubernetes manifests offline, strictly, and checks the
+// few rules of this repository that no schema knows. Run by
+// scripts/check-deploy.sh (which installs this directory's package.json into
+// .postback/deploy-check and renders the overlays):
+//
+//   node validate.mjs --modules DIR/node_modules --work DIR/work \
+//     --topics config/topics.txt LABEL=rendered.yaml ...
+//
+// Every object is checked against its schema twice, both from registry
+// packages: `kubernetes-models` (the Kubernetes API's OpenAPI schemas) and
+// `@kubernetes-models/keda` (KEDA's ScaledObject, TriggerAuthentication, ...)
+// and `@kubernetes-models/prometheus-operator` (the PodMonitor):
+//
+// 1. the packages' JSON-schema validators (ajv): types, required fields,
+//    enums and formats. They accept unknown fields, as the schemas do;
+// 2. TypeScript's excess-property check against the same packages'
+//    interfaces: every object becomes a typed object literal, so a field the
+//    type does not have (a typo) is an error, and so is a wrong type.
+//
+// An object whose kind has no schema is an error, never skipped. Exits 1 on
+// any error, each reported as `LABEL: Kind/name: path: message`.
+
+import { execFileSync } from "node:child_process";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { pathToFileURL } from "node:url";
+
+const args = process.argv.slice(2);
+const opt = (name) => {
+  const i = args.indexOf(name);
+  if (i < 0 || i + 1 >= args.length) throw new Error(`missing ${name}`);
+  const v = args[i + 1];
+  args.splice(i, 2);
+  return v;
+};
+const modules = opt("--modules");
+const work = opt("--work");
+const topicsFile = opt("--topics");
+const inputs = args.map((a) => {
+  const eq = a.indexOf("=");
+  return { label: a.slice(0, eq), file: a.slice(eq + 1) };
+});
+
+const { parseAllDocuments } = await import(pathToFileURL(join(modules, "yaml/dist/index.js")).href);
+
+const errors = [];
+const seen = new Set();
+function report(label, obj, path, message) {
+  const key = `${label}\0${describe(obj)}\0${path}`;
+  if (seen.has(key)) return; // the two validators often agree
+  seen.add(key);
+  errors.push(`${label}: ${describe(obj)}: ${path || "(object)"}: ${message}`);
+}
+const describe = (o) => `${o?.kind ?? "?"}/${o?.metadata?.name ?? "?"}`;
+
+// ---- the objects -------------------------------------------------------
+const objects = []; // { label, obj }
+for (const { label, file } of inputs) {
+  for (const doc of parseAllDocuments(readFileSync(file, "utf8"))) {
+    if (doc.errors.length) {
+      errors.push(`${label}: YAML: ${doc.errors[0].message}`);
+      continue;
+    }
+    const obj = doc.toJS();
+    if (obj != null) objects.push({ label, obj });
+  }
+  if (!objects.some((o) => o.label === label)) errors.push(`${label}: no objects in ${file}`);
+}
+
+// Which package holds the schema of an apiVersion/kind: the module path,
+// relative to node_modules, without extension.
+function schemaModule(obj) {
+  const { apiVersion, kind } = obj ?? {};
+  if (typeof apiVersion !== "string" || typeof kind !== "string") return null;
+  const group = apiVersion.includes("/") ? apiVersion.split("/")[0] : "";
+  const pkg = { "keda.sh": "@kubernetes-models/keda", "monitoring.coreos.com": "@kubernetes-models/prometheus-operator" }[group]
+    ?? "kubernetes-models";
+  const mod = `${pkg}/${apiVersion}/${kind}`;
+  return existsSync(join(modules, `${mod}.js`)) ? mod : null;
+}
+
+// ---- 1. the packages' validators (ajv) ---------------------------------
+const typed = [];
+for (const entry of objects) {
+  const { label, obj } = entry;
+  const mod = schemaModule(obj);
+  if (!mod) {
+    report(label, obj, "", `no schema for apiVersion ${obj?.apiVersion} kind ${obj?.kind} ` +
+      "(add the package that has it to scripts/deploy-check/package.json)");
+    continue;
+  }
+  const Model = (await import(pathToFileURL(join(modules, `${mod}.js`)).href))[obj.kind];
+  try {
+    new Model(structuredClone(obj)).validate();
+  } catch (e) {
+    for (const err of e.errors ?? [{ instancePath: "", message: e.message }]) {
+      const path = (err.instancePath ?? "").split("/").filter(Boolean).map(unescape).reduce(joinPath, "");
+      const extra = err.params?.allowedValues ? ` (${err.params.allowedValues.join(", ")})` : "";
+      report(label, obj, path, `${err.message}${extra}`);
+    }
+  }
+  typed.push({ ...entry, mod });
+}
+function unescape(s) { return s.replace(/~1/g, "/").replace(/~0/g, "~"); }
+function joinPath(path, key) {
+  if (/^\d+$/.test(key)) return `${path}[${key}]`;
+  const k = /^[A-Za-z_$][\w$-]*$/.test(key) ? key : JSON.stringify(key);
+  return path ? (k.startsWith('"') ? `${path}[${k}]` : `${path}.${k}`) : k;
+}
+
+// ---- 2. TypeScript: unknown fields and types ---------------------------
+// One typed literal per object, one property per line, so that the line of
+// each error names the field.
+const lines = ["// Generated by scripts/deploy-check/validate.mjs: one typed literal per rendered object."];
+const owners = []; // per line: { entry, path }
+const imports = new Map();
+typed.forEach(({ mod, obj }, i) => {
+  if (!imports.has(mod)) imports.set(mod, `T${imports.size}`);
+});
+for (const [mod, alias] of imports) {
+  lines.push(`import type { I${mod.split("/").pop()} as ${alias} } from ${JSON.stringify(mod)};`);
+}
+const header = lines.length;
+for (let i = 0; i < header; i++) owners.push(null);
+typed.forEach((entry, i) => {
+  const body = [];
+  emit(entry.obj, "", "", `export const o${i}: ${imports.get(entry.mod)} = `, body);
+  body[body.length - 1][0] += ";";
+  for (const [text, path] of body) {
+    lines.push(text);
+    owners.push({ entry, path });
+  }
+});
+function emit(value, path, pad, prefix, out) {
+  if (Array.isArray(value)) {
+    if (!value.length) return void out.push([`${pad}${prefix}[]`, path]);
+    out.push([`${pad}${prefix}[`, path]);
+    value.forEach((v, i) => {
+      emit(v, `${path}[${i}]`, `${pad}  `, "", out);
+      if (i < value.length - 1) out[out.length - 1][0] += ",";
+    });
+    out.push([`${pad}]`, path]);
+  } else if (value !== null && typeof value === "object") {
+    const keys = Object.keys(value);
+    if (!keys.length) return void out.push([`${pad}${prefix}{}`, path]);
+    out.push([`${pad}${prefix}{`, path]);
+    keys.forEach((k, i) => {
+      emit(value[k], joinPath(path, k), `${pad}  `, `${JSON.stringify(k)}: `, out);
+      if (i < keys.length - 1) out[out.length - 1][0] += ",";
+    });
+    out.push([`${pad}}`, path]);
+  } else {
+    out.push([`${pad}${prefix}${JSON.stringify(value)}`, path]);
+  }
+}
+mkdirSync(work, { recursive: true });
+writeFileSync(join(work, "check.ts"), lines.join("\n") + "\n");
+writeFileSync(join(work, "tsconfig.json"), JSON.stringify({
+  compilerOptions: {
+    strict: true, noEmit: true, skipLibCheck: true, types: [],
+    module: "nodenext", moduleResolution: "nodenext", target: "es2022",
+  },
+  files: ["check.ts"],
+}));
+let tsOut = "";
+try {
+  execFileSync(process.execPath, [join(modules, "typescript/bin/tsc"), "-p", join(work, "tsconfig.json"), "--pretty", "false"],
+    { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
+} catch (e) {
+  tsOut = `${e.stdout ?? ""}${e.stderr ?? ""}`;
+  if (!tsOut.trim()) throw e;
+}
+for (const block of tsOut.split(/\n(?=\S)/).filter((b) => b.trim())) {
+  const m = /^.*check\.ts\((\d+),(\d+)\): error (TS\d+): ([\s\S]*)$/.exec(block);
+  const owner = m && owners[Number(m[1]) - 1];
+  if (!owner) {
+    errors.push(`TypeScript: ${block.trim()}`);
+    continue;
+  }
+  // The first line says what; the last elaboration, where it is nested, says why.
+  const msg = m[4].split("\n").map((s) => s.trim()).filter(Boolean);
+  const text = msg.length > 1 ? `${msg[0]} ${msg[msg.length - 1]}` : msg[0];
+  report(owner.entry.label, owner.entry.obj, owner.path, text.replace(/\s+/g, " "));
+}
+
+// ---- 3. the rules no schema knows -------------------------------------
+const partitions = new Map();
+for (const line of readFileSync(topicsFile, "utf8").split("\n")) {
+  const [name, count] = line.replace(/#.*/, "").trim().split(/\s+/);
+  if (name && count) partitions.set(name, Number(count));
+}
+// The services' default consumer groups (services/*/src/config.rs).
+const groupOf = (topic) => topic === "conversions.raw" ? "postback-enricher"
+  : topic === "conversions.enriched" ? "postback-deduplicator"
+  : topic.startsWith("dispatch.") ? `postback-dispatcher-${topic.slice("dispatch.".length)}` : null;
+// Each service's listen key, to check the probes' port.
+const listenKey = { "postback-collector": "http", "postback-sandbox": "http",
+  "postback-enricher": "ops", "postback-deduplicator": "ops", "postback-dispatcher": "ops" };
+
+for (const { label, obj } of objects) {
+  const inLabel = objects.filter((o) => o.label === label).map((o) => o.obj);
+  if (obj?.kind === "ScaledObject") {
+    const target = obj.spec?.scaleTargetRef?.name;
+    if (!inLabel.some((o) => o.kind === (obj.spec?.scaleTargetRef?.kind ?? "Deployment") && o.metadata?.name === target)) {
+      report(label, obj, "spec.scaleTargetRef.name", `no ${obj.spec?.scaleTargetRef?.kind ?? "Deployment"} named ${target} in this overlay`);
+    }
+    (obj.spec?.triggers ?? []).forEach((t, i) => {
+      if (t?.type !== "kafka") return;
+      const topic = t.metadata?.topic;
+      const at = `spec.triggers[${i}].metadata`;
+      if (!partitions.has(topic)) {
+        return report(label, obj, `${at}.topic`, `${topic} is not in ${topicsFile}`);
+      }
+      if (obj.spec.maxReplicaCount !== partitions.get(topic)) {
+        report(label, obj, "spec.maxReplicaCount", `is ${obj.spec.maxReplicaCount ?? "not set"}, but ${topic} has ` +
+          `${partitions.get(topic)} partitions (${topicsFile}): a replica past that owns no partition`);
+      }
+      if (groupOf(topic) && t.metadata.consumerGroup !== groupOf(topic)) {
+        report(label, obj, `${at}.consumerGroup`, `is ${t.metadata.consumerGroup}, but the group reading ${topic} is ${groupOf(topic)}`);
+      }
+    });
+  }
+  const pod = obj?.spec?.template?.spec ?? obj?.spec?.jobTemplate?.spec?.template?.spec;
+  if (!pod || !Array.isArray(pod.containers)) continue;
+  const base = ["Deployment", "StatefulSet", "DaemonSet"].includes(obj.kind) ? "spec.template.spec"
+    : obj.kind === "CronJob" ? "spec.jobTemplate.spec.template.spec" : "spec.template.spec";
+  pod.containers.forEach((c, i) => {
+    const binary = (c.command ?? c.args ?? [])[0] ?? "";
+    if (!binary.startsWith("postback-")) return;
+    const at = `${base}.containers[${i}]`;
+    if (pod.enableServiceLinks !== false) {
+      report(label, obj, `${base}.enableServiceLinks`, "must be false: service links put POSTBACK_<SERVICE>_PORT=... " +
+        "into the environment, and the configuration loader refuses unknown POSTBACK_ keys");
+    }
+    const r = c.resources ?? {};
+    for (const [k, v] of [["requests.cpu", r.requests?.cpu], ["requests.memory", r.requests?.memory], ["limits.memory", r.limits?.memory]]) {
+      if (v == null) report(label, obj, `${at}.resources.${k}`, "must be set (docs/deployment.md, Resources)");
+    }
+    if (binary === "postback-ctl") return;
+    const ports = new Map((c.ports ?? []).map((p) => [p.name, p.containerPort]));
+    const listen = listenPort(obj, pod, c, listenKey[binary], inLabel);
+    for (const [probe, path] of [["readinessProbe", "/readyz"], ["livenessProbe", "/healthz"]]) {
+      const get = c[probe]?.httpGet;
+      if (get?.path !== path) {
+        report(label, obj, `${at}.${probe}`, `must be an httpGet of ${path}`);
+        continue;
+      }
+      const port = typeof get.port === "string" ? ports.get(get.port) : get.port;
+      if (port == null) report(label, obj, `${at}.${probe}.httpGet.port`, `${get.port} is not a port of the container`);
+      else if (listen != null && port !== listen) {
+        report(label, obj, `${at}.${probe}.httpGet.port`, `is ${port}, but ${binary} listens on ${listen} (${listenKey[binary]}.listen)`);
+      }
+    }
+    if (obj.kind === "StatefulSet" && binary !== "postback-sandbox" && binary !== "postback-collector") {
+      const id = (c.env ?? []).find((e) => e.name === "POSTBACK_CONSUMER__INSTANCE_ID");
+      if (id?.valueFrom?.fieldRef?.fieldPath !== "metadata.name") {
+        report(label, obj, `${at}.env`, "POSTBACK_CONSUMER__INSTANCE_ID must come from metadata.name (a stable transactional id per pod)");
+      }
+    }
+  });
+}
+
+// The port a service listens on: POSTBACK_<KEY>__LISTEN in the container's
+// env, else `listen` in the [<key>] table of the TOML file its ConfigMap
+// volume holds (the file named by --config).
+function listenPort(obj, pod, c, key, inLabel) {
+  if (!key) return null;
+  const fromEnv = (c.env ?? []).find((e) => e.name === `POSTBACK_${key.toUpperCase()}__LISTEN`)?.value;
+  const text = fromEnv ? `listen = "${fromEnv}"` : (() => {
+    const argv = c.args ?? [];
+    const file = argv[argv.indexOf("--config") + 1];
+    if (!file) return null;
+    for (const m of c.volumeMounts ?? []) {
+      if (!file.startsWith(`${m.mountPath}/`)) continue;
+      const cmName = (pod.volumes ?? []).find((v) => v.name === m.name)?.configMap?.name;
+      const cm = inLabel.find((o) => o.kind === "ConfigMap" && o.metadata?.name === cmName);
+      const toml = cm?.data?.[file.slice(m.mountPath.length + 1)];
+      if (toml) return section(toml, key);
+    }
+    return null;
+  })();
+  const m = text && /^\s*listen\s*=\s*"[^"]*:(\d+)"/m.exec(text);
+  return m ? Number(m[1]) : null;
+}
+function section(toml, name) {
+  const m = new RegExp(`^\\[${name}\\]\\s*$([\\s\\S]*?)(?=^\\[|(?![\\s\\S]))`, "m").exec(toml);
+  return m ? m[1] : null;
+}
+
+// ---- the verdict -------------------------------------------------------
+for (const e of errors) console.log(`error: ${e}`);
+for (const { label } of inputs) {
+  const n = objects.filter((o) => o.label === label).length;
+  const bad = errors.filter((e) => e.startsWith(`${label}: `)).length;
+  console.log(`${label}: ${n} objects, ${bad ? `${bad} errors` : "all valid"}`);
+}
+process.exit(errors.length ? 1 : 0);
