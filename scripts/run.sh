@@ -18,6 +18,8 @@ DEDUPLICATOR_PORT="${DEDUPLICATOR_PORT:-9093}"
 META_PORT="${META_PORT:-9094}"
 GOOGLE_ADS_PORT="${GOOGLE_ADS_PORT:-9095}"
 TIKTOK_PORT="${TIKTOK_PORT:-9096}"
+STATUS_PORT="${STATUS_PORT:-8070}"
+STATUS_OPS_PORT="${STATUS_OPS_PORT:-9097}"
 BOOTSTRAP="127.0.0.1:$KAFKA_PORT"
 LOGS="$STATE/logs"
 mkdir -p "$LOGS"
@@ -75,6 +77,12 @@ for platform in meta google_ads tiktok; do
       --platform "$platform" --config "$ROOT/config/dispatcher.local.toml"
 done
 
+# A fresh projection each run, like the broker's topics.
+rm -f "$STATE"/status.db "$STATE"/status.db-*
+POSTBACK_KAFKA__BOOTSTRAP_SERVERS="$BOOTSTRAP" POSTBACK_HTTP__LISTEN="127.0.0.1:$STATUS_PORT" \
+  POSTBACK_OPS__LISTEN="127.0.0.1:$STATUS_OPS_PORT" POSTBACK_STORE__URL="sqlite://$STATE/status.db" \
+  start_service status "$ROOT/target/release/postback-status" --config "$ROOT/config/status.local.toml"
+
 wait_ready() { # wait_ready NAME URL
   for _ in $(seq 1 100); do
     curl -sf "$2/readyz" >/dev/null 2>&1 && return 0
@@ -90,6 +98,9 @@ wait_ready sandbox "$SANDBOX"
 wait_ready dispatcher-meta "http://127.0.0.1:$META_PORT"
 wait_ready dispatcher-google_ads "http://127.0.0.1:$GOOGLE_ADS_PORT"
 wait_ready dispatcher-tiktok "http://127.0.0.1:$TIKTOK_PORT"
+wait_ready status "http://127.0.0.1:$STATUS_OPS_PORT"
+STATUS_URL="http://127.0.0.1:$STATUS_PORT"
+READ_KEY="rk_local_demo_0123456789abcdef"
 
 status=0
 "$ROOT/scripts/sample-traffic.sh" "$URL" "$BOOTSTRAP" || status=$?
@@ -134,6 +145,24 @@ say "conversions.status (every stage's word per platform: eligible, not_eligible
 say "dispatchers' delivered / rejected / retrying / expired / failed with the platform's request id):"
 "$ROOT/target/release/postback-ctl" --bootstrap "$BOOTSTRAP" tail conversions.status --timeout-secs 3 \
   | grep '"stage":"dispatcher"' | tail -n 6 | cut -c1-400 || true
+say "the status service: each conversion's front-end and server-side state per platform"
+say "(GET $STATUS_URL/v1/conversions with the demo read key):"
+projected=0
+for _ in $(seq 1 30); do
+  if curl -sf -H "Authorization: Bearer $READ_KEY" "$STATUS_URL/v1/conversions?server_side=delivered&limit=3" \
+    | python3 -c '
+import json, sys
+page = json.load(sys.stdin)["conversions"]
+for c in page:
+    states = ", ".join("%s: front-end %s, server-side %s" % (p, s["front_end"], s["server_side"]) for p, s in sorted(c["platforms"].items()))
+    print("  %s %s (%s): %s" % (c["event_name"], c["event_id"], "+".join(c["sources"]), states))
+sys.exit(0 if page else 1)'; then projected=1; break; fi
+  sleep 1
+done
+if [[ "$projected" -ne 1 ]]; then
+  say "the status service shows no delivered conversion; see $LOGS/status.log"
+  status=$((status + 1))
+fi
 say "collector metrics:"
 curl -s "$URL/metrics" | grep -E '^postback_collector_events_total' || true
 say "enricher metrics (eligibility by platform and reason):"
@@ -165,6 +194,7 @@ postback is running:
   dedup       http://127.0.0.1:$DEDUPLICATOR_PORT   (/metrics, /readyz; state in $STATE/deduplicator)
   dispatchers http://127.0.0.1:$META_PORT (meta), :$GOOGLE_ADS_PORT (google_ads), :$TIKTOK_PORT (tiktok)   (/metrics, /readyz)
   sandbox     $SANDBOX   (Meta, Google Ads, TikTok endpoints; /admin/events, /admin/stats)
+  status      $STATUS_URL   (GET /v1/conversions, /v1/summary with Authorization: Bearer $READ_KEY; ops :$STATUS_OPS_PORT)
   broker      $BOOTSTRAP
   logs        $LOGS
 Press Ctrl-C to stop.

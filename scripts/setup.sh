@@ -4,7 +4,7 @@
 # machine's Java 17+ and Maven), cargo-nextest (from crates.io) and a Python
 # venv with fastavro (the independent Avro implementation the schema tests
 # check against); as root with apt-get, Debian's prometheus package for
-# promtool. Idempotent: a second run downloads nothing.
+# promtool and postgresql for the status store's tests. Idempotent: a second run downloads nothing.
 source "$(dirname "$0")/lib.sh"
 command -v cargo >/dev/null || die "cargo is required (https://rustup.rs)"
 command -v cc >/dev/null || command -v gcc >/dev/null ||
@@ -29,6 +29,18 @@ if ! command -v promtool >/dev/null 2>&1; then
       say "apt-get could not install prometheus; scripts/test.sh needs its promtool"
   else
     say "promtool is missing: scripts/test.sh needs it to check deploy/prometheus (Debian: apt-get install --no-install-recommends prometheus)"
+  fi
+fi
+# The status store's tests start a PostgreSQL of their own from Debian's
+# postgresql binaries (or use POSTBACK_TEST_DATABASE_URL).
+if [[ -z "${POSTBACK_TEST_DATABASE_URL:-}" ]] && ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && ! command -v initdb >/dev/null 2>&1; then
+  if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    say "installing PostgreSQL for the status store's tests: Debian's postgresql (apt-get, first time only)"
+    { apt-get install -y --no-install-recommends postgresql >/dev/null 2>&1 ||
+      { apt-get update -qq && apt-get install -y --no-install-recommends postgresql >/dev/null; }; } ||
+      say "apt-get could not install postgresql; the status store's tests need it (or POSTBACK_TEST_DATABASE_URL)"
+  else
+    say "PostgreSQL is missing: the status store's tests need it (Debian: apt-get install postgresql) or POSTBACK_TEST_DATABASE_URL"
   fi
 fi
 py="$(venv_python)"

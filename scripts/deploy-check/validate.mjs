@@ -195,7 +195,8 @@ const groupOf = (topic) => topic === "conversions.raw" ? "postback-enricher"
   : topic.startsWith("dispatch.") ? `postback-dispatcher-${topic.slice("dispatch.".length)}` : null;
 // Each service's listen key, to check the probes' port.
 const listenKey = { "postback-collector": "http", "postback-sandbox": "http",
-  "postback-enricher": "ops", "postback-deduplicator": "ops", "postback-dispatcher": "ops" };
+  "postback-enricher": "ops", "postback-deduplicator": "ops", "postback-dispatcher": "ops",
+  "postback-status": "ops" };
 
 for (const { label, obj } of objects) {
   const inLabel = objects.filter((o) => o.label === label).map((o) => o.obj);

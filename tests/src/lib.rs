@@ -6,6 +6,7 @@ pub mod bench;
 mod broker;
 pub mod fixtures;
 mod kafka_process;
+mod postgres;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -13,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use broker::Broker;
 pub use kafka_process::SaslSslListener;
+pub use postgres::TestDatabase;
 
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {

@@ -45,6 +45,8 @@ const SERIES_DEADLINE: Duration = Duration::from_secs(240);
 /// The demo keys of config/collector.local.toml.
 const API_KEY: &str = "sk_local_demo_0123456789abcdef";
 const SITE_KEY: &str = "pk_local_demo";
+/// The demo read key of config/status.local.toml.
+const STATUS_READ_KEY: &str = "rk_local_demo_0123456789abcdef";
 const ORIGIN: &str = "https://shop.example";
 
 // ------------------------------------------------------------------------
@@ -1720,6 +1722,8 @@ fn example(file: &str, event_id: &str) -> Value {
 /// Drop when the test fails half-way.
 struct Pipeline {
     services: Vec<Running>,
+    /// The status service's query API (its /metrics is on the ops port).
+    status_api: SocketAddr,
     _state: tempfile::TempDir,
 }
 
@@ -1793,6 +1797,24 @@ async fn start_pipeline(
         postback_sandbox::run(sandbox, l, stop),
     ));
     let sandbox_url = format!("http://{a}");
+
+    // The status service, last in the pipeline: started first, stopped last.
+    let mut c: postback_status::config::StatusConfig = config("config/status.local.toml", vec![]);
+    c.kafka = kafka.clone();
+    c.topics = topics.clone();
+    c.consumer.group_id = Some(unique("dm.status"));
+    c.stage.store.url = format!("sqlite://{}", state.path().join("status.db").display());
+    let (l, a) = listener().await;
+    c.ops.listen = a;
+    c.validate().expect("status config");
+    let (api, status_api) = listener().await;
+    let stop = CancellationToken::new();
+    services.push(Running::spawn(
+        "status",
+        a,
+        stop.clone(),
+        postback_status::run_with_listener(c, api, l, stop),
+    ));
 
     for p in Platform::ALL {
         let mut c: postback_dispatcher::config::DispatcherConfig = config(
@@ -1895,6 +1917,7 @@ async fn start_pipeline(
 
     let pipeline = Pipeline {
         services,
+        status_api,
         _state: state,
     };
     for s in &pipeline.services {
@@ -2031,6 +2054,7 @@ async fn send_traffic(
         names.raw.clone(),
         names.enriched.clone(),
         format!("{}meta", names.dispatch_prefix),
+        names.status.clone(),
     ] {
         broker
             .produce(&topic, b"garbage", b"\x00not avro")
@@ -2134,6 +2158,14 @@ async fn every_metric_the_dashboards_and_alerts_use_is_exported() {
     let deadline = tokio::time::Instant::now() + SERIES_DEADLINE;
     loop {
         scrapes += 1;
+        // The status service's API counts and times what it answers.
+        for path in ["/v1/conversions?limit=5", "/v1/summary"] {
+            let _ = http
+                .get(format!("http://{}{path}", pipeline.status_api))
+                .bearer_auth(STATUS_READ_KEY)
+                .send()
+                .await;
+        }
         for (name, addr) in &addrs {
             let Some(text) = scrape(&http, *addr).await else {
                 continue;

@@ -4,7 +4,8 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 
 use postback_core::config::{
-    validate_topic_name, ConfigError, KafkaConfig, LogConfig, TopicsConfig, Validate,
+    validate_keys, validate_tenant, validate_topic_name, ConfigError, KafkaConfig, LogConfig,
+    TopicsConfig, Validate,
 };
 use serde::{Deserialize, Serialize};
 
@@ -47,28 +48,9 @@ impl Default for HttpConfig {
     }
 }
 
-/// A server API key. Give the key inline, or the name of an environment
-/// variable that holds it (keeps secrets out of the file).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ApiKey {
-    pub tenant: String,
-    #[serde(default)]
-    pub key: Option<String>,
-    #[serde(default)]
-    pub key_env: Option<String>,
-}
-
-impl ApiKey {
-    /// The key's value, from the file or its environment variable.
-    pub fn resolve(&self) -> Option<String> {
-        self.key.clone().or_else(|| {
-            self.key_env
-                .as_ref()
-                .and_then(|name| std::env::var(name).ok())
-        })
-    }
-}
+/// A server API key: inline, or the name of an environment variable that
+/// holds it (keeps secrets out of the file).
+pub type ApiKey = postback_core::config::TenantKey;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -115,22 +97,6 @@ pub struct IngestTopic {
     pub tenant: String,
 }
 
-fn validate_tenant(key: &str, tenant: &str) -> Result<(), ConfigError> {
-    let ok = !tenant.is_empty()
-        && tenant.len() <= 64
-        && tenant
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
-    if ok {
-        Ok(())
-    } else {
-        Err(ConfigError::invalid(
-            key,
-            format!("tenant `{tenant}` must be 1-64 of a-z 0-9 - _"),
-        ))
-    }
-}
-
 impl Validate for CollectorConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         self.kafka.validate()?;
@@ -147,37 +113,7 @@ impl Validate for CollectorConfig {
                 "must be at least 1024",
             ));
         }
-        let mut seen = HashSet::new();
-        for (i, k) in self.api_keys.iter().enumerate() {
-            validate_tenant(&format!("api_keys[{i}].tenant"), &k.tenant)?;
-            let key = match (&k.key, &k.key_env) {
-                (Some(_), Some(_)) | (None, None) => {
-                    return Err(ConfigError::invalid(
-                        format!("api_keys[{i}]"),
-                        "set exactly one of `key` and `key_env`",
-                    ))
-                }
-                (_, Some(name)) => k.resolve().ok_or_else(|| {
-                    ConfigError::invalid(
-                        format!("api_keys[{i}].key_env"),
-                        format!("environment variable {name} is not set"),
-                    )
-                })?,
-                (Some(key), None) => key.clone(),
-            };
-            if key.len() < 16 {
-                return Err(ConfigError::invalid(
-                    format!("api_keys[{i}].key"),
-                    "must be at least 16 characters",
-                ));
-            }
-            if !seen.insert(key) {
-                return Err(ConfigError::invalid(
-                    format!("api_keys[{i}].key"),
-                    "is used twice",
-                ));
-            }
-        }
+        validate_keys("api_keys", &self.api_keys)?;
         let mut seen = HashSet::new();
         for (i, s) in self.site_keys.iter().enumerate() {
             validate_tenant(&format!("site_keys[{i}].tenant"), &s.tenant)?;

@@ -309,6 +309,44 @@ pub struct DeliveryStatus {
     pub reported_by: Option<String>,
     pub platform_request_id: Option<String>,
     pub time: i64,
+    /// The conversion itself, on the deduplicator's records (schema v2);
+    /// None on the dispatchers' and on v1 records.
+    #[serde(default)]
+    pub conversion: Option<ConversionSummary>,
+}
+
+/// What the status service shows about a conversion (delivery_status v2).
+/// Never personal data: the names of the match keys an upload carries, not
+/// their values; click ids only as SHA-256 hashes.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ConversionSummary {
+    pub event_time: i64,
+    #[serde(default)]
+    pub value: Option<String>,
+    #[serde(default)]
+    pub currency: Option<String>,
+    #[serde(default)]
+    pub order_id: Option<String>,
+    /// browser, server, offline: who reported it.
+    #[serde(default)]
+    pub sources: Vec<String>,
+    /// The identifiers this platform's upload carries (email, phone, gclid,
+    /// fbp, ...).
+    #[serde(default)]
+    pub match_keys: Vec<String>,
+    /// Hex SHA-256 of each click id it carried.
+    #[serde(default)]
+    pub click_id_hashes: Vec<String>,
+}
+
+/// The form a click id is kept and searched in (`click_id_hashes`): hex
+/// SHA-256 of the id as received.
+pub fn click_id_hash(id: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(id.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -110,6 +110,7 @@ fn status_sample() -> DeliveryStatus {
         reported_by: Some("server".into()),
         platform_request_id: Some("AbC".into()),
         time: 1_790_000_001_000,
+        conversion: None,
     }
 }
 
@@ -330,4 +331,62 @@ fn fastavro_decodes_what_the_services_write() {
     );
     assert_eq!(decoded["delivery_status"]["server_side"], "retrying");
     assert_eq!(decoded["dead_letter"]["original_value"], "000102ff");
+}
+
+/// delivery_status v2 adds the conversion summary: the status service (v2)
+/// reads the v1 records already on conversions.status, and a reader that
+/// knows only v1 reads what v2 writers write.
+#[test]
+fn delivery_status_v1_and_v2_read_each_others_records() {
+    let text = |version: u32| {
+        PUBLISHED
+            .iter()
+            .find(|p| p.kind == SchemaKind::DeliveryStatus && p.version == version)
+            .unwrap()
+            .text
+    };
+    let v1 = Schema::parse_str(text(1)).unwrap();
+    let v2 = Schema::parse_str(text(2)).unwrap();
+    let codec: Codec<DeliveryStatus> = Codec::new(SchemaKind::DeliveryStatus);
+    assert_eq!(
+        codec.fingerprint(),
+        fingerprint_of(text(2)).unwrap(),
+        "services write v2"
+    );
+
+    // A v1 record (what the pipeline wrote before v2) decodes with the
+    // conversion absent.
+    let old = status_sample();
+    let mut record = apache_avro::to_value(&old).unwrap();
+    if let AvroValue::Record(fields) = &mut record {
+        fields.retain(|(n, _)| n != "conversion");
+    }
+    let record = record.resolve(&v1).unwrap();
+    let mut v1_bytes = vec![0xC3, 0x01];
+    v1_bytes.extend_from_slice(&fingerprint_of(text(1)).unwrap().to_le_bytes());
+    v1_bytes.extend(apache_avro::to_avro_datum(&v1, record).unwrap());
+    assert_eq!(codec.decode(&v1_bytes).unwrap(), old);
+
+    // A v2 record with a summary reads as v1 for a reader that knows only v1.
+    let new = DeliveryStatus {
+        conversion: Some(ConversionSummary {
+            event_time: 1_790_000_000_000,
+            value: Some("129.90".into()),
+            currency: Some("EUR".into()),
+            order_id: Some("A-42".into()),
+            sources: vec!["browser".into(), "server".into()],
+            match_keys: vec!["email".into(), "fbp".into()],
+            click_id_hashes: vec!["ab".repeat(32)],
+        }),
+        ..status_sample()
+    };
+    let v2_bytes = codec.encode(&new).unwrap();
+    assert_eq!(codec.decode(&v2_bytes).unwrap(), new);
+    let read_by_v1 = apache_avro::from_avro_datum(&v2, &mut &v2_bytes[10..], Some(&v1)).unwrap();
+    let AvroValue::Record(fields) = read_by_v1 else {
+        panic!("not a record")
+    };
+    assert!(fields.iter().all(|(n, _)| n != "conversion"));
+    let id = fields.iter().find(|(n, _)| n == "event_id").unwrap();
+    assert_eq!(id.1, AvroValue::String("ord-42".into()));
 }

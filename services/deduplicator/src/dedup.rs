@@ -511,6 +511,7 @@ impl Deduplicator {
             reported_by: None,
             platform_request_id: None,
             time: now,
+            conversion: Some(crate::summary::summary(record, platform, state.sources)),
         }
     }
 

@@ -17,6 +17,7 @@ pub mod restore;
 mod staged;
 pub mod state;
 pub mod store;
+pub mod summary;
 
 use std::time::Duration;
 

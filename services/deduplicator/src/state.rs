@@ -45,6 +45,15 @@ impl Sources {
         self.0 & Self::bit(source) != 0
     }
 
+    /// ["browser", "server"], for the status service.
+    pub fn names(self) -> Vec<String> {
+        [Source::Browser, Source::Server, Source::Offline]
+            .into_iter()
+            .filter(|s| self.contains(*s))
+            .map(|s| s.as_str().to_string())
+            .collect()
+    }
+
     /// "browser+server", for status records.
     pub fn describe(self) -> String {
         [Source::Browser, Source::Server, Source::Offline]

@@ -149,6 +149,7 @@ impl Outcomes {
             reported_by: None,
             platform_request_id: None,
             time: now_millis(),
+            conversion: None,
         }
     }
 

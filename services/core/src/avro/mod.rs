@@ -71,6 +71,12 @@ pub const PUBLISHED: &[PublishedSchema] = &[
         text: include_str!("../../../../schemas/delivery_status.v1.avsc"),
     },
     PublishedSchema {
+        kind: SchemaKind::DeliveryStatus,
+        version: 2,
+        file: "delivery_status.v2.avsc",
+        text: include_str!("../../../../schemas/delivery_status.v2.avsc"),
+    },
+    PublishedSchema {
         kind: SchemaKind::DeadLetter,
         version: 1,
         file: "dead_letter.v1.avsc",

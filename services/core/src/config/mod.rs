@@ -12,11 +12,13 @@
 //! collector, the sandbox) is a plain struct that embeds what it shares.
 
 mod kafka;
+mod keys;
 mod loader;
 mod sections;
 mod stage;
 
 pub use kafka::{Compression, KafkaConfig, SaslConfig, SaslMechanism, Secret, SecurityProtocol};
+pub use keys::{validate_keys, validate_tenant, TenantKey, MIN_KEY_LEN};
 #[cfg(test)]
 use loader::test_sample;
 pub use loader::{

@@ -257,6 +257,10 @@ impl ConsumerLoop {
             if batch.records.is_empty() && outputs.is_empty() {
                 continue;
             }
+            handler
+                .persist()
+                .await
+                .map_err(ConsumerLoopError::Handler)?;
             if !self.commit(handler, &batch, &mut outputs, shutdown).await? {
                 break;
             }

@@ -1,6 +1,7 @@
 //! What a stage plugs into the consumer loop: a handler that turns each
 //! input record into outputs, and the records it sees.
 
+use std::future::Future;
 use std::time::Duration;
 
 use rdkafka::message::{Headers, Message};
@@ -108,6 +109,15 @@ pub trait RecordHandler: Send {
     /// (its transaction aborted) and the records that caused them will be
     /// handled again: forget what handling them changed.
     fn on_aborted(&mut self) {}
+
+    /// The batch's records are handled: make durable what they changed
+    /// outside Kafka (a projection's database) before their offsets move.
+    /// Runs after `handle` and `tick`, before the batch's outputs and
+    /// offsets are written. An error stops the loop without committing, so
+    /// the records are read again: what this writes must be idempotent.
+    fn persist(&mut self) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        std::future::ready(Ok(()))
+    }
 }
 
 /// A handler that is a closure; handy for small stages and tests.

@@ -1,0 +1,142 @@
+//! The status service's configuration (docs/status.md lists every key):
+//! where its API listens, where the projection is stored, and the read keys
+//! that decide which tenant a request sees.
+
+use std::net::SocketAddr;
+
+use postback_core::config::{validate_keys, ConfigError, Stage, StageConfig, TenantKey, Validate};
+use serde::{Deserialize, Serialize};
+
+/// The status service's file: the sections every stage shares and these.
+pub type StatusConfig = StageConfig<StatusSections>;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StatusSections {
+    pub http: HttpConfig,
+    pub store: StoreConfig,
+    /// Keys that read one tenant's conversions: `Authorization: Bearer <key>`.
+    pub read_keys: Vec<TenantKey>,
+}
+
+impl Stage for StatusSections {
+    const OPS_PORT: u16 = 9097;
+
+    fn default_group_id(&self) -> String {
+        "postback-status".into()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// The query API and the panel (the ops endpoints are on `ops.listen`).
+    pub listen: SocketAddr,
+    /// The most conversions one page of the list returns.
+    pub max_page: u32,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8070)),
+            max_page: 500,
+        }
+    }
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite://PATH` (the default: a file under .postback/, nothing to
+    /// install) or `postgres://user:password@host/db` for deployments that
+    /// run several replicas against one database.
+    pub url: String,
+    /// Connections in the pool (SQLite: writes are serialised anyway).
+    pub max_connections: u32,
+    /// Seconds a write may keep failing (the database restarting) before
+    /// the service stops; the batch is read again after a restart.
+    pub write_retry_secs: u64,
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("url", &redacted_url(&self.url))
+            .field("max_connections", &self.max_connections)
+            .field("write_retry_secs", &self.write_retry_secs)
+            .finish()
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            url: "sqlite://.postback/status.db".into(),
+            max_connections: 8,
+            write_retry_secs: 60,
+        }
+    }
+}
+
+/// The URL without its password, for logs and errors.
+pub fn redacted_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}:[redacted]{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+impl Validate for StatusSections {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(self.store.url.starts_with("sqlite:")
+            || self.store.url.starts_with("postgres://")
+            || self.store.url.starts_with("postgresql://"))
+        {
+            return Err(ConfigError::invalid(
+                "store.url",
+                "must start with sqlite: or postgres://",
+            ));
+        }
+        if self.store.max_connections == 0 {
+            return Err(ConfigError::invalid(
+                "store.max_connections",
+                "must be at least 1",
+            ));
+        }
+        if self.http.max_page == 0 || self.http.max_page > 10_000 {
+            return Err(ConfigError::invalid(
+                "http.max_page",
+                "must be between 1 and 10000",
+            ));
+        }
+        validate_keys("read_keys", &self.read_keys)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_password_is_never_shown() {
+        let url = "postgres://status:s3cret@db.internal:5432/postback";
+        assert_eq!(
+            redacted_url(url),
+            "postgres://status:[redacted]@db.internal:5432/postback"
+        );
+        let store = StoreConfig {
+            url: url.into(),
+            ..StoreConfig::default()
+        };
+        assert!(!format!("{store:?}").contains("s3cret"));
+        assert_eq!(
+            redacted_url("sqlite://.postback/status.db"),
+            "sqlite://.postback/status.db"
+        );
+    }
+}

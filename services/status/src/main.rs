@@ -1,0 +1,4 @@
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    postback_core::service::main("postback-status", postback_status::run).await
+}

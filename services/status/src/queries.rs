@@ -1,0 +1,598 @@
+//! The read side of the projection: the list with its filters and cursor,
+//! one conversion with its history, and the per-platform summary. Every
+//! query is scoped to one tenant and reads only what a page shows (indexed
+//! range scans and a LIMIT; never a whole table), so a million rows cost
+//! what a page costs.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use sqlx::any::AnyArguments;
+use sqlx::query::Query;
+use sqlx::{Any, Row};
+
+use crate::fold;
+use crate::legend::meaning;
+use crate::store::{int, text, Store, StoreError};
+
+/// What the list is narrowed to; every field optional.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    /// Event time (or first record, until the deduplicator's summary),
+    /// Unix ms, `from` inclusive, `to` exclusive.
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+    pub event_name: Option<String>,
+    pub platform: Option<String>,
+    pub front_end: Option<String>,
+    pub server_side: Option<String>,
+    pub reason: Option<String>,
+    pub event_id: Option<String>,
+    pub order_id: Option<String>,
+    /// SHA-256 hex of a click id.
+    pub click_id_hash: Option<String>,
+}
+
+/// Where a page starts: after this conversion, newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Cursor {
+    pub sort_time: i64,
+    pub event_name: String,
+    pub event_id: String,
+}
+
+impl Cursor {
+    /// Opaque to clients: hex of a JSON triple.
+    pub fn encode(&self) -> String {
+        let json = serde_json::to_vec(&(self.sort_time, &self.event_name, &self.event_id))
+            .unwrap_or_default();
+        hex::encode(json)
+    }
+
+    pub fn decode(text: &str) -> Option<Cursor> {
+        let bytes = hex::decode(text).ok()?;
+        let (sort_time, event_name, event_id): (i64, String, String) =
+            serde_json::from_slice(&bytes).ok()?;
+        Some(Cursor {
+            sort_time,
+            event_name,
+            event_id,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ConversionView {
+    pub event_id: String,
+    pub event_name: String,
+    /// Unix ms; null until the deduplicator's record arrives.
+    pub event_time: Option<i64>,
+    pub first_seen: i64,
+    pub value: Option<String>,
+    pub currency: Option<String>,
+    pub order_id: Option<String>,
+    /// browser, server, offline.
+    pub sources: Vec<String>,
+    pub platforms: BTreeMap<String, PlatformView>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PlatformView {
+    pub front_end: &'static str,
+    pub server_side: String,
+    pub reason: Option<String>,
+    pub platform_request_id: Option<String>,
+    pub attempt: Option<i64>,
+    pub next_attempt_at: Option<i64>,
+    pub updated_at: Option<i64>,
+    pub delivered_at: Option<i64>,
+    /// Which identifiers the upload carries (never their values).
+    pub match_keys: Vec<String>,
+    /// What the front-end and server-side statuses mean together.
+    pub meaning: &'static str,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct HistoryEntry {
+    pub platform: String,
+    pub time: i64,
+    pub stage: String,
+    pub server_side: String,
+    pub front_end: Option<String>,
+    pub reason: Option<String>,
+    pub attempt: Option<i64>,
+    pub next_attempt_at: Option<i64>,
+    pub platform_request_id: Option<String>,
+    pub duplicate_of: Option<String>,
+    pub reported_by: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Detail {
+    pub conversion: ConversionView,
+    /// Every status record, oldest first.
+    pub history: Vec<HistoryEntry>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Page {
+    pub conversions: Vec<ConversionView>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Summary {
+    pub conversions: i64,
+    /// Conversions reported by both the browser and a server.
+    pub merged: i64,
+    pub merge_rate: f64,
+    pub platforms: BTreeMap<String, PlatformSummary>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct PlatformSummary {
+    pub conversions: i64,
+    /// Current server-side status counts (eligible = sent on, no outcome yet).
+    pub server_side: BTreeMap<String, i64>,
+    pub rejected_by_reason: BTreeMap<String, i64>,
+    pub not_eligible_by_reason: BTreeMap<String, i64>,
+    /// Reports the deduplicator dropped as repeats.
+    pub duplicates: i64,
+    pub front_end_fired: i64,
+    pub front_end_fired_rate: f64,
+    /// Event time to the first `delivered`, in ms.
+    pub delivered_latency_ms_p50: Option<i64>,
+    pub delivered_latency_ms_p95: Option<i64>,
+}
+
+/// SQL with numbered placeholders, built clause by clause.
+#[derive(Default)]
+struct Sql {
+    text: String,
+    args: Vec<Arg>,
+}
+
+enum Arg {
+    Int(i64),
+    Text(String),
+}
+
+impl Sql {
+    fn new(text: &str) -> Sql {
+        Sql {
+            text: text.into(),
+            args: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, text: &str) -> &mut Self {
+        self.text.push_str(text);
+        self
+    }
+
+    fn int(&mut self, v: i64) -> &mut Self {
+        self.args.push(Arg::Int(v));
+        self.text.push_str(&format!("${}", self.args.len()));
+        self
+    }
+
+    fn text(&mut self, v: &str) -> &mut Self {
+        self.args.push(Arg::Text(v.to_string()));
+        self.text.push_str(&format!("${}", self.args.len()));
+        self
+    }
+
+    fn query(&self) -> Query<'_, Any, AnyArguments<'_>> {
+        let mut q = sqlx::query(&self.text);
+        for a in &self.args {
+            q = match a {
+                Arg::Int(v) => q.bind(*v),
+                Arg::Text(v) => q.bind(v.as_str()),
+            };
+        }
+        q
+    }
+}
+
+impl Store {
+    /// One page of `tenant`'s conversions, newest first.
+    pub async fn list(
+        &self,
+        tenant: &str,
+        filter: &ListFilter,
+        limit: u32,
+        after: Option<&Cursor>,
+    ) -> Result<Page, StoreError> {
+        let mut sql = Sql::new(
+            "SELECT c.event_id, c.event_name, c.sort_time, c.first_seen, c.event_time, c.value,
+                c.currency, c.order_id, c.sources FROM conversions c WHERE c.tenant = ",
+        );
+        sql.text(tenant);
+        conversion_filters(&mut sql, tenant, filter);
+        if let Some(c) = after {
+            sql.push(" AND (c.sort_time < ")
+                .int(c.sort_time)
+                .push(" OR (c.sort_time = ")
+                .int(c.sort_time)
+                .push(" AND (c.event_name < ")
+                .text(&c.event_name)
+                .push(" OR (c.event_name = ")
+                .text(&c.event_name)
+                .push(" AND c.event_id < ")
+                .text(&c.event_id)
+                .push("))))");
+        }
+        sql.push(" ORDER BY c.sort_time DESC, c.event_name DESC, c.event_id DESC LIMIT ")
+            .int(i64::from(limit) + 1);
+        let rows = sql.query().fetch_all(self.pool()).await?;
+        let mut conversions = Vec::with_capacity(rows.len());
+        let mut sort_times = Vec::with_capacity(rows.len());
+        for row in rows.iter().take(limit as usize) {
+            sort_times.push(row.try_get::<i64, _>("sort_time")?);
+            conversions.push(conversion_view(row)?);
+        }
+        let next_cursor = (rows.len() > limit as usize)
+            .then(|| conversions.last().zip(sort_times.last()))
+            .flatten()
+            .map(|(c, t)| {
+                Cursor {
+                    sort_time: *t,
+                    event_name: c.event_name.clone(),
+                    event_id: c.event_id.clone(),
+                }
+                .encode()
+            });
+        self.attach_platforms(tenant, &mut conversions).await?;
+        Ok(Page {
+            conversions,
+            next_cursor,
+        })
+    }
+
+    /// The platforms' current states of a page of conversions, in one query.
+    async fn attach_platforms(
+        &self,
+        tenant: &str,
+        conversions: &mut [ConversionView],
+    ) -> Result<(), StoreError> {
+        if conversions.is_empty() {
+            return Ok(());
+        }
+        let mut sql = Sql::new("SELECT * FROM platform_states WHERE tenant = ");
+        sql.text(tenant).push(" AND (");
+        for (i, c) in conversions.iter().enumerate() {
+            if i > 0 {
+                sql.push(" OR ");
+            }
+            sql.push("(event_name = ")
+                .text(&c.event_name)
+                .push(" AND event_id = ")
+                .text(&c.event_id)
+                .push(")");
+        }
+        sql.push(")");
+        let rows = sql.query().fetch_all(self.pool()).await?;
+        let mut index: BTreeMap<(String, String), usize> = BTreeMap::new();
+        for (i, c) in conversions.iter().enumerate() {
+            index.insert((c.event_name.clone(), c.event_id.clone()), i);
+        }
+        for row in rows {
+            let key = (
+                row.try_get::<String, _>("event_name")?,
+                row.try_get::<String, _>("event_id")?,
+            );
+            if let Some(i) = index.get(&key) {
+                let platform = row.try_get::<String, _>("platform")?;
+                conversions[*i]
+                    .platforms
+                    .insert(platform, platform_view(&row)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// One conversion of `tenant`, with every status record.
+    pub async fn detail(
+        &self,
+        tenant: &str,
+        event_name: &str,
+        event_id: &str,
+    ) -> Result<Option<Detail>, StoreError> {
+        let mut sql = Sql::new(
+            "SELECT event_id, event_name, sort_time, first_seen, event_time, value, currency,
+                order_id, sources FROM conversions WHERE tenant = ",
+        );
+        sql.text(tenant)
+            .push(" AND event_name = ")
+            .text(event_name)
+            .push(" AND event_id = ")
+            .text(event_id);
+        let Some(row) = sql.query().fetch_optional(self.pool()).await? else {
+            return Ok(None);
+        };
+        let mut conversion = [conversion_view(&row)?];
+        self.attach_platforms(tenant, &mut conversion).await?;
+        let [conversion] = conversion;
+        let mut sql = Sql::new("SELECT * FROM status_history WHERE tenant = ");
+        sql.text(tenant)
+            .push(" AND event_name = ")
+            .text(event_name)
+            .push(" AND event_id = ")
+            .text(event_id)
+            .push(" ORDER BY status_time, src_partition, src_offset");
+        let history = sql
+            .query()
+            .fetch_all(self.pool())
+            .await?
+            .iter()
+            .map(history_entry)
+            .collect::<Result<_, _>>()?;
+        Ok(Some(Detail {
+            conversion,
+            history,
+        }))
+    }
+
+    /// Counts per platform over the conversions of `[from, to)`.
+    pub async fn summary(&self, tenant: &str, from: i64, to: i64) -> Result<Summary, StoreError> {
+        let mut summary = Summary::default();
+        let mut sql =
+            Sql::new("SELECT c.sources, COUNT(*) AS n FROM conversions c WHERE c.tenant = ");
+        sql.text(tenant);
+        time_range(&mut sql, from, to);
+        sql.push(" GROUP BY c.sources");
+        for row in sql.query().fetch_all(self.pool()).await? {
+            let n = row.try_get::<i64, _>("n")?;
+            let sources = row.try_get::<String, _>("sources")?;
+            summary.conversions += n;
+            if sources.contains("browser")
+                && (sources.contains("server") || sources.contains("offline"))
+            {
+                summary.merged += n;
+            }
+        }
+        summary.merge_rate = rate(summary.merged, summary.conversions);
+
+        let mut sql = Sql::new(
+            "SELECT p.platform, p.server_side, p.reason, p.front_end_rank, COUNT(*) AS n
+             FROM platform_states p JOIN conversions c ON c.tenant = p.tenant
+               AND c.event_name = p.event_name AND c.event_id = p.event_id
+             WHERE c.tenant = ",
+        );
+        sql.text(tenant);
+        time_range(&mut sql, from, to);
+        sql.push(" GROUP BY p.platform, p.server_side, p.reason, p.front_end_rank");
+        for row in sql.query().fetch_all(self.pool()).await? {
+            let n = row.try_get::<i64, _>("n")?;
+            let platform = row.try_get::<String, _>("platform")?;
+            let server_side = row.try_get::<String, _>("server_side")?;
+            let reason = text(&row, "reason")?.unwrap_or_else(|| "unknown".into());
+            let p = summary.platforms.entry(platform).or_default();
+            p.conversions += n;
+            *p.server_side.entry(server_side.clone()).or_default() += n;
+            match server_side.as_str() {
+                "rejected" => *p.rejected_by_reason.entry(reason).or_default() += n,
+                "not_eligible" => *p.not_eligible_by_reason.entry(reason).or_default() += n,
+                _ => {}
+            }
+            if row.try_get::<i64, _>("front_end_rank")?
+                == fold::front_end_rank(Some(postback_core::model::FrontEndStatus::Fired))
+            {
+                p.front_end_fired += n;
+            }
+        }
+
+        let mut sql = Sql::new(
+            "SELECT h.platform, COUNT(*) AS n FROM status_history h JOIN conversions c
+               ON c.tenant = h.tenant AND c.event_name = h.event_name AND c.event_id = h.event_id
+             WHERE h.server_side = 'duplicate' AND c.tenant = ",
+        );
+        sql.text(tenant);
+        time_range(&mut sql, from, to);
+        sql.push(" GROUP BY h.platform");
+        for row in sql.query().fetch_all(self.pool()).await? {
+            let platform = row.try_get::<String, _>("platform")?;
+            summary.platforms.entry(platform).or_default().duplicates =
+                row.try_get::<i64, _>("n")?;
+        }
+
+        let platforms: Vec<String> = summary.platforms.keys().cloned().collect();
+        for platform in platforms {
+            let (p50, p95) = self.delivered_latency(tenant, &platform, from, to).await?;
+            let p = summary.platforms.entry(platform).or_default();
+            p.front_end_fired_rate = rate(p.front_end_fired, p.conversions);
+            p.delivered_latency_ms_p50 = p50;
+            p.delivered_latency_ms_p95 = p95;
+        }
+        Ok(summary)
+    }
+
+    /// p50 and p95 of event time to first `delivered`: the count, then the
+    /// two ranks read by offset (no percentile function both databases have).
+    async fn delivered_latency(
+        &self,
+        tenant: &str,
+        platform: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<(Option<i64>, Option<i64>), StoreError> {
+        let base = |select: &str| {
+            let mut sql = Sql::new(select);
+            sql.push(
+                " FROM platform_states p JOIN conversions c ON c.tenant = p.tenant
+                   AND c.event_name = p.event_name AND c.event_id = p.event_id
+                 WHERE p.delivered_at IS NOT NULL AND c.event_time IS NOT NULL AND c.tenant = ",
+            )
+            .text(tenant)
+            .push(" AND p.platform = ")
+            .text(platform);
+            time_range(&mut sql, from, to);
+            sql
+        };
+        let count = base("SELECT COUNT(*) AS n")
+            .query()
+            .fetch_one(self.pool())
+            .await?
+            .try_get::<i64, _>("n")?;
+        if count == 0 {
+            return Ok((None, None));
+        }
+        let at = |q: f64| {
+            let rank = ((count as f64 * q).ceil() as i64 - 1).clamp(0, count - 1);
+            let mut sql = base("SELECT p.delivered_at - c.event_time AS latency");
+            sql.push(" ORDER BY latency LIMIT 1 OFFSET ").int(rank);
+            sql
+        };
+        let p50 = at(0.5)
+            .query()
+            .fetch_one(self.pool())
+            .await?
+            .try_get::<i64, _>("latency")?;
+        let p95 = at(0.95)
+            .query()
+            .fetch_one(self.pool())
+            .await?
+            .try_get::<i64, _>("latency")?;
+        Ok((Some(p50.max(0)), Some(p95.max(0))))
+    }
+}
+
+fn rate(part: i64, whole: i64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 / whole as f64
+    }
+}
+
+fn time_range(sql: &mut Sql, from: i64, to: i64) {
+    sql.push(" AND c.sort_time >= ")
+        .int(from)
+        .push(" AND c.sort_time < ")
+        .int(to);
+}
+
+fn conversion_filters(sql: &mut Sql, tenant: &str, f: &ListFilter) {
+    if let Some(from) = f.from {
+        sql.push(" AND c.sort_time >= ").int(from);
+    }
+    if let Some(to) = f.to {
+        sql.push(" AND c.sort_time < ").int(to);
+    }
+    if let Some(v) = &f.event_name {
+        sql.push(" AND c.event_name = ").text(v);
+    }
+    if let Some(v) = &f.event_id {
+        sql.push(" AND c.event_id = ").text(v);
+    }
+    if let Some(v) = &f.order_id {
+        sql.push(" AND c.order_id = ").text(v);
+    }
+    if let Some(v) = &f.click_id_hash {
+        sql.push(
+            " AND EXISTS (SELECT 1 FROM click_ids k WHERE k.tenant = c.tenant
+               AND k.event_name = c.event_name AND k.event_id = c.event_id AND k.click_id_hash = ",
+        )
+        .text(v)
+        .push(")");
+    }
+    if f.platform.is_some()
+        || f.front_end.is_some()
+        || f.server_side.is_some()
+        || f.reason.is_some()
+    {
+        sql.push(" AND EXISTS (SELECT 1 FROM platform_states p WHERE p.tenant = ")
+            .text(tenant)
+            .push(" AND p.event_name = c.event_name AND p.event_id = c.event_id");
+        if let Some(v) = &f.platform {
+            sql.push(" AND p.platform = ").text(v);
+        }
+        if let Some(v) = &f.server_side {
+            sql.push(" AND p.server_side = ").text(v);
+        }
+        if let Some(v) = &f.reason {
+            sql.push(" AND p.reason = ").text(v);
+        }
+        if let Some(v) = &f.front_end {
+            let rank = match v.as_str() {
+                "fired" => 2,
+                "not_fired" => 1,
+                _ => 0,
+            };
+            sql.push(" AND p.front_end_rank = ").int(rank);
+        }
+        sql.push(")");
+    }
+}
+
+fn conversion_view(row: &sqlx::any::AnyRow) -> Result<ConversionView, sqlx::Error> {
+    let sources = row.try_get::<String, _>("sources")?;
+    Ok(ConversionView {
+        event_id: row.try_get("event_id")?,
+        event_name: row.try_get("event_name")?,
+        event_time: int(row, "event_time")?,
+        first_seen: row.try_get("first_seen")?,
+        value: text(row, "value")?,
+        currency: text(row, "currency")?,
+        order_id: text(row, "order_id")?,
+        sources: split_list(&sources),
+        platforms: BTreeMap::new(),
+    })
+}
+
+fn platform_view(row: &sqlx::any::AnyRow) -> Result<PlatformView, sqlx::Error> {
+    let front_end = fold::front_end_name(row.try_get::<i64, _>("front_end_rank")?);
+    let server_side = row.try_get::<String, _>("server_side")?;
+    Ok(PlatformView {
+        front_end,
+        meaning: meaning(front_end, &server_side),
+        server_side,
+        reason: text(row, "reason")?,
+        platform_request_id: text(row, "platform_request_id")?,
+        attempt: int(row, "attempt")?,
+        next_attempt_at: int(row, "next_attempt_at")?,
+        updated_at: int(row, "status_time")?,
+        delivered_at: int(row, "delivered_at")?,
+        match_keys: split_list(&row.try_get::<String, _>("match_keys")?),
+    })
+}
+
+fn history_entry(row: &sqlx::any::AnyRow) -> Result<HistoryEntry, sqlx::Error> {
+    Ok(HistoryEntry {
+        platform: row.try_get("platform")?,
+        time: row.try_get("status_time")?,
+        stage: row.try_get("stage")?,
+        server_side: row.try_get("server_side")?,
+        front_end: text(row, "front_end")?,
+        reason: text(row, "reason")?,
+        attempt: int(row, "attempt")?,
+        next_attempt_at: int(row, "next_attempt_at")?,
+        platform_request_id: text(row, "platform_request_id")?,
+        duplicate_of: text(row, "duplicate_of")?,
+        reported_by: text(row, "reported_by")?,
+    })
+}
+
+fn split_list(s: &str) -> Vec<String> {
+    s.split(',')
+        .filter(|x| !x.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cursor_round_trips_and_garbage_is_refused() {
+        let c = Cursor {
+            sort_time: 1_790_000_000_000,
+            event_name: "Purchase".into(),
+            event_id: "ord:1,\"x\"".into(),
+        };
+        assert_eq!(Cursor::decode(&c.encode()), Some(c));
+        assert_eq!(Cursor::decode("zz"), None);
+        assert_eq!(Cursor::decode(&hex::encode("[1,2]")), None);
+    }
+}

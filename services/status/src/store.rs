@@ -1,0 +1,477 @@
+//! The projection's database: an embedded SQLite file by default, or
+//! PostgreSQL for several replicas, behind one query layer (sqlx's `Any`
+//! driver; every statement is written once, in SQL both understand).
+//!
+//! Writes are idempotent and order-free (see `fold.rs`): a batch is one
+//! transaction of inserts that ignore what is there and updates guarded by
+//! the fold's keys, so a batch written twice (a crash between the database
+//! commit and the Kafka offset commit) or records read out of order leave
+//! the same rows.
+//!
+//! Tables: `status_history` (every record, keyed by its place on the
+//! topic), `conversions` (one row per tenant, event name and event id: the
+//! conversion's summary), `platform_states` (one row per conversion and
+//! platform: the current front-end and server-side status), `click_ids`
+//! (hashed click ids, for search).
+
+use std::path::Path;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use postback_core::model::{DeliveryStatus, ServerSideStatus};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{Any, AnyPool, Row, Transaction};
+
+use crate::config::{redacted_url, StoreConfig};
+use crate::fold;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the status store {url}: {source}")]
+    Open {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("cannot create {path} for the status store: {source}")]
+    Directory {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("status store: {0}")]
+    Query(#[from] sqlx::Error),
+}
+
+impl StoreError {
+    /// Worth trying again: the database restarting, a lock, a dropped
+    /// connection; not a statement it refuses.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Query(e) => {
+                matches!(
+                    e,
+                    sqlx::Error::Io(_)
+                        | sqlx::Error::PoolTimedOut
+                        | sqlx::Error::PoolClosed
+                        | sqlx::Error::WorkerCrashed
+                        | sqlx::Error::Protocol(_)
+                ) || e.as_database_error().is_some_and(|d| {
+                    let code = d.code().unwrap_or_default();
+                    // SQLite: busy, locked; PostgreSQL: serialization,
+                    // deadlock, admin shutdown, cannot connect now.
+                    matches!(
+                        code.as_ref(),
+                        "5" | "6" | "517" | "40001" | "40P01" | "57P01" | "57P03"
+                    )
+                })
+            }
+            _ => false,
+        }
+    }
+}
+
+/// One status record and its place on the topic.
+#[derive(Debug, Clone)]
+pub struct StatusRow {
+    pub partition: i32,
+    pub offset: i64,
+    pub status: DeliveryStatus,
+}
+
+/// Which database the store talks to, where their SQL differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS status_history (
+        src_partition BIGINT NOT NULL,
+        src_offset BIGINT NOT NULL,
+        tenant TEXT NOT NULL,
+        event_name TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        platform TEXT NOT NULL,
+        stage TEXT NOT NULL,
+        server_side TEXT NOT NULL,
+        front_end TEXT,
+        reason TEXT,
+        attempt BIGINT,
+        next_attempt_at BIGINT,
+        duplicate_of TEXT,
+        reported_by TEXT,
+        platform_request_id TEXT,
+        status_time BIGINT NOT NULL,
+        PRIMARY KEY (src_partition, src_offset))",
+    "CREATE INDEX IF NOT EXISTS status_history_by_conversion
+        ON status_history (tenant, event_name, event_id, status_time)",
+    "CREATE TABLE IF NOT EXISTS conversions (
+        tenant TEXT NOT NULL,
+        event_name TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        sort_time BIGINT NOT NULL,
+        first_seen BIGINT NOT NULL,
+        event_time BIGINT,
+        value TEXT,
+        currency TEXT,
+        order_id TEXT,
+        sources TEXT NOT NULL DEFAULT '',
+        summary_key TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (tenant, event_name, event_id))",
+    "CREATE INDEX IF NOT EXISTS conversions_by_time
+        ON conversions (tenant, sort_time, event_name, event_id)",
+    "CREATE INDEX IF NOT EXISTS conversions_by_event_id ON conversions (tenant, event_id)",
+    "CREATE INDEX IF NOT EXISTS conversions_by_order_id ON conversions (tenant, order_id)",
+    "CREATE TABLE IF NOT EXISTS platform_states (
+        tenant TEXT NOT NULL,
+        event_name TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        platform TEXT NOT NULL,
+        front_end_rank BIGINT NOT NULL DEFAULT 0,
+        server_side TEXT NOT NULL DEFAULT 'unknown',
+        stage TEXT,
+        reason TEXT,
+        attempt BIGINT,
+        next_attempt_at BIGINT,
+        platform_request_id TEXT,
+        status_time BIGINT,
+        status_key TEXT NOT NULL DEFAULT '',
+        delivered_at BIGINT,
+        match_keys TEXT NOT NULL DEFAULT '',
+        match_keys_key TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (tenant, event_name, event_id, platform))",
+    "CREATE TABLE IF NOT EXISTS projection (
+        name TEXT NOT NULL PRIMARY KEY,
+        id TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS click_ids (
+        tenant TEXT NOT NULL,
+        click_id_hash TEXT NOT NULL,
+        event_name TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        PRIMARY KEY (tenant, click_id_hash, event_name, event_id))",
+];
+
+impl Store {
+    /// Opens the database of `config.url` (creating an SQLite file and its
+    /// directory) and creates the tables that are missing.
+    pub async fn open(config: &StoreConfig) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let (url, backend) = prepare_url(&config.url)?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(match backend {
+                // One writer at a time anyway; readers share the rest.
+                Backend::Sqlite => config.max_connections.max(2),
+                Backend::Postgres => config.max_connections,
+            })
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(&url)
+            .await
+            .map_err(|source| StoreError::Open {
+                url: redacted_url(&config.url),
+                source,
+            })?;
+        let store = Store { pool, backend };
+        if backend == Backend::Sqlite {
+            // Readers never wait for the writer, nor the writer for them.
+            sqlx::query("PRAGMA journal_mode=WAL")
+                .execute(&store.pool)
+                .await?;
+        }
+        for statement in SCHEMA {
+            sqlx::query(statement).execute(&store.pool).await?;
+        }
+        Ok(store)
+    }
+
+    /// This database's name among projections, made when its tables are:
+    /// the consumer group's offsets belong to the rows they were applied
+    /// to, so the service reads with a group of this name. A database lost
+    /// or replaced is a new projection, read from the topic's start; the
+    /// replicas that share one PostgreSQL database share its group.
+    pub async fn projection_id(&self) -> Result<String, StoreError> {
+        let candidate = {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            format!("{:x}{:04x}", nanos, std::process::id() & 0xffff)
+        };
+        sqlx::query(
+            "INSERT INTO projection (name, id) VALUES ('status', $1) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(&candidate)
+        .execute(&self.pool)
+        .await?;
+        let row = sqlx::query("SELECT id FROM projection WHERE name = 'status'")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<String, _>("id")?)
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Writes `rows` in one transaction, trying again for `retry_for` while
+    /// the database's errors are transient.
+    pub async fn apply_with_retry(
+        &self,
+        rows: &[StatusRow],
+        retry_for: Duration,
+    ) -> Result<(), StoreError> {
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(5))
+            .with_total_delay(Some(retry_for))
+            .without_max_times();
+        (|| self.apply(rows))
+            .retry(backoff)
+            .when(StoreError::is_transient)
+            .notify(|e, wait| tracing::warn!(error = %e, ?wait, "status store write failed; trying again"))
+            .await
+    }
+
+    /// Folds `rows` into the projection, in one transaction.
+    pub async fn apply(&self, rows: &[StatusRow]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for row in rows {
+            apply_one(&mut tx, row).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records in the history: how far the projection got (tests, metrics).
+    pub async fn history_len(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM status_history")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<i64, _>("n")?)
+    }
+}
+
+/// The sqlx URL for `url`, and the backend it names. An SQLite file is
+/// created, with its directory, if missing.
+fn prepare_url(url: &str) -> Result<(String, Backend), StoreError> {
+    if let Some(path) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    {
+        let file = path.split('?').next().unwrap_or(path);
+        if file != ":memory:" {
+            if let Some(dir) = Path::new(file)
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+            {
+                std::fs::create_dir_all(dir).map_err(|source| StoreError::Directory {
+                    path: dir.display().to_string(),
+                    source,
+                })?;
+            }
+        }
+        let sep = if path.contains('?') { "&" } else { "?" };
+        let url = if path.contains("mode=") {
+            format!("sqlite://{path}")
+        } else {
+            format!("sqlite://{path}{sep}mode=rwc")
+        };
+        return Ok((url, Backend::Sqlite));
+    }
+    Ok((url.to_string(), Backend::Postgres))
+}
+
+async fn apply_one(tx: &mut Transaction<'_, Any>, row: &StatusRow) -> Result<(), sqlx::Error> {
+    let s = &row.status;
+    let server_side = fold::server_side_name(s.server_side);
+    let front_end_rank = fold::front_end_rank(s.front_end);
+    sqlx::query(
+        "INSERT INTO status_history (src_partition, src_offset, tenant, event_name, event_id,
+            platform, stage, server_side, front_end, reason, attempt, next_attempt_at,
+            duplicate_of, reported_by, platform_request_id, status_time)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+         ON CONFLICT (src_partition, src_offset) DO NOTHING",
+    )
+    .bind(i64::from(row.partition))
+    .bind(row.offset)
+    .bind(&s.tenant)
+    .bind(&s.event_name)
+    .bind(&s.event_id)
+    .bind(&s.platform)
+    .bind(&s.stage)
+    .bind(server_side)
+    .bind(
+        s.front_end
+            .map(|f| fold::front_end_name(fold::front_end_rank(Some(f)))),
+    )
+    .bind(&s.reason)
+    .bind(s.attempt.map(i64::from))
+    .bind(s.next_attempt_at)
+    .bind(&s.duplicate_of)
+    .bind(&s.reported_by)
+    .bind(&s.platform_request_id)
+    .bind(s.time)
+    .execute(&mut **tx)
+    .await?;
+
+    conversion_row(tx, row).await?;
+
+    sqlx::query(
+        "INSERT INTO platform_states (tenant, event_name, event_id, platform)
+         VALUES ($1, $2, $3, $4) ON CONFLICT (tenant, event_name, event_id, platform) DO NOTHING",
+    )
+    .bind(&s.tenant)
+    .bind(&s.event_name)
+    .bind(&s.event_id)
+    .bind(&s.platform)
+    .execute(&mut **tx)
+    .await?;
+    let key = fold::status_key(s.server_side, s.time, row.partition, row.offset);
+    if fold::sets_status(s.server_side) {
+        sqlx::query(
+            "UPDATE platform_states SET server_side = $1, stage = $2, reason = $3, attempt = $4,
+                next_attempt_at = $5, platform_request_id = $6, status_time = $7, status_key = $8
+             WHERE tenant = $9 AND event_name = $10 AND event_id = $11 AND platform = $12
+               AND status_key < $8",
+        )
+        .bind(server_side)
+        .bind(&s.stage)
+        .bind(&s.reason)
+        .bind(s.attempt.map(i64::from))
+        .bind(s.next_attempt_at)
+        .bind(&s.platform_request_id)
+        .bind(s.time)
+        .bind(&key)
+        .bind(&s.tenant)
+        .bind(&s.event_name)
+        .bind(&s.event_id)
+        .bind(&s.platform)
+        .execute(&mut **tx)
+        .await?;
+    }
+    sqlx::query(
+        "UPDATE platform_states SET front_end_rank = $1
+         WHERE tenant = $2 AND event_name = $3 AND event_id = $4 AND platform = $5
+           AND front_end_rank < $1",
+    )
+    .bind(front_end_rank)
+    .bind(&s.tenant)
+    .bind(&s.event_name)
+    .bind(&s.event_id)
+    .bind(&s.platform)
+    .execute(&mut **tx)
+    .await?;
+    if s.server_side == ServerSideStatus::Delivered {
+        sqlx::query(
+            "UPDATE platform_states SET delivered_at = $1
+             WHERE tenant = $2 AND event_name = $3 AND event_id = $4 AND platform = $5
+               AND (delivered_at IS NULL OR delivered_at > $1)",
+        )
+        .bind(s.time)
+        .bind(&s.tenant)
+        .bind(&s.event_name)
+        .bind(&s.event_id)
+        .bind(&s.platform)
+        .execute(&mut **tx)
+        .await?;
+    }
+    if let Some(c) = &s.conversion {
+        sqlx::query(
+            "UPDATE platform_states SET match_keys = $1, match_keys_key = $2
+             WHERE tenant = $3 AND event_name = $4 AND event_id = $5 AND platform = $6
+               AND match_keys_key < $2",
+        )
+        .bind(c.match_keys.join(","))
+        .bind(&key)
+        .bind(&s.tenant)
+        .bind(&s.event_name)
+        .bind(&s.event_id)
+        .bind(&s.platform)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// The conversion's own row: created by its first record, its summary from
+/// the deduplicator's latest.
+async fn conversion_row(tx: &mut Transaction<'_, Any>, row: &StatusRow) -> Result<(), sqlx::Error> {
+    let s = &row.status;
+    sqlx::query(
+        "INSERT INTO conversions (tenant, event_name, event_id, sort_time, first_seen)
+         VALUES ($1, $2, $3, $4, $4) ON CONFLICT (tenant, event_name, event_id) DO NOTHING",
+    )
+    .bind(&s.tenant)
+    .bind(&s.event_name)
+    .bind(&s.event_id)
+    .bind(s.time)
+    .execute(&mut **tx)
+    .await?;
+    // Until a summary says when the event happened, a conversion sorts by
+    // its earliest record.
+    sqlx::query(
+        "UPDATE conversions SET first_seen = $1,
+            sort_time = CASE WHEN event_time IS NULL THEN $1 ELSE sort_time END
+         WHERE tenant = $2 AND event_name = $3 AND event_id = $4 AND first_seen > $1",
+    )
+    .bind(s.time)
+    .bind(&s.tenant)
+    .bind(&s.event_name)
+    .bind(&s.event_id)
+    .execute(&mut **tx)
+    .await?;
+    let Some(c) = &s.conversion else {
+        return Ok(());
+    };
+    let key = fold::status_key(s.server_side, s.time, row.partition, row.offset);
+    sqlx::query(
+        "UPDATE conversions SET event_time = $1, sort_time = $1, value = $2, currency = $3,
+            order_id = $4, sources = $5, summary_key = $6
+         WHERE tenant = $7 AND event_name = $8 AND event_id = $9 AND summary_key < $6",
+    )
+    .bind(c.event_time)
+    .bind(&c.value)
+    .bind(&c.currency)
+    .bind(&c.order_id)
+    .bind(c.sources.join(","))
+    .bind(&key)
+    .bind(&s.tenant)
+    .bind(&s.event_name)
+    .bind(&s.event_id)
+    .execute(&mut **tx)
+    .await?;
+    for hash in &c.click_id_hashes {
+        sqlx::query(
+            "INSERT INTO click_ids (tenant, click_id_hash, event_name, event_id)
+             VALUES ($1, $2, $3, $4) ON CONFLICT (tenant, click_id_hash, event_name, event_id) DO NOTHING",
+        )
+        .bind(&s.tenant)
+        .bind(hash)
+        .bind(&s.event_name)
+        .bind(&s.event_id)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Reads a text column that may be NULL.
+pub(crate) fn text(row: &AnyRow, column: &str) -> Result<Option<String>, sqlx::Error> {
+    row.try_get::<Option<String>, _>(column)
+}
+
+/// Reads an integer column that may be NULL.
+pub(crate) fn int(row: &AnyRow, column: &str) -> Result<Option<i64>, sqlx::Error> {
+    row.try_get::<Option<i64>, _>(column)
+}

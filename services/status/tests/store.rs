@@ -1,0 +1,365 @@
+//! The store against both databases, with the same cases: the embedded
+//! SQLite file and PostgreSQL (the suite's own, or
+//! POSTBACK_TEST_DATABASE_URL). Out-of-order and repeated records fold to
+//! the state of the records in order; every filter and search finds what it
+//! names and nothing else; pages follow each other without a gap or a
+//! repeat; the summary counts what the states say; a tenant sees only its
+//! own.
+
+use std::collections::BTreeSet;
+
+use postback_core::model::click_id_hash;
+use postback_status::config::StoreConfig;
+use postback_status::queries::{Cursor, ListFilter};
+use postback_status::store::{StatusRow, Store};
+use postback_testkit::TestDatabase;
+
+mod support;
+use support::{history, T0};
+
+async fn sqlite() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&StoreConfig {
+        url: format!("sqlite://{}", dir.path().join("nested/status.db").display()),
+        ..StoreConfig::default()
+    })
+    .await
+    .unwrap();
+    (dir, store)
+}
+
+async fn postgres() -> (TestDatabase, Store) {
+    let db = TestDatabase::create().await.unwrap();
+    let store = Store::open(&StoreConfig {
+        url: db.url.clone(),
+        ..StoreConfig::default()
+    })
+    .await
+    .unwrap();
+    (db, store)
+}
+
+/// A deterministic shuffle (xorshift), so a failure repeats.
+fn shuffled(mut rows: Vec<StatusRow>, seed: u64) -> Vec<StatusRow> {
+    let mut x = seed | 1;
+    for i in (1..rows.len()).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        rows.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    rows
+}
+
+async fn everything(store: &Store, tenant: &str) -> serde_json::Value {
+    let page = store
+        .list(tenant, &ListFilter::default(), 1000, None)
+        .await
+        .unwrap();
+    let mut details = Vec::new();
+    for c in &page.conversions {
+        details.push(
+            store
+                .detail(tenant, &c.event_name, &c.event_id)
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    let summary = store.summary(tenant, 0, i64::MAX / 2).await.unwrap();
+    serde_json::json!({"list": page.conversions, "details": details, "summary": summary})
+}
+
+async fn out_of_order_and_repeated_records_fold_to_the_same_state(store: Store, reference: Store) {
+    reference.apply(&history()).await.unwrap();
+    // Shuffled, in batches of 7, and every batch written twice.
+    let rows = shuffled(history(), 42);
+    for batch in rows.chunks(7) {
+        store.apply(batch).await.unwrap();
+        store.apply(batch).await.unwrap();
+    }
+    assert_eq!(store.history_len().await.unwrap(), history().len() as i64);
+    for tenant in ["acme", "other"] {
+        assert_eq!(
+            everything(&store, tenant).await,
+            everything(&reference, tenant).await,
+            "{tenant}"
+        );
+    }
+    let d = store
+        .detail("acme", "Purchase", "ord-3")
+        .await
+        .unwrap()
+        .unwrap();
+    let meta = &d.conversion.platforms["meta"];
+    assert_eq!(meta.server_side, "failed");
+    assert_eq!(meta.front_end, "fired", "n % 3 == 0 fired");
+    assert_eq!(meta.match_keys, ["email", "fbp"]);
+    assert_eq!(
+        d.conversion.platforms["google_ads"].server_side,
+        "not_eligible"
+    );
+    assert_eq!(
+        d.conversion.platforms["google_ads"].reason.as_deref(),
+        Some("no_consent")
+    );
+    assert_eq!(d.conversion.value.as_deref(), Some("3.50"));
+    assert_eq!(d.history.len(), 4);
+    assert!(d.history.windows(2).all(|w| w[0].time <= w[1].time));
+    // A duplicate report never hides the outcome; it upgrades front-end.
+    let d = store
+        .detail("acme", "Purchase", "ord-5")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.conversion.platforms["meta"].server_side, "delivered");
+    assert_eq!(d.conversion.platforms["meta"].front_end, "fired");
+    assert_eq!(
+        d.conversion.platforms["meta"]
+            .platform_request_id
+            .as_deref(),
+        Some("fbtrace-5")
+    );
+}
+
+async fn filters_and_searches_find_what_they_name(store: Store) {
+    store.apply(&history()).await.unwrap();
+    let ids = |filter: ListFilter| {
+        let store = store.clone();
+        async move {
+            store
+                .list("acme", &filter, 1000, None)
+                .await
+                .unwrap()
+                .conversions
+                .into_iter()
+                .map(|c| c.event_id)
+                .collect::<BTreeSet<_>>()
+        }
+    };
+    let expect = |f: &dyn Fn(usize) -> bool| {
+        (0..40)
+            .filter(|n| f(*n))
+            .map(|n| format!("ord-{n}"))
+            .collect::<BTreeSet<_>>()
+    };
+    assert_eq!(ids(ListFilter::default()).await.len(), 40);
+    assert_eq!(
+        ids(ListFilter {
+            platform: Some("meta".into()),
+            server_side: Some("delivered".into()),
+            ..Default::default()
+        })
+        .await,
+        expect(&|n| n % 4 < 2)
+    );
+    assert_eq!(
+        ids(ListFilter {
+            server_side: Some("rejected".into()),
+            reason: Some("invalid_parameter".into()),
+            ..Default::default()
+        })
+        .await,
+        expect(&|n| n % 4 == 2)
+    );
+    assert_eq!(
+        ids(ListFilter {
+            platform: Some("google_ads".into()),
+            server_side: Some("not_eligible".into()),
+            ..Default::default()
+        })
+        .await,
+        expect(&|n| n % 2 == 1)
+    );
+    assert_eq!(
+        ids(ListFilter {
+            platform: Some("meta".into()),
+            front_end: Some("fired".into()),
+            ..Default::default()
+        })
+        .await,
+        expect(&|n| n % 3 == 0 || n % 5 == 0)
+    );
+    assert_eq!(
+        ids(ListFilter {
+            platform: Some("google_ads".into()),
+            front_end: Some("not_fired".into()),
+            ..Default::default()
+        })
+        .await
+        .len(),
+        40
+    );
+    assert_eq!(
+        ids(ListFilter {
+            from: Some(T0 + 10_000),
+            to: Some(T0 + 20_000),
+            ..Default::default()
+        })
+        .await,
+        expect(&|n| (10..20).contains(&n))
+    );
+    assert_eq!(
+        ids(ListFilter {
+            event_id: Some("ord-7".into()),
+            ..Default::default()
+        })
+        .await,
+        expect(&|n| n == 7)
+    );
+    assert_eq!(
+        ids(ListFilter {
+            order_id: Some("A-12".into()),
+            ..Default::default()
+        })
+        .await,
+        expect(&|n| n == 12)
+    );
+    assert_eq!(
+        ids(ListFilter {
+            click_id_hash: Some(click_id_hash("gclid-21")),
+            ..Default::default()
+        })
+        .await,
+        expect(&|n| n == 21)
+    );
+    assert_eq!(
+        ids(ListFilter {
+            event_name: Some("Lead".into()),
+            ..Default::default()
+        })
+        .await
+        .len(),
+        0
+    );
+    assert_eq!(
+        ids(ListFilter {
+            platform: Some("tiktok".into()),
+            ..Default::default()
+        })
+        .await
+        .len(),
+        0
+    );
+    // Another tenant's conversions are not there, by any path.
+    assert_eq!(
+        store
+            .list("other", &ListFilter::default(), 1000, None)
+            .await
+            .unwrap()
+            .conversions
+            .len(),
+        3
+    );
+    assert!(store
+        .detail("other", "Purchase", "ord-7")
+        .await
+        .unwrap()
+        .is_none());
+    assert!(store
+        .detail("nobody", "Purchase", "ord-1")
+        .await
+        .unwrap()
+        .is_none());
+}
+
+async fn pages_follow_each_other_newest_first(store: Store) {
+    store.apply(&history()).await.unwrap();
+    let mut seen = Vec::new();
+    let mut cursor: Option<Cursor> = None;
+    let mut pages = 0;
+    loop {
+        let page = store
+            .list("acme", &ListFilter::default(), 7, cursor.as_ref())
+            .await
+            .unwrap();
+        pages += 1;
+        seen.extend(page.conversions.iter().map(|c| c.event_id.clone()));
+        match page.next_cursor {
+            Some(c) => cursor = Some(Cursor::decode(&c).unwrap()),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 6);
+    let want: Vec<String> = (0..40).rev().map(|n| format!("ord-{n}")).collect();
+    assert_eq!(seen, want);
+}
+
+async fn the_summary_counts_the_states(store: Store) {
+    store.apply(&history()).await.unwrap();
+    let s = store.summary("acme", 0, i64::MAX / 2).await.unwrap();
+    assert_eq!(s.conversions, 40);
+    assert_eq!(s.merged, 20, "even n: browser + server");
+    let meta = &s.platforms["meta"];
+    assert_eq!(meta.conversions, 40);
+    assert_eq!(meta.server_side["delivered"], 20);
+    assert_eq!(meta.server_side["rejected"], 10);
+    assert_eq!(meta.server_side["failed"], 10);
+    assert_eq!(meta.rejected_by_reason["invalid_parameter"], 10);
+    assert_eq!(meta.duplicates, 8);
+    assert_eq!(
+        meta.front_end_fired,
+        (0..40).filter(|n| n % 3 == 0 || n % 5 == 0).count() as i64
+    );
+    // Delivered 300 + n ms after the event, n in {0, 1, 4, 5, 8, ...}.
+    let mut lat: Vec<i64> = (0..40)
+        .filter(|n| n % 4 < 2)
+        .map(|n| 300 + n as i64)
+        .collect();
+    lat.sort();
+    assert_eq!(meta.delivered_latency_ms_p50, Some(lat[9]));
+    assert_eq!(meta.delivered_latency_ms_p95, Some(lat[18]));
+    let google = &s.platforms["google_ads"];
+    assert_eq!(google.not_eligible_by_reason["no_consent"], 20);
+    assert_eq!(google.server_side["delivered"], 20);
+    assert_eq!(google.delivered_latency_ms_p50, Some(500));
+    // A range holds only the conversions whose event time is in it.
+    let s = store.summary("acme", T0, T0 + 10_000).await.unwrap();
+    assert_eq!(s.conversions, 10);
+    assert_eq!(
+        store
+            .summary("nobody", 0, i64::MAX / 2)
+            .await
+            .unwrap()
+            .conversions,
+        0
+    );
+}
+
+macro_rules! both {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let (_a, store) = sqlite().await;
+                    super::both!(@call $name store);
+                }
+            )*
+        }
+        mod postgres {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let (_a, store) = postgres().await;
+                    super::both!(@call $name store);
+                }
+            )*
+        }
+    };
+    (@call out_of_order_and_repeated_records_fold_to_the_same_state $store:ident) => {{
+        let (_b, reference) = sqlite().await;
+        super::out_of_order_and_repeated_records_fold_to_the_same_state($store, reference).await
+    }};
+    (@call $name:ident $store:ident) => { super::$name($store).await };
+}
+use both;
+
+both!(
+    out_of_order_and_repeated_records_fold_to_the_same_state,
+    filters_and_searches_find_what_they_name,
+    pages_follow_each_other_newest_first,
+    the_summary_counts_the_states,
+);
