@@ -194,7 +194,7 @@ postback is running:
   dedup       http://127.0.0.1:$DEDUPLICATOR_PORT   (/metrics, /readyz; state in $STATE/deduplicator)
   dispatchers http://127.0.0.1:$META_PORT (meta), :$GOOGLE_ADS_PORT (google_ads), :$TIKTOK_PORT (tiktok)   (/metrics, /readyz)
   sandbox     $SANDBOX   (Meta, Google Ads, TikTok endpoints; /admin/events, /admin/stats)
-  status      $STATUS_URL   (GET /v1/conversions, /v1/summary with Authorization: Bearer $READ_KEY; ops :$STATUS_OPS_PORT)
+  status      $STATUS_URL   (the panel: open it, read key $READ_KEY; GET /v1/conversions, /v1/summary; ops :$STATUS_OPS_PORT)
   broker      $BOOTSTRAP
   logs        $LOGS
 Press Ctrl-C to stop.

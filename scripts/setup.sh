@@ -4,7 +4,9 @@
 # machine's Java 17+ and Maven), cargo-nextest (from crates.io) and a Python
 # venv with fastavro (the independent Avro implementation the schema tests
 # check against); as root with apt-get, Debian's prometheus package for
-# promtool and postgresql for the status store's tests. Idempotent: a second run downloads nothing.
+# promtool, postgresql for the status store's tests and chromium for the
+# panel's browser test (with playwright-core from npm). Idempotent: a second
+# run downloads nothing.
 source "$(dirname "$0")/lib.sh"
 command -v cargo >/dev/null || die "cargo is required (https://rustup.rs)"
 command -v cc >/dev/null || command -v gcc >/dev/null ||
@@ -42,6 +44,30 @@ if [[ -z "${POSTBACK_TEST_DATABASE_URL:-}" ]] && ! compgen -G "/usr/lib/postgres
   else
     say "PostgreSQL is missing: the status store's tests need it (Debian: apt-get install postgresql) or POSTBACK_TEST_DATABASE_URL"
   fi
+fi
+# The panel's browser test drives Debian's chromium with playwright-core
+# (never a browser download): chromium from apt as root, the npm packages of
+# tests/browser/package-lock.json into $STATE/browser.
+if ! command -v chromium >/dev/null 2>&1 && [[ -z "${CHROMIUM:-}" ]]; then
+  if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    say "installing Chromium for the panel's browser test: Debian's chromium (apt-get, first time only)"
+    { apt-get install -y --no-install-recommends chromium >/dev/null 2>&1 ||
+      { apt-get update -qq && apt-get install -y --no-install-recommends chromium >/dev/null; }; } ||
+      say "apt-get could not install chromium; the panel's browser test needs it (or CHROMIUM=/path)"
+  else
+    say "Chromium is missing: the panel's browser test needs it (Debian: apt-get install chromium) or CHROMIUM=/path"
+  fi
+fi
+if command -v npm >/dev/null 2>&1; then
+  if ! cmp -s "$ROOT/tests/browser/package-lock.json" "$STATE/browser/package-lock.json" || [[ ! -d "$STATE/browser/node_modules/playwright-core" ]]; then
+    say "installing the browser test's npm packages (playwright-core) into $STATE/browser (first time only)"
+    mkdir -p "$STATE/browser"
+    cp "$ROOT/tests/browser/package.json" "$ROOT/tests/browser/package-lock.json" "$STATE/browser/"
+    (cd "$STATE/browser" && npm ci --no-audit --no-fund --loglevel=error >/dev/null) ||
+      { rm -f "$STATE/browser/package-lock.json"; say "npm could not install tests/browser/package-lock.json; the panel's browser test needs it"; }
+  fi
+else
+  say "npm is missing: the panel's browser test needs node and npm (Debian: apt-get install nodejs npm)"
 fi
 py="$(venv_python)"
 if ! "$py" -c "import fastavro" 2>/dev/null; then

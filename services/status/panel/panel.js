@@ -4,7 +4,7 @@
 "use strict";
 
 const PLATFORMS = [["meta", "Meta"], ["google_ads", "Google Ads"], ["tiktok", "TikTok"]];
-const PAGE = 50;
+const PAGE = 25;
 const $ = (id) => document.getElementById(id);
 let cursors = [null]; // the cursor of every page seen, for "First page"
 let page = 0;
@@ -34,7 +34,8 @@ async function api(path) {
 
 function say(text) { $("message").textContent = text || ""; }
 
-function time(ms) { return ms == null ? "" : new Date(ms).toISOString().replace("T", " ").replace(/\.\d+Z$/, " UTC"); }
+// UTC with milliseconds: a conversion's records are often within a second.
+function time(ms) { return ms == null ? "" : new Date(ms).toISOString().replace("T", " ").replace("Z", " UTC"); }
 
 function pct(x) { return `${(100 * (x || 0)).toFixed(1)} %`; }
 

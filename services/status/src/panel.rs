@@ -30,6 +30,11 @@ pub fn router() -> Router {
             "/panel.css",
             get(|| async { asset("text/css; charset=utf-8", STYLE) }),
         )
+        // Browsers ask for it; nothing, rather than a 404 in their console.
+        .route(
+            "/favicon.ico",
+            get(|| async { axum::http::StatusCode::NO_CONTENT }),
+        )
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {

@@ -8,107 +8,13 @@
 
 use std::time::Duration;
 
-use postback_core::config::{StageConfig, TenantKey};
 use postback_core::model::{conversion_key, DeadLetter};
 use postback_core::{Codec, SchemaKind};
-use postback_status::config::{StatusConfig, StatusSections, StoreConfig};
 use postback_testkit::{unique, Broker, TestDatabase};
 use serde_json::Value;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 mod support;
-use support::history;
-
-const ACME_KEY: &str = "rk_acme_0123456789abcdef";
-const OTHER_KEY: &str = "rk_other_0123456789abcdef";
-
-struct Running {
-    base: String,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), postback_status::StatusError>>,
-}
-
-impl Running {
-    async fn stop(self) {
-        self.stop.cancel();
-        self.task.await.unwrap().unwrap();
-    }
-}
-
-async fn start(
-    broker: &Broker,
-    topics: &(String, String),
-    group: &str,
-    store_url: String,
-) -> Running {
-    let mut config: StatusConfig = StageConfig::with_defaults(StatusSections {
-        store: StoreConfig {
-            url: store_url,
-            ..StoreConfig::default()
-        },
-        read_keys: vec![
-            TenantKey {
-                tenant: "acme".into(),
-                key: Some(ACME_KEY.into()),
-                key_env: None,
-            },
-            TenantKey {
-                tenant: "other".into(),
-                key: Some(OTHER_KEY.into()),
-                key_env: None,
-            },
-        ],
-        ..StatusSections::default()
-    });
-    config.kafka = broker.kafka_config();
-    config.topics.status = topics.0.clone();
-    config.topics.rejected = topics.1.clone();
-    config.consumer.group_id = Some(group.to_string());
-    let api = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let ops = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", api.local_addr().unwrap());
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(postback_status::run_with_listener(
-        config,
-        api,
-        ops,
-        stop.clone(),
-    ));
-    Running { base, stop, task }
-}
-
-async fn get(http: &reqwest::Client, url: &str, key: Option<&str>) -> (u16, Value) {
-    let mut request = http.get(url);
-    if let Some(key) = key {
-        request = request.bearer_auth(key);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
-/// Waits until acme's list has `n` conversions.
-async fn until_listed(http: &reqwest::Client, base: &str, n: usize) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        let (status, body) = get(
-            http,
-            &format!("{base}/v1/conversions?limit=500"),
-            Some(ACME_KEY),
-        )
-        .await;
-        let got = body["conversions"].as_array().map(Vec::len).unwrap_or(0);
-        if status == 200 && got == n {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "listed {got} of {n} (HTTP {status})"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
+use support::{get, history, start, until_listed, ACME_KEY, OTHER_KEY};
 
 /// Everything acme can see, for comparing two projections.
 async fn answers(http: &reqwest::Client, base: &str) -> Value {

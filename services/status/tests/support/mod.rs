@@ -1,11 +1,19 @@
-//! Status records as the pipeline writes them, for the store's and the
-//! service's tests.
+//! Status records as the pipeline writes them, and the status service
+//! started on them, for the store's, the service's and the panel's tests.
 #![allow(dead_code)]
 
 use postback_core::model::{
     click_id_hash, ConversionSummary, DeliveryStatus, FrontEndStatus, ServerSideStatus,
 };
+use std::time::Duration;
+
+use postback_core::config::{StageConfig, TenantKey};
+use postback_status::config::{StatusConfig, StatusSections, StoreConfig};
 use postback_status::store::StatusRow;
+use postback_testkit::Broker;
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 pub const T0: i64 = 1_790_000_000_000;
 
@@ -138,4 +146,94 @@ pub fn history() -> Vec<StatusRow> {
             status,
         })
         .collect()
+}
+
+pub const ACME_KEY: &str = "rk_acme_0123456789abcdef";
+pub const OTHER_KEY: &str = "rk_other_0123456789abcdef";
+
+pub struct Running {
+    pub base: String,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), postback_status::StatusError>>,
+}
+
+impl Running {
+    pub async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+pub async fn start(
+    broker: &Broker,
+    topics: &(String, String),
+    group: &str,
+    store_url: String,
+) -> Running {
+    let mut config: StatusConfig = StageConfig::with_defaults(StatusSections {
+        store: StoreConfig {
+            url: store_url,
+            ..StoreConfig::default()
+        },
+        read_keys: vec![
+            TenantKey {
+                tenant: "acme".into(),
+                key: Some(ACME_KEY.into()),
+                key_env: None,
+            },
+            TenantKey {
+                tenant: "other".into(),
+                key: Some(OTHER_KEY.into()),
+                key_env: None,
+            },
+        ],
+        ..StatusSections::default()
+    });
+    config.kafka = broker.kafka_config();
+    config.topics.status = topics.0.clone();
+    config.topics.rejected = topics.1.clone();
+    config.consumer.group_id = Some(group.to_string());
+    let api = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ops = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", api.local_addr().unwrap());
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(postback_status::run_with_listener(
+        config,
+        api,
+        ops,
+        stop.clone(),
+    ));
+    Running { base, stop, task }
+}
+
+pub async fn get(http: &reqwest::Client, url: &str, key: Option<&str>) -> (u16, Value) {
+    let mut request = http.get(url);
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Waits until acme's list has `n` conversions.
+pub async fn until_listed(http: &reqwest::Client, base: &str, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let (status, body) = get(
+            http,
+            &format!("{base}/v1/conversions?limit=500"),
+            Some(ACME_KEY),
+        )
+        .await;
+        let got = body["conversions"].as_array().map(Vec::len).unwrap_or(0);
+        if status == 200 && got == n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "listed {got} of {n} (HTTP {status})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
