@@ -23,3 +23,5 @@ cargo bench --workspace --bench collector_throughput
 cargo bench --workspace --bench enricher_throughput
 cargo bench --workspace --bench dedup_throughput
 POSTBACK_LOG=warn cargo bench --workspace --bench dispatch_throughput
+# The status store alone (SQLite and PostgreSQL; POSTBACK_BENCH_CONVERSIONS).
+cargo bench --workspace --bench projection

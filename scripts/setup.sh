@@ -20,44 +20,35 @@ if ! command -v cargo-nextest >/dev/null 2>&1 && [[ "${POSTBACK_NO_NEXTEST:-}" !
   cargo install cargo-nextest --locked --quiet --no-default-features --features default-no-update ||
     say "cargo-nextest did not install; the tests will run with cargo test"
 fi
-# promtool checks the alert rules in scripts/test.sh. It comes with Debian's
-# prometheus package, which also installs the Prometheus server (on a machine
-# with systemd, apt starts it on port 9090).
-if ! command -v promtool >/dev/null 2>&1; then
+# debian_package PACKAGE WHAT-NEEDS-IT: installs a Debian package when this
+# is root on a machine with apt-get; otherwise says what is missing. The
+# callers only call it when the tool is not there already.
+debian_package() {
+  local package="$1" needed_by="$2"
   if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
-    say "installing promtool: Debian's prometheus package (apt-get, first time only)"
-    { apt-get install -y --no-install-recommends prometheus >/dev/null 2>&1 ||
-      { apt-get update -qq && apt-get install -y --no-install-recommends prometheus >/dev/null; }; } ||
-      say "apt-get could not install prometheus; scripts/test.sh needs its promtool"
+    say "installing Debian's $package for $needed_by (apt-get, first time only)"
+    { apt-get install -y --no-install-recommends "$package" >/dev/null 2>&1 ||
+      { apt-get update -qq && apt-get install -y --no-install-recommends "$package" >/dev/null; }; } ||
+      say "apt-get could not install $package; $needed_by needs it"
   else
-    say "promtool is missing: scripts/test.sh needs it to check deploy/prometheus (Debian: apt-get install --no-install-recommends prometheus)"
+    say "$package is missing: $needed_by needs it (Debian: apt-get install --no-install-recommends $package)"
   fi
-fi
+}
+# promtool checks the alert rules in scripts/test.sh; Debian's prometheus
+# package has it (and the server, which apt starts where systemd runs).
+command -v promtool >/dev/null 2>&1 ||
+  debian_package prometheus "scripts/test.sh (promtool checks deploy/prometheus)"
 # The status store's tests start a PostgreSQL of their own from Debian's
-# postgresql binaries (or use POSTBACK_TEST_DATABASE_URL).
-if [[ -z "${POSTBACK_TEST_DATABASE_URL:-}" ]] && ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && ! command -v initdb >/dev/null 2>&1; then
-  if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
-    say "installing PostgreSQL for the status store's tests: Debian's postgresql (apt-get, first time only)"
-    { apt-get install -y --no-install-recommends postgresql >/dev/null 2>&1 ||
-      { apt-get update -qq && apt-get install -y --no-install-recommends postgresql >/dev/null; }; } ||
-      say "apt-get could not install postgresql; the status store's tests need it (or POSTBACK_TEST_DATABASE_URL)"
-  else
-    say "PostgreSQL is missing: the status store's tests need it (Debian: apt-get install postgresql) or POSTBACK_TEST_DATABASE_URL"
-  fi
+# postgresql binaries, unless POSTBACK_TEST_DATABASE_URL names one.
+if [[ -z "${POSTBACK_TEST_DATABASE_URL:-}" ]] && ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null &&
+  ! command -v initdb >/dev/null 2>&1; then
+  debian_package postgresql "the status store's tests (or set POSTBACK_TEST_DATABASE_URL)"
 fi
 # The panel's browser test drives Debian's chromium with playwright-core
-# (never a browser download): chromium from apt as root, the npm packages of
-# tests/browser/package-lock.json into $STATE/browser.
-if ! command -v chromium >/dev/null 2>&1 && [[ -z "${CHROMIUM:-}" ]]; then
-  if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
-    say "installing Chromium for the panel's browser test: Debian's chromium (apt-get, first time only)"
-    { apt-get install -y --no-install-recommends chromium >/dev/null 2>&1 ||
-      { apt-get update -qq && apt-get install -y --no-install-recommends chromium >/dev/null; }; } ||
-      say "apt-get could not install chromium; the panel's browser test needs it (or CHROMIUM=/path)"
-  else
-    say "Chromium is missing: the panel's browser test needs it (Debian: apt-get install chromium) or CHROMIUM=/path"
-  fi
-fi
+# (never a browser download), installed from tests/browser/package-lock.json
+# into $STATE/browser.
+command -v chromium >/dev/null 2>&1 || [[ -n "${CHROMIUM:-}" ]] ||
+  debian_package chromium "the panel's browser test (or set CHROMIUM=/path)"
 if command -v npm >/dev/null 2>&1; then
   if ! cmp -s "$ROOT/tests/browser/package-lock.json" "$STATE/browser/package-lock.json" || [[ ! -d "$STATE/browser/node_modules/playwright-core" ]]; then
     say "installing the browser test's npm packages (playwright-core) into $STATE/browser (first time only)"

@@ -33,6 +33,13 @@ pub struct ListFilter {
     pub click_id_hash: Option<String>,
 }
 
+impl ListFilter {
+    /// Whether it names conversions by an id (event, order, click).
+    pub fn is_search(&self) -> bool {
+        self.event_id.is_some() || self.order_id.is_some() || self.click_id_hash.is_some()
+    }
+}
+
 /// Where a page starts: after this conversion, newest first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Cursor {
@@ -222,8 +229,15 @@ impl Store {
                 .text(&c.event_id)
                 .push("))))");
         }
-        sql.push(" ORDER BY c.sort_time DESC, c.event_name DESC, c.event_id DESC LIMIT ")
-            .int(i64::from(limit) + 1);
+        // A search finds a handful of rows by its own index; the unary plus
+        // keeps SQLite from walking the time index in order instead and
+        // testing every conversion against the search.
+        let order = if filter.is_search() {
+            " ORDER BY +c.sort_time DESC, c.event_name DESC, c.event_id DESC LIMIT "
+        } else {
+            " ORDER BY c.sort_time DESC, c.event_name DESC, c.event_id DESC LIMIT "
+        };
+        sql.push(order).int(i64::from(limit) + 1);
         let rows = sql.query().fetch_all(self.pool()).await?;
         let mut conversions = Vec::with_capacity(rows.len());
         let mut sort_times = Vec::with_capacity(rows.len());
@@ -258,15 +272,18 @@ impl Store {
         if conversions.is_empty() {
             return Ok(());
         }
+        // A row-value IN list: both databases look each pair up in the
+        // primary key (a chain of ORs makes SQLite scan).
         let mut sql = Sql::new("SELECT * FROM platform_states WHERE tenant = ");
-        sql.text(tenant).push(" AND (");
+        sql.text(tenant)
+            .push(" AND (event_name, event_id) IN (VALUES ");
         for (i, c) in conversions.iter().enumerate() {
             if i > 0 {
-                sql.push(" OR ");
+                sql.push(", ");
             }
-            sql.push("(event_name = ")
+            sql.push("(")
                 .text(&c.event_name)
-                .push(" AND event_id = ")
+                .push(", ")
                 .text(&c.event_id)
                 .push(")");
         }
@@ -489,12 +506,12 @@ fn conversion_filters(sql: &mut Sql, tenant: &str, f: &ListFilter) {
         sql.push(" AND c.order_id = ").text(v);
     }
     if let Some(v) = &f.click_id_hash {
-        sql.push(
-            " AND EXISTS (SELECT 1 FROM click_ids k WHERE k.tenant = c.tenant
-               AND k.event_name = c.event_name AND k.event_id = c.event_id AND k.click_id_hash = ",
-        )
-        .text(v)
-        .push(")");
+        // Driven from the click id's own rows, not probed per conversion.
+        sql.push(" AND (c.event_name, c.event_id) IN (SELECT k.event_name, k.event_id FROM click_ids k WHERE k.tenant = ")
+            .text(tenant)
+            .push(" AND k.click_id_hash = ")
+            .text(v)
+            .push(")");
     }
     if f.platform.is_some()
         || f.front_end.is_some()

@@ -19,7 +19,8 @@ use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use postback_core::model::{DeliveryStatus, ServerSideStatus};
-use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::any::{AnyArguments, AnyPoolOptions, AnyRow};
+use sqlx::query::Query;
 use sqlx::{Any, AnyPool, Row, Transaction};
 
 use crate::config::{redacted_url, StoreConfig};
@@ -90,7 +91,15 @@ pub enum Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// Batches written since SQLite's statistics were last refreshed.
+    writes: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
+
+/// SQLite plans by its statistics table, which nothing fills unless asked:
+/// without it a search by order id walks the time index instead of the
+/// order id's. Refreshed at open and every this many batches (an
+/// approximate ANALYZE, a few milliseconds).
+const SQLITE_ANALYZE_EVERY: u64 = 200;
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS status_history (
@@ -178,7 +187,11 @@ impl Store {
                 url: redacted_url(&config.url),
                 source,
             })?;
-        let store = Store { pool, backend };
+        let store = Store {
+            pool,
+            backend,
+            writes: Default::default(),
+        };
         if backend == Backend::Sqlite {
             // Readers never wait for the writer, nor the writer for them.
             sqlx::query("PRAGMA journal_mode=WAL")
@@ -188,6 +201,7 @@ impl Store {
         for statement in SCHEMA {
             sqlx::query(statement).execute(&store.pool).await?;
         }
+        store.refresh_statistics().await?;
         Ok(store)
     }
 
@@ -250,6 +264,26 @@ impl Store {
             apply_one(&mut tx, row).await?;
         }
         tx.commit().await?;
+        let written = self
+            .writes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        if written % SQLITE_ANALYZE_EVERY == 0 {
+            self.refresh_statistics().await?;
+        }
+        Ok(())
+    }
+
+    /// SQLite's planner statistics (PostgreSQL's autovacuum keeps its own).
+    async fn refresh_statistics(&self) -> Result<(), StoreError> {
+        if self.backend != Backend::Sqlite {
+            return Ok(());
+        }
+        let mut conn = self.pool.acquire().await?;
+        sqlx::query("PRAGMA analysis_limit = 1000")
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query("ANALYZE").execute(&mut *conn).await?;
         Ok(())
     }
 
@@ -292,6 +326,25 @@ fn prepare_url(url: &str) -> Result<(String, Backend), StoreError> {
     Ok((url.to_string(), Backend::Postgres))
 }
 
+/// The keys of the two row kinds a status record touches, bound in the
+/// order every statement here names them.
+trait BindKey<'q> {
+    /// tenant, event name, event id.
+    fn conversion_key(self, s: &'q DeliveryStatus) -> Self;
+    /// tenant, event name, event id, platform.
+    fn platform_key(self, s: &'q DeliveryStatus) -> Self;
+}
+
+impl<'q> BindKey<'q> for Query<'q, Any, AnyArguments<'q>> {
+    fn conversion_key(self, s: &'q DeliveryStatus) -> Self {
+        self.bind(&s.tenant).bind(&s.event_name).bind(&s.event_id)
+    }
+
+    fn platform_key(self, s: &'q DeliveryStatus) -> Self {
+        self.conversion_key(s).bind(&s.platform)
+    }
+}
+
 async fn apply_one(tx: &mut Transaction<'_, Any>, row: &StatusRow) -> Result<(), sqlx::Error> {
     let s = &row.status;
     let server_side = fold::server_side_name(s.server_side);
@@ -305,10 +358,7 @@ async fn apply_one(tx: &mut Transaction<'_, Any>, row: &StatusRow) -> Result<(),
     )
     .bind(i64::from(row.partition))
     .bind(row.offset)
-    .bind(&s.tenant)
-    .bind(&s.event_name)
-    .bind(&s.event_id)
-    .bind(&s.platform)
+    .platform_key(s)
     .bind(&s.stage)
     .bind(server_side)
     .bind(
@@ -331,10 +381,7 @@ async fn apply_one(tx: &mut Transaction<'_, Any>, row: &StatusRow) -> Result<(),
         "INSERT INTO platform_states (tenant, event_name, event_id, platform)
          VALUES ($1, $2, $3, $4) ON CONFLICT (tenant, event_name, event_id, platform) DO NOTHING",
     )
-    .bind(&s.tenant)
-    .bind(&s.event_name)
-    .bind(&s.event_id)
-    .bind(&s.platform)
+    .platform_key(s)
     .execute(&mut **tx)
     .await?;
     let key = fold::status_key(s.server_side, s.time, row.partition, row.offset);
@@ -353,10 +400,7 @@ async fn apply_one(tx: &mut Transaction<'_, Any>, row: &StatusRow) -> Result<(),
         .bind(&s.platform_request_id)
         .bind(s.time)
         .bind(&key)
-        .bind(&s.tenant)
-        .bind(&s.event_name)
-        .bind(&s.event_id)
-        .bind(&s.platform)
+        .platform_key(s)
         .execute(&mut **tx)
         .await?;
     }
@@ -366,10 +410,7 @@ async fn apply_one(tx: &mut Transaction<'_, Any>, row: &StatusRow) -> Result<(),
            AND front_end_rank < $1",
     )
     .bind(front_end_rank)
-    .bind(&s.tenant)
-    .bind(&s.event_name)
-    .bind(&s.event_id)
-    .bind(&s.platform)
+    .platform_key(s)
     .execute(&mut **tx)
     .await?;
     if s.server_side == ServerSideStatus::Delivered {
@@ -379,10 +420,7 @@ async fn apply_one(tx: &mut Transaction<'_, Any>, row: &StatusRow) -> Result<(),
                AND (delivered_at IS NULL OR delivered_at > $1)",
         )
         .bind(s.time)
-        .bind(&s.tenant)
-        .bind(&s.event_name)
-        .bind(&s.event_id)
-        .bind(&s.platform)
+        .platform_key(s)
         .execute(&mut **tx)
         .await?;
     }
@@ -394,10 +432,7 @@ async fn apply_one(tx: &mut Transaction<'_, Any>, row: &StatusRow) -> Result<(),
         )
         .bind(c.match_keys.join(","))
         .bind(&key)
-        .bind(&s.tenant)
-        .bind(&s.event_name)
-        .bind(&s.event_id)
-        .bind(&s.platform)
+        .platform_key(s)
         .execute(&mut **tx)
         .await?;
     }
@@ -412,9 +447,7 @@ async fn conversion_row(tx: &mut Transaction<'_, Any>, row: &StatusRow) -> Resul
         "INSERT INTO conversions (tenant, event_name, event_id, sort_time, first_seen)
          VALUES ($1, $2, $3, $4, $4) ON CONFLICT (tenant, event_name, event_id) DO NOTHING",
     )
-    .bind(&s.tenant)
-    .bind(&s.event_name)
-    .bind(&s.event_id)
+    .conversion_key(s)
     .bind(s.time)
     .execute(&mut **tx)
     .await?;
@@ -426,9 +459,7 @@ async fn conversion_row(tx: &mut Transaction<'_, Any>, row: &StatusRow) -> Resul
          WHERE tenant = $2 AND event_name = $3 AND event_id = $4 AND first_seen > $1",
     )
     .bind(s.time)
-    .bind(&s.tenant)
-    .bind(&s.event_name)
-    .bind(&s.event_id)
+    .conversion_key(s)
     .execute(&mut **tx)
     .await?;
     let Some(c) = &s.conversion else {
@@ -446,9 +477,7 @@ async fn conversion_row(tx: &mut Transaction<'_, Any>, row: &StatusRow) -> Resul
     .bind(&c.order_id)
     .bind(c.sources.join(","))
     .bind(&key)
-    .bind(&s.tenant)
-    .bind(&s.event_name)
-    .bind(&s.event_id)
+    .conversion_key(s)
     .execute(&mut **tx)
     .await?;
     for hash in &c.click_id_hashes {

@@ -1,0 +1,253 @@
+//! The projection's figures: status records folded per second into the
+//! embedded store (SQLite) and PostgreSQL, and list, search and detail
+//! latency (p50 / p99) once it holds POSTBACK_BENCH_CONVERSIONS
+//! conversions (default 200,000; the target is 1,000,000) across
+//! three platforms. Prints figures, asserts nothing.
+//!
+//!   cargo bench -p postback-status --bench projection
+//!
+//! PostgreSQL is the testkit's (a private server, or
+//! POSTBACK_TEST_DATABASE_URL).
+
+use std::time::{Duration, Instant};
+
+use postback_core::model::{
+    click_id_hash, ConversionSummary, DeliveryStatus, FrontEndStatus, ServerSideStatus,
+};
+use postback_status::config::StoreConfig;
+use postback_status::queries::ListFilter;
+use postback_status::store::{StatusRow, Store};
+use postback_testkit::TestDatabase;
+
+const PLATFORMS: [&str; 3] = ["meta", "google_ads", "tiktok"];
+const BATCH: usize = 1000;
+const T0: i64 = 1_790_000_000_000;
+
+fn record(
+    n: usize,
+    platform: &str,
+    server_side: ServerSideStatus,
+    time: i64,
+    summary: bool,
+) -> DeliveryStatus {
+    DeliveryStatus {
+        tenant: "acme".into(),
+        event_id: format!("ord-{n}"),
+        event_name: "Purchase".into(),
+        platform: platform.into(),
+        stage: if summary {
+            "deduplicator"
+        } else {
+            "dispatcher"
+        }
+        .into(),
+        front_end: summary.then_some(if n % 3 == 0 {
+            FrontEndStatus::Fired
+        } else {
+            FrontEndStatus::NotFired
+        }),
+        server_side,
+        reason: (server_side == ServerSideStatus::Rejected).then(|| "invalid_parameter".into()),
+        attempt: (!summary).then_some(1),
+        next_attempt_at: None,
+        duplicate_of: None,
+        reported_by: summary.then(|| "server".into()),
+        platform_request_id: (server_side == ServerSideStatus::Delivered)
+            .then(|| format!("req-{n}")),
+        time,
+        conversion: summary.then(|| ConversionSummary {
+            event_time: T0 + n as i64 * 100,
+            value: Some("19.90".into()),
+            currency: Some("EUR".into()),
+            order_id: Some(format!("A-{n}")),
+            sources: vec!["browser".into(), "server".into()],
+            match_keys: vec!["email".into(), "phone".into(), "fbp".into()],
+            click_id_hashes: vec![click_id_hash(&format!("gclid-{n}"))],
+        }),
+    }
+}
+
+/// Per conversion and platform: the deduplicator's `eligible`, then one in
+/// ten retried once, then the outcome (one in twenty rejected).
+fn records(conversions: usize) -> Vec<StatusRow> {
+    let mut out = Vec::with_capacity(conversions * 7);
+    for n in 0..conversions {
+        let t = T0 + n as i64 * 100;
+        for p in PLATFORMS {
+            out.push(record(n, p, ServerSideStatus::Eligible, t + 10, true));
+            if n % 10 == 0 {
+                out.push(record(n, p, ServerSideStatus::Retrying, t + 20, false));
+            }
+            let outcome = if n % 20 == 0 {
+                ServerSideStatus::Rejected
+            } else {
+                ServerSideStatus::Delivered
+            };
+            out.push(record(n, p, outcome, t + 300, false));
+        }
+    }
+    out.into_iter()
+        .enumerate()
+        .map(|(i, status)| StatusRow {
+            partition: (i % 6) as i32,
+            offset: (i / 6) as i64,
+            status,
+        })
+        .collect()
+}
+
+fn quantiles(mut samples: Vec<Duration>) -> String {
+    samples.sort();
+    let at =
+        |q: f64| samples[((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1];
+    format!(
+        "p50 {:>8.2} ms  p99 {:>8.2} ms",
+        at(0.5).as_secs_f64() * 1e3,
+        at(0.99).as_secs_f64() * 1e3
+    )
+}
+
+async fn time<F, Fut>(times: usize, mut f: F) -> String
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut samples = Vec::with_capacity(times);
+    for i in 0..times {
+        let started = Instant::now();
+        f(i).await;
+        samples.push(started.elapsed());
+    }
+    quantiles(samples)
+}
+
+async fn bench(name: &str, store: Store, rows: &[StatusRow], conversions: usize) {
+    let started = Instant::now();
+    for batch in rows.chunks(BATCH) {
+        store.apply(batch).await.expect("apply");
+    }
+    let took = started.elapsed().as_secs_f64();
+    println!(
+        "{name:<10} ingest: {} records ({conversions} conversions x 3 platforms) in {took:.1} s = {:.0} records/s",
+        rows.len(),
+        rows.len() as f64 / took
+    );
+    let q = 200;
+    let first_page = time(q, |_| {
+        let store = store.clone();
+        async move {
+            store
+                .list("acme", &ListFilter::default(), 50, None)
+                .await
+                .expect("list");
+        }
+    })
+    .await;
+    println!("{name:<10} list, first page of 50:            {first_page}");
+    let filtered = time(q, |_| {
+        let store = store.clone();
+        async move {
+            let f = ListFilter {
+                platform: Some("meta".into()),
+                server_side: Some("rejected".into()),
+                ..Default::default()
+            };
+            store.list("acme", &f, 50, None).await.expect("list");
+        }
+    })
+    .await;
+    println!("{name:<10} list, meta rejected (1 in 20):     {filtered}");
+    let step = (conversions / q).max(1);
+    let by_order = time(q, |i| {
+        let store = store.clone();
+        async move {
+            let f = ListFilter {
+                order_id: Some(format!("A-{}", i * step)),
+                ..Default::default()
+            };
+            assert_eq!(
+                store
+                    .list("acme", &f, 50, None)
+                    .await
+                    .expect("search")
+                    .conversions
+                    .len(),
+                1
+            );
+        }
+    })
+    .await;
+    println!("{name:<10} search by order id:                {by_order}");
+    let by_click = time(q, |i| {
+        let store = store.clone();
+        async move {
+            let f = ListFilter {
+                click_id_hash: Some(click_id_hash(&format!("gclid-{}", i * step))),
+                ..Default::default()
+            };
+            assert_eq!(
+                store
+                    .list("acme", &f, 50, None)
+                    .await
+                    .expect("search")
+                    .conversions
+                    .len(),
+                1
+            );
+        }
+    })
+    .await;
+    println!("{name:<10} search by click id:                {by_click}");
+    let detail = time(q, |i| {
+        let store = store.clone();
+        async move {
+            store
+                .detail("acme", "Purchase", &format!("ord-{}", i * step))
+                .await
+                .expect("detail")
+                .expect("found");
+        }
+    })
+    .await;
+    println!("{name:<10} detail with history:               {detail}");
+    let summary = time(5, |_| {
+        let store = store.clone();
+        async move {
+            store
+                .summary("acme", T0, T0 + 86_400_000)
+                .await
+                .expect("summary");
+        }
+    })
+    .await;
+    println!("{name:<10} summary over a day (5 runs):       {summary}");
+}
+
+#[tokio::main]
+async fn main() {
+    let conversions: usize = std::env::var("POSTBACK_BENCH_CONVERSIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let rows = records(conversions);
+    println!(
+        "status projection: {conversions} conversions, {} records, batches of {BATCH}",
+        rows.len()
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sqlite = Store::open(&StoreConfig {
+        url: format!("sqlite://{}", dir.path().join("bench.db").display()),
+        ..StoreConfig::default()
+    })
+    .await
+    .expect("sqlite");
+    bench("sqlite", sqlite, &rows, conversions).await;
+    let db = TestDatabase::create().await.expect("postgres");
+    let postgres = Store::open(&StoreConfig {
+        url: db.url.clone(),
+        ..StoreConfig::default()
+    })
+    .await
+    .expect("postgres");
+    bench("postgres", postgres, &rows, conversions).await;
+}
