@@ -148,13 +148,16 @@ extern "C" fn stop_server() {
     }
 }
 
-/// The directory of initdb and postgres: PATH, else the newest of
+/// The directory of initdb, postgres and pg_isready: PATH, else the newest of
 /// /usr/lib/postgresql/<version>/bin.
 fn binaries() -> anyhow::Result<PathBuf> {
     if let Ok(path) = std::env::var("PATH") {
         for dir in std::env::split_paths(&path) {
             if dir.join("initdb").is_file() && dir.join("postgres").is_file() {
-                return Ok(dir);
+                // A symlink on PATH (/usr/local/bin/initdb): the real
+                // directory has pg_isready beside it.
+                let real = std::fs::canonicalize(dir.join("initdb"))?;
+                return Ok(real.parent().map(Path::to_path_buf).unwrap_or(dir));
             }
         }
     }
@@ -270,10 +273,33 @@ fn run_server(bin: &Path) -> anyhow::Result<Server> {
         *guard = Some((child.id(), dir.clone()));
     }
     let deadline = Instant::now() + Duration::from_secs(60);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+    // Listening is not ready: while it starts up the server accepts
+    // connections and refuses them ("the database system is starting up").
+    // pg_isready says when it takes them.
+    let ready = || {
+        Command::new(bin.join("pg_isready"))
+            .args([
+                "-q",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                "postback",
+                "-d",
+                "postgres",
+            ])
+            .stdin(Stdio::null())
+            .output()
+    };
+    loop {
+        let answer = ready();
+        if answer.as_ref().is_ok_and(|o| o.status.success()) {
+            break;
+        }
         if Instant::now() > deadline {
             let log = std::fs::read_to_string(dir.join("postgres.log")).unwrap_or_default();
-            bail!("PostgreSQL did not listen on {port} within 60 s:\n{log}");
+            bail!("PostgreSQL did not accept connections on {port} within 60 s (pg_isready: {answer:?}):\n{log}");
         }
         std::thread::sleep(Duration::from_millis(50));
     }
