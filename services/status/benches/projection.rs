@@ -133,71 +133,59 @@ async fn bench(name: &str, store: Store, rows: &[StatusRow], conversions: usize)
         rows.len() as f64 / took
     );
     let q = 200;
-    let first_page = time(q, |_| {
-        let store = store.clone();
-        async move {
-            store
-                .list("acme", &ListFilter::default(), 50, None)
-                .await
-                .expect("list");
-        }
-    })
-    .await;
-    println!("{name:<10} list, first page of 50:            {first_page}");
-    let filtered = time(q, |_| {
-        let store = store.clone();
-        async move {
-            let f = ListFilter {
+    let step = (conversions / q).max(1);
+    // Each list query: its label, its filter for the i-th sample, and how
+    // many conversions a search must find (None: a page, not checked).
+    type Case = (
+        &'static str,
+        Box<dyn Fn(usize) -> ListFilter>,
+        Option<usize>,
+    );
+    let cases: [Case; 4] = [
+        (
+            "list, first page of 50:         ",
+            Box::new(|_| ListFilter::default()),
+            None,
+        ),
+        (
+            "list, meta rejected (1 in 20):  ",
+            Box::new(|_| ListFilter {
                 platform: Some("meta".into()),
                 server_side: Some("rejected".into()),
                 ..Default::default()
-            };
-            store.list("acme", &f, 50, None).await.expect("list");
-        }
-    })
-    .await;
-    println!("{name:<10} list, meta rejected (1 in 20):     {filtered}");
-    let step = (conversions / q).max(1);
-    let by_order = time(q, |i| {
-        let store = store.clone();
-        async move {
-            let f = ListFilter {
+            }),
+            None,
+        ),
+        (
+            "search by order id:             ",
+            Box::new(move |i| ListFilter {
                 order_id: Some(format!("A-{}", i * step)),
                 ..Default::default()
-            };
-            assert_eq!(
-                store
-                    .list("acme", &f, 50, None)
-                    .await
-                    .expect("search")
-                    .conversions
-                    .len(),
-                1
-            );
-        }
-    })
-    .await;
-    println!("{name:<10} search by order id:                {by_order}");
-    let by_click = time(q, |i| {
-        let store = store.clone();
-        async move {
-            let f = ListFilter {
+            }),
+            Some(1),
+        ),
+        (
+            "search by click id:             ",
+            Box::new(move |i| ListFilter {
                 click_id_hash: Some(click_id_hash(&format!("gclid-{}", i * step))),
                 ..Default::default()
-            };
-            assert_eq!(
-                store
-                    .list("acme", &f, 50, None)
-                    .await
-                    .expect("search")
-                    .conversions
-                    .len(),
-                1
-            );
-        }
-    })
-    .await;
-    println!("{name:<10} search by click id:                {by_click}");
+            }),
+            Some(1),
+        ),
+    ];
+    for (label, filter, found) in &cases {
+        let figures = time(q, |i| {
+            let (store, filter) = (store.clone(), filter(i));
+            async move {
+                let page = store.list("acme", &filter, 50, None).await.expect("list");
+                if let Some(n) = found {
+                    assert_eq!(page.conversions.len(), *n, "{label}");
+                }
+            }
+        })
+        .await;
+        println!("{name:<10} {label}   {figures}");
+    }
     let detail = time(q, |i| {
         let store = store.clone();
         async move {
