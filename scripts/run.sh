@@ -6,7 +6,9 @@
 #   scripts/run.sh --once   send the sample traffic, check it, stop (smoke test)
 # Ports: KAFKA_PORT (9092), COLLECTOR_PORT (8080), ENRICHER_PORT (9091),
 # DEDUPLICATOR_PORT (9093), SANDBOX_PORT (8090), dispatchers' ops ports
-# META_PORT (9094), GOOGLE_ADS_PORT (9095), TIKTOK_PORT (9096).
+# META_PORT (9094), GOOGLE_ADS_PORT (9095), TIKTOK_PORT (9096), the status
+# service STATUS_PORT (8070, its panel) and STATUS_OPS_PORT (9097), the
+# sample shop SHOP_PORT (3000).
 source "$(dirname "$0")/lib.sh"
 ONCE=0
 [[ "${1:-}" == "--once" ]] && ONCE=1
@@ -20,6 +22,9 @@ GOOGLE_ADS_PORT="${GOOGLE_ADS_PORT:-9095}"
 TIKTOK_PORT="${TIKTOK_PORT:-9096}"
 STATUS_PORT="${STATUS_PORT:-8070}"
 STATUS_OPS_PORT="${STATUS_OPS_PORT:-9097}"
+# The sample shop: its origin must be an allowed origin of the demo site key
+# (config/collector.local.toml allows localhost and 127.0.0.1 on 3000).
+SHOP_PORT="${SHOP_PORT:-3000}"
 BOOTSTRAP="127.0.0.1:$KAFKA_PORT"
 LOGS="$STATE/logs"
 mkdir -p "$LOGS"
@@ -82,6 +87,10 @@ rm -f "$STATE"/status.db "$STATE"/status.db-*
 POSTBACK_KAFKA__BOOTSTRAP_SERVERS="$BOOTSTRAP" POSTBACK_HTTP__LISTEN="127.0.0.1:$STATUS_PORT" \
   POSTBACK_OPS__LISTEN="127.0.0.1:$STATUS_OPS_PORT" POSTBACK_STORE__URL="sqlite://$STATE/status.db" \
   start_service status "$ROOT/target/release/postback-status" --config "$ROOT/config/status.local.toml"
+SHOP="http://localhost:$SHOP_PORT"
+SHOP_LISTEN="127.0.0.1:$SHOP_PORT" SHOP_COLLECTOR_URL="http://127.0.0.1:$COLLECTOR_PORT" \
+  SHOP_SITE_KEY="pk_local_demo" SHOP_API_KEY="sk_local_demo_0123456789abcdef" SHOP_PIXELS_URL="$SANDBOX" \
+  start_service shop "$ROOT/target/release/postback-shop"
 
 wait_ready() { # wait_ready NAME URL
   for _ in $(seq 1 100); do
@@ -99,6 +108,8 @@ wait_ready dispatcher-meta "http://127.0.0.1:$META_PORT"
 wait_ready dispatcher-google_ads "http://127.0.0.1:$GOOGLE_ADS_PORT"
 wait_ready dispatcher-tiktok "http://127.0.0.1:$TIKTOK_PORT"
 wait_ready status "http://127.0.0.1:$STATUS_OPS_PORT"
+for _ in $(seq 1 100); do curl -sf "$SHOP/healthz" >/dev/null 2>&1 && break; sleep 0.2; done
+curl -sf "$SHOP/healthz" >/dev/null 2>&1 || die "shop not ready; see $LOGS/shop.log"
 STATUS_URL="http://127.0.0.1:$STATUS_PORT"
 READ_KEY="rk_local_demo_0123456789abcdef"
 
@@ -163,6 +174,22 @@ if [[ "$projected" -ne 1 ]]; then
   say "the status service shows no delivered conversion; see $LOGS/status.log"
   status=$((status + 1))
 fi
+say "the sample shop ($SHOP): its page carries the tag, the collector serves it, its backend reports orders:"
+tag_size=$(curl -sf -H 'Accept-Encoding: gzip' "$URL/v1/tag.js" | wc -c)
+if curl -sf "$SHOP/" | grep -q "/v1/tag.js" && [[ "$tag_size" -gt 1000 ]]; then
+  say "  the shop's page includes $URL/v1/tag.js ($tag_size bytes gzipped)"
+else
+  say "  the shop's page or the tag is missing; see $LOGS/shop.log"
+  status=$((status + 1))
+fi
+order_page=$(curl -sfL -H 'User-Agent: Mozilla/5.0 (X11; Linux x86_64) run.sh' \
+  --data 'quantity=1&server_report=on' "$SHOP/order" || true)
+if grep -q 'collector answered 202' <<<"$order_page"; then
+  say "  an order placed with curl: the shop's server report was accepted (202)"
+else
+  say "  the shop's server report was not accepted; see $LOGS/shop.log"
+  status=$((status + 1))
+fi
 say "collector metrics:"
 curl -s "$URL/metrics" | grep -E '^postback_collector_events_total' || true
 say "enricher metrics (eligibility by platform and reason):"
@@ -195,6 +222,9 @@ postback is running:
   dispatchers http://127.0.0.1:$META_PORT (meta), :$GOOGLE_ADS_PORT (google_ads), :$TIKTOK_PORT (tiktok)   (/metrics, /readyz)
   sandbox     $SANDBOX   (Meta, Google Ads, TikTok endpoints; /admin/events, /admin/stats)
   status      $STATUS_URL   (the panel: open it, read key $READ_KEY; GET /v1/conversions, /v1/summary; ops :$STATUS_OPS_PORT)
+  shop        $SHOP/?gclid=demo-gclid&fbclid=demo-fbclid&ttclid=demo-ttclid
+              (a sample shop with the browser tag and stand-in pixels: accept or reject
+              the banner, buy, then find the order in the panel: $STATUS_URL)
   broker      $BOOTSTRAP
   logs        $LOGS
 Press Ctrl-C to stop.

@@ -30,15 +30,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use postback_core::config::{load_from, Validate};
 use postback_core::model::ConversionRaw;
-use postback_core::{Codec, Platform, SchemaKind};
-use postback_testkit::{free_port, repo_root, unique, Broker};
+use postback_core::{Codec, SchemaKind};
+use postback_testkit::{repo_root, unique, Broker};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+
+mod support;
+use support::pipeline::{example, start_pipeline, Names, Options};
 
 /// How long the pipeline may take to give every queried metric a series.
 const SERIES_DEADLINE: Duration = Duration::from_secs(240);
@@ -1624,313 +1623,7 @@ fn the_promql_reader_finds_names_and_labels() {
 }
 
 // ------------------------------------------------------------------------
-// The pipeline, in this process.
-
-/// A service running in this process until stopped; dropped (a failing
-/// test), it is cancelled and aborted.
-struct Running {
-    name: String,
-    addr: SocketAddr,
-    stop: CancellationToken,
-    task: Option<JoinHandle<()>>,
-}
-
-impl Running {
-    fn spawn<F, E>(name: &str, addr: SocketAddr, stop: CancellationToken, run: F) -> Running
-    where
-        F: std::future::Future<Output = Result<(), E>> + Send + 'static,
-        E: std::fmt::Display,
-    {
-        let label = name.to_string();
-        let task = tokio::spawn(async move {
-            if let Err(e) = run.await {
-                eprintln!("{label} failed: {e}");
-            }
-        });
-        Running {
-            name: name.to_string(),
-            addr,
-            stop,
-            task: Some(task),
-        }
-    }
-
-    async fn stop(mut self) {
-        self.stop.cancel();
-        if let Some(task) = self.task.take() {
-            if tokio::time::timeout(Duration::from_secs(30), task)
-                .await
-                .is_err()
-            {
-                eprintln!("{} did not stop within 30 s", self.name);
-            }
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.stop.cancel();
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
-    }
-}
-
-async fn wait_for(http: &reqwest::Client, service: &Running, path: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        let ok = http
-            .get(format!("http://{}{path}", service.addr))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success());
-        if ok {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} on {} did not answer {path} with 2xx within 90 s",
-            service.name,
-            service.addr
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-fn config<C: postback_core::config::Configuration>(file: &str, env: Vec<(String, String)>) -> C {
-    load_from(Some(&repo_root().join(file)), env).unwrap_or_else(|e| panic!("{file}: {e}"))
-}
-
-async fn listener() -> (TcpListener, SocketAddr) {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let a = l.local_addr().expect("addr");
-    (l, a)
-}
-
-fn example(file: &str, event_id: &str) -> Value {
-    let text = std::fs::read_to_string(repo_root().join("examples").join(file)).expect("example");
-    let mut v: Value = serde_json::from_str(&text).expect("example json");
-    v["event_id"] = json!(event_id);
-    if v["order"].is_object() {
-        v["order"]["order_id"] = json!(event_id);
-    }
-    v
-}
-
-/// Everything the test started, stopped in order by `stop`, or aborted by
-/// Drop when the test fails half-way.
-struct Pipeline {
-    services: Vec<Running>,
-    /// The status service's query API (its /metrics is on the ops port).
-    status_api: SocketAddr,
-    _state: tempfile::TempDir,
-}
-
-impl Pipeline {
-    async fn stop(mut self) {
-        // Front to back: nothing new enters a stage that has stopped.
-        while let Some(s) = self.services.pop() {
-            s.stop().await;
-        }
-    }
-}
-
-/// What the test names its topics and groups (unique on the shared broker).
-struct Names {
-    raw: String,
-    enriched: String,
-    status: String,
-    rejected: String,
-    dispatch_prefix: String,
-    ingest: String,
-}
-
-impl Names {
-    fn new() -> Names {
-        Names {
-            raw: unique("dm.raw"),
-            enriched: unique("dm.enriched"),
-            status: unique("dm.status"),
-            rejected: unique("dm.rejected"),
-            dispatch_prefix: format!("{}.", unique("dm.dispatch")),
-            ingest: unique("dm.orders"),
-        }
-    }
-
-    fn topics(&self) -> postback_core::config::TopicsConfig {
-        postback_core::config::TopicsConfig {
-            raw: self.raw.clone(),
-            enriched: self.enriched.clone(),
-            status: self.status.clone(),
-            rejected: self.rejected.clone(),
-            dispatch_prefix: self.dispatch_prefix.clone(),
-        }
-    }
-}
-
-/// Starts the sandbox, the three dispatchers, the deduplicator, the
-/// enricher, the collector (with ingest) and a collector whose broker is
-/// gone, each on its own free port, and waits until each answers.
-async fn start_pipeline(
-    broker: &Broker,
-    names: &Names,
-    http: &reqwest::Client,
-) -> (Pipeline, BTreeMap<String, SocketAddr>) {
-    let state = tempfile::tempdir().expect("tempdir");
-    let topics = names.topics();
-    let kafka = broker.kafka_config();
-    let mut services = Vec::new();
-    let mut addrs = BTreeMap::new();
-
-    // The platform sandbox, with the accounts of config/dispatcher.local.toml.
-    let mut sandbox: postback_sandbox::config::SandboxConfig =
-        config("tools/sandbox/sandbox.example.toml", vec![]);
-    let (l, a) = listener().await;
-    sandbox.http.listen = a;
-    sandbox.validate().expect("sandbox config");
-    let stop = CancellationToken::new();
-    services.push(Running::spawn(
-        "sandbox",
-        a,
-        stop.clone(),
-        postback_sandbox::run(sandbox, l, stop),
-    ));
-    let sandbox_url = format!("http://{a}");
-
-    // The status service, last in the pipeline: started first, stopped last.
-    let mut c: postback_status::config::StatusConfig = config("config/status.local.toml", vec![]);
-    c.kafka = kafka.clone();
-    c.topics = topics.clone();
-    c.consumer.group_id = Some(unique("dm.status"));
-    c.stage.store.url = format!("sqlite://{}", state.path().join("status.db").display());
-    let (l, a) = listener().await;
-    c.ops.listen = a;
-    c.validate().expect("status config");
-    let (api, status_api) = listener().await;
-    let stop = CancellationToken::new();
-    services.push(Running::spawn(
-        "status",
-        a,
-        stop.clone(),
-        postback_status::run_with_listener(c, api, l, stop),
-    ));
-
-    for p in Platform::ALL {
-        let mut c: postback_dispatcher::config::DispatcherConfig = config(
-            "config/dispatcher.local.toml",
-            vec![("POSTBACK_PLATFORM".into(), p.as_str().into())],
-        );
-        c.kafka = kafka.clone();
-        c.topics = topics.clone();
-        c.consumer.group_id = Some(unique(&format!("dm.dispatcher-{}", p.as_str())));
-        c.stage.dispatch.linger_ms = 50;
-        c.stage.meta.base_url = sandbox_url.clone();
-        c.stage.google_ads.base_url = sandbox_url.clone();
-        c.stage.google_ads.token_url = format!("{sandbox_url}/token");
-        c.stage.tiktok.base_url = sandbox_url.clone();
-        let (l, a) = listener().await;
-        c.ops.listen = a;
-        c.validate().expect("dispatcher config");
-        let stop = CancellationToken::new();
-        let name = format!("dispatcher-{}", p.as_str());
-        services.push(Running::spawn(
-            &name,
-            a,
-            stop.clone(),
-            postback_dispatcher::run(c, l, stop),
-        ));
-    }
-
-    let mut c: postback_deduplicator::config::DeduplicatorConfig =
-        config("config/deduplicator.local.toml", vec![]);
-    c.kafka = kafka.clone();
-    c.topics = topics.clone();
-    c.consumer.group_id = Some(unique("dm.dedup"));
-    c.stage.dedup.merge_window_ms = 3_000;
-    c.stage.state.dir = state.path().join("dedup");
-    c.stage.state.changelog_topic = unique("dm.changelog");
-    let (l, a) = listener().await;
-    c.ops.listen = a;
-    c.validate().expect("deduplicator config");
-    let stop = CancellationToken::new();
-    services.push(Running::spawn(
-        "deduplicator",
-        a,
-        stop.clone(),
-        postback_deduplicator::run(c, l, stop),
-    ));
-
-    let mut c: postback_enricher::config::EnricherConfig =
-        config("config/enricher.local.toml", vec![]);
-    c.kafka = kafka.clone();
-    c.topics = topics.clone();
-    c.consumer.group_id = Some(unique("dm.enricher"));
-    let (l, a) = listener().await;
-    c.ops.listen = a;
-    c.validate().expect("enricher config");
-    let stop = CancellationToken::new();
-    services.push(Running::spawn(
-        "enricher",
-        a,
-        stop.clone(),
-        postback_enricher::run(c, l, stop),
-    ));
-
-    let mut c: postback_collector::config::CollectorConfig =
-        config("config/collector.local.toml", vec![]);
-    c.kafka = kafka.clone();
-    c.topics = topics.clone();
-    c.ingest.enabled = true;
-    c.ingest.group_id = unique("dm.ingest");
-    for t in &mut c.ingest.topics {
-        t.topic = names.ingest.clone();
-    }
-    let (l, a) = listener().await;
-    c.http.listen = a;
-    c.validate().expect("collector config");
-    let stop = CancellationToken::new();
-    services.push(Running::spawn(
-        "collector",
-        a,
-        stop.clone(),
-        postback_collector::run(c, l, stop),
-    ));
-
-    // A collector whose broker is gone: 503s and publish failures.
-    let mut c: postback_collector::config::CollectorConfig =
-        config("config/collector.local.toml", vec![]);
-    c.kafka.bootstrap_servers = format!("127.0.0.1:{}", free_port());
-    c.kafka.delivery_timeout_ms = 1_000;
-    c.topics = topics.clone();
-    c.ingest.enabled = false;
-    let (l, a) = listener().await;
-    c.http.listen = a;
-    c.validate().expect("collector config");
-    let stop = CancellationToken::new();
-    services.push(Running::spawn(
-        "collector-without-broker",
-        a,
-        stop.clone(),
-        postback_collector::run(c, l, stop),
-    ));
-
-    let pipeline = Pipeline {
-        services,
-        status_api,
-        _state: state,
-    };
-    for s in &pipeline.services {
-        let path = if s.name == "collector-without-broker" {
-            "/healthz"
-        } else {
-            "/readyz"
-        };
-        wait_for(http, s, path).await;
-        addrs.insert(s.name.clone(), s.addr);
-    }
-    (pipeline, addrs)
-}
+// The pipeline: support/pipeline.rs.
 
 async fn post(
     http: &reqwest::Client,
@@ -2108,24 +1801,20 @@ async fn scrape(http: &reqwest::Client, addr: SocketAddr) -> Option<String> {
 async fn every_metric_the_dashboards_and_alerts_use_is_exported() {
     let wanted = queried_metrics();
     let broker = Broker::shared().await.expect("the test broker");
-    let names = Names::new();
-    for t in [
-        &names.raw,
-        &names.enriched,
-        &names.status,
-        &names.rejected,
-        &names.ingest,
-    ] {
-        broker.create_topic(t, 2).await.expect("topic");
-    }
-    for p in Platform::ALL {
-        broker
-            .create_topic(&format!("{}{}", names.dispatch_prefix, p.as_str()), 2)
-            .await
-            .expect("topic");
-    }
+    let names = Names::new("dm");
+    names.create(&broker).await;
     let http = reqwest::Client::new();
-    let (pipeline, addrs) = start_pipeline(&broker, &names, &http).await;
+    let (pipeline, addrs) = start_pipeline(
+        &broker,
+        &names,
+        &http,
+        Options {
+            ingest: true,
+            broken_collector: true,
+            ..Options::default()
+        },
+    )
+    .await;
     println!(
         "pipeline on {} (topics {}, {}, {}, {}, {}*, ingest {})",
         addrs

@@ -9,7 +9,7 @@ use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use postback_core::model::{now_millis, ConversionRaw, FieldError, Source};
 use serde::{Deserialize, Serialize};
@@ -76,6 +76,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route("/v1/events", post(post_events))
         .route("/v1/collect", post(post_collect).options(preflight_collect))
+        .route("/v1/tag.js", get(crate::tag::get_tag))
         .with_state(state)
 }
 

@@ -7,6 +7,7 @@ pub mod config;
 pub mod ingest;
 pub mod metrics;
 pub mod publish;
+pub mod tag;
 pub mod validate;
 
 use std::collections::HashMap;

@@ -406,3 +406,53 @@ async fn ops_endpoints_answer() {
     assert!(metrics.contains("postback_collector_http_request_duration_seconds"));
     c.stop().await;
 }
+
+#[tokio::test]
+async fn the_browser_tag_is_served_gzipped_cached_and_revalidated() {
+    use std::io::Read;
+    let broker = Broker::shared().await.unwrap();
+    let c = Collector::start(&broker).await;
+    let url = format!("{}/v1/tag.js", c.base);
+    let gz = client()
+        .get(&url)
+        .header("Accept-Encoding", "gzip, br")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gz.status(), StatusCode::OK);
+    let h = gz.headers().clone();
+    assert_eq!(h["content-encoding"], "gzip");
+    assert_eq!(h["content-type"], "text/javascript; charset=utf-8");
+    assert_eq!(h["vary"], "Accept-Encoding");
+    assert!(h["cache-control"].to_str().unwrap().contains("max-age="));
+    let etag = h["etag"].to_str().unwrap().to_string();
+    let compressed = gz.bytes().await.unwrap();
+    let mut unzipped = String::new();
+    flate2::read::GzDecoder::new(&compressed[..])
+        .read_to_string(&mut unzipped)
+        .unwrap();
+
+    let plain = client().get(&url).send().await.unwrap();
+    assert!(plain.headers().get("content-encoding").is_none());
+    let plain = plain.text().await.unwrap();
+    assert_eq!(unzipped, plain, "the gzipped tag is the plain one");
+    assert!(plain.contains("sendBeacon") && plain.contains("__tcfapi"));
+    assert!(
+        !plain.lines().any(|l| l.trim_start().starts_with("//")),
+        "comment lines are not served"
+    );
+    println!(
+        "tag: {} bytes plain, {} bytes gzipped",
+        plain.len(),
+        compressed.len()
+    );
+
+    let again = client()
+        .get(&url)
+        .header("If-None-Match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+    assert!(again.bytes().await.unwrap().is_empty());
+}

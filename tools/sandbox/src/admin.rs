@@ -39,6 +39,7 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/credentials/meta", post(add_meta))
         .route("/credentials/tiktok", post(add_tiktok))
         .route("/credentials/google_ads", post(add_google))
+        .route("/pixel_hits", get(crate::pixels::list_hits))
         .route("/reset", post(reset))
 }
 
@@ -340,6 +341,7 @@ async fn add_google(
 /// memory, quota windows). Faults, credentials, settings and the clock stay.
 async fn reset(State(s): State<Arc<AppState>>) -> StatusCode {
     s.store.reset();
+    s.pixel_hits.clear();
     s.faults.reset_windows();
     tracing::info!("sandbox records reset");
     StatusCode::NO_CONTENT

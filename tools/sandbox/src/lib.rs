@@ -20,6 +20,7 @@ pub mod ids;
 pub mod meta;
 pub mod metrics;
 pub mod oauth;
+pub mod pixels;
 pub mod store;
 pub mod tiktok;
 
@@ -67,6 +68,7 @@ pub struct AppState {
     pub meta_throttle_code: i64,
     pub meta_throttle_status: StatusCode,
     pub config: SandboxConfig,
+    pub pixel_hits: pixels::PixelHits,
 }
 
 impl AppState {
@@ -88,6 +90,7 @@ impl AppState {
             meta_throttle_status: StatusCode::from_u16(config.meta.throttle_http_status)
                 .unwrap_or(StatusCode::TOO_MANY_REQUESTS),
             config: config.clone(),
+            pixel_hits: pixels::PixelHits::default(),
             ids,
             clock,
         }
@@ -177,6 +180,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/token", post(oauth::token))
         .route("/open_api/v1.3/event/track/", post(tiktok::track))
         .route("/open_api/v1.3/event/track", post(tiktok::track))
+        .merge(pixels::router())
         .nest("/admin", admin::router())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
