@@ -68,7 +68,11 @@ fn record(
 }
 
 /// Per conversion and platform: the deduplicator's `eligible`, then one in
-/// ten retried once, then the outcome (one in twenty rejected).
+/// ten retried once, then the outcome (one in twenty rejected), in time
+/// order across conversions as the topic has them: a conversion every
+/// 100 ms, its retry 10 s and its outcome 30 s after it, so a batch holds
+/// the first records of some conversions and the last of others (each
+/// mostly an update of a row already there, as in the pipeline).
 fn records(conversions: usize) -> Vec<StatusRow> {
     let mut out = Vec::with_capacity(conversions * 7);
     for n in 0..conversions {
@@ -76,16 +80,17 @@ fn records(conversions: usize) -> Vec<StatusRow> {
         for p in PLATFORMS {
             out.push(record(n, p, ServerSideStatus::Eligible, t + 10, true));
             if n % 10 == 0 {
-                out.push(record(n, p, ServerSideStatus::Retrying, t + 20, false));
+                out.push(record(n, p, ServerSideStatus::Retrying, t + 10_000, false));
             }
             let outcome = if n % 20 == 0 {
                 ServerSideStatus::Rejected
             } else {
                 ServerSideStatus::Delivered
             };
-            out.push(record(n, p, outcome, t + 300, false));
+            out.push(record(n, p, outcome, t + 30_000, false));
         }
     }
+    out.sort_by_key(|s| s.time);
     out.into_iter()
         .enumerate()
         .map(|(i, status)| StatusRow {

@@ -19,6 +19,7 @@ pub mod panel;
 pub mod params;
 pub mod queries;
 pub mod store;
+pub mod write;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -3,8 +3,8 @@
 //! driver; every statement is written once, in SQL both understand).
 //!
 //! Writes are idempotent and order-free (see `fold.rs`): a batch is one
-//! transaction of inserts that ignore what is there and updates guarded by
-//! the fold's keys, so a batch written twice (a crash between the database
+//! transaction of multi-row inserts and upserts guarded by the fold's keys
+//! (`write.rs`), so a batch written twice (a crash between the database
 //! commit and the Kafka offset commit) or records read out of order leave
 //! the same rows.
 //!
@@ -18,13 +18,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
-use postback_core::model::{DeliveryStatus, ServerSideStatus};
-use sqlx::any::{AnyArguments, AnyPoolOptions, AnyRow};
-use sqlx::query::Query;
-use sqlx::{Any, AnyPool, Row, Transaction};
+use postback_core::model::DeliveryStatus;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
 
 use crate::config::{redacted_url, StoreConfig};
-use crate::fold;
+use crate::write::BatchFold;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -122,6 +121,9 @@ const SCHEMA: &[&str] = &[
         PRIMARY KEY (src_partition, src_offset))",
     "CREATE INDEX IF NOT EXISTS status_history_by_conversion
         ON status_history (tenant, event_name, event_id, status_time)",
+    // The summary's duplicate count reads only these (few) rows.
+    "CREATE INDEX IF NOT EXISTS status_history_duplicates
+        ON status_history (tenant, event_name, event_id) WHERE server_side = 'duplicate'",
     "CREATE TABLE IF NOT EXISTS conversions (
         tenant TEXT NOT NULL,
         event_name TEXT NOT NULL,
@@ -259,10 +261,9 @@ impl Store {
 
     /// Folds `rows` into the projection, in one transaction.
     pub async fn apply(&self, rows: &[StatusRow]) -> Result<(), StoreError> {
+        let batch = BatchFold::new(rows);
         let mut tx = self.pool.begin().await?;
-        for row in rows {
-            apply_one(&mut tx, row).await?;
-        }
+        batch.write(&mut tx, self.backend).await?;
         tx.commit().await?;
         let written = self
             .writes
@@ -324,175 +325,6 @@ fn prepare_url(url: &str) -> Result<(String, Backend), StoreError> {
         return Ok((url, Backend::Sqlite));
     }
     Ok((url.to_string(), Backend::Postgres))
-}
-
-/// The keys of the two row kinds a status record touches, bound in the
-/// order every statement here names them.
-trait BindKey<'q> {
-    /// tenant, event name, event id.
-    fn conversion_key(self, s: &'q DeliveryStatus) -> Self;
-    /// tenant, event name, event id, platform.
-    fn platform_key(self, s: &'q DeliveryStatus) -> Self;
-}
-
-impl<'q> BindKey<'q> for Query<'q, Any, AnyArguments<'q>> {
-    fn conversion_key(self, s: &'q DeliveryStatus) -> Self {
-        self.bind(&s.tenant).bind(&s.event_name).bind(&s.event_id)
-    }
-
-    fn platform_key(self, s: &'q DeliveryStatus) -> Self {
-        self.conversion_key(s).bind(&s.platform)
-    }
-}
-
-async fn apply_one(tx: &mut Transaction<'_, Any>, row: &StatusRow) -> Result<(), sqlx::Error> {
-    let s = &row.status;
-    let server_side = fold::server_side_name(s.server_side);
-    let front_end_rank = fold::front_end_rank(s.front_end);
-    sqlx::query(
-        "INSERT INTO status_history (src_partition, src_offset, tenant, event_name, event_id,
-            platform, stage, server_side, front_end, reason, attempt, next_attempt_at,
-            duplicate_of, reported_by, platform_request_id, status_time)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
-         ON CONFLICT (src_partition, src_offset) DO NOTHING",
-    )
-    .bind(i64::from(row.partition))
-    .bind(row.offset)
-    .platform_key(s)
-    .bind(&s.stage)
-    .bind(server_side)
-    .bind(
-        s.front_end
-            .map(|f| fold::front_end_name(fold::front_end_rank(Some(f)))),
-    )
-    .bind(&s.reason)
-    .bind(s.attempt.map(i64::from))
-    .bind(s.next_attempt_at)
-    .bind(&s.duplicate_of)
-    .bind(&s.reported_by)
-    .bind(&s.platform_request_id)
-    .bind(s.time)
-    .execute(&mut **tx)
-    .await?;
-
-    conversion_row(tx, row).await?;
-
-    sqlx::query(
-        "INSERT INTO platform_states (tenant, event_name, event_id, platform)
-         VALUES ($1, $2, $3, $4) ON CONFLICT (tenant, event_name, event_id, platform) DO NOTHING",
-    )
-    .platform_key(s)
-    .execute(&mut **tx)
-    .await?;
-    let key = fold::status_key(s.server_side, s.time, row.partition, row.offset);
-    if fold::sets_status(s.server_side) {
-        sqlx::query(
-            "UPDATE platform_states SET server_side = $1, stage = $2, reason = $3, attempt = $4,
-                next_attempt_at = $5, platform_request_id = $6, status_time = $7, status_key = $8
-             WHERE tenant = $9 AND event_name = $10 AND event_id = $11 AND platform = $12
-               AND status_key < $8",
-        )
-        .bind(server_side)
-        .bind(&s.stage)
-        .bind(&s.reason)
-        .bind(s.attempt.map(i64::from))
-        .bind(s.next_attempt_at)
-        .bind(&s.platform_request_id)
-        .bind(s.time)
-        .bind(&key)
-        .platform_key(s)
-        .execute(&mut **tx)
-        .await?;
-    }
-    sqlx::query(
-        "UPDATE platform_states SET front_end_rank = $1
-         WHERE tenant = $2 AND event_name = $3 AND event_id = $4 AND platform = $5
-           AND front_end_rank < $1",
-    )
-    .bind(front_end_rank)
-    .platform_key(s)
-    .execute(&mut **tx)
-    .await?;
-    if s.server_side == ServerSideStatus::Delivered {
-        sqlx::query(
-            "UPDATE platform_states SET delivered_at = $1
-             WHERE tenant = $2 AND event_name = $3 AND event_id = $4 AND platform = $5
-               AND (delivered_at IS NULL OR delivered_at > $1)",
-        )
-        .bind(s.time)
-        .platform_key(s)
-        .execute(&mut **tx)
-        .await?;
-    }
-    if let Some(c) = &s.conversion {
-        sqlx::query(
-            "UPDATE platform_states SET match_keys = $1, match_keys_key = $2
-             WHERE tenant = $3 AND event_name = $4 AND event_id = $5 AND platform = $6
-               AND match_keys_key < $2",
-        )
-        .bind(c.match_keys.join(","))
-        .bind(&key)
-        .platform_key(s)
-        .execute(&mut **tx)
-        .await?;
-    }
-    Ok(())
-}
-
-/// The conversion's own row: created by its first record, its summary from
-/// the deduplicator's latest.
-async fn conversion_row(tx: &mut Transaction<'_, Any>, row: &StatusRow) -> Result<(), sqlx::Error> {
-    let s = &row.status;
-    sqlx::query(
-        "INSERT INTO conversions (tenant, event_name, event_id, sort_time, first_seen)
-         VALUES ($1, $2, $3, $4, $4) ON CONFLICT (tenant, event_name, event_id) DO NOTHING",
-    )
-    .conversion_key(s)
-    .bind(s.time)
-    .execute(&mut **tx)
-    .await?;
-    // Until a summary says when the event happened, a conversion sorts by
-    // its earliest record.
-    sqlx::query(
-        "UPDATE conversions SET first_seen = $1,
-            sort_time = CASE WHEN event_time IS NULL THEN $1 ELSE sort_time END
-         WHERE tenant = $2 AND event_name = $3 AND event_id = $4 AND first_seen > $1",
-    )
-    .bind(s.time)
-    .conversion_key(s)
-    .execute(&mut **tx)
-    .await?;
-    let Some(c) = &s.conversion else {
-        return Ok(());
-    };
-    let key = fold::status_key(s.server_side, s.time, row.partition, row.offset);
-    sqlx::query(
-        "UPDATE conversions SET event_time = $1, sort_time = $1, value = $2, currency = $3,
-            order_id = $4, sources = $5, summary_key = $6
-         WHERE tenant = $7 AND event_name = $8 AND event_id = $9 AND summary_key < $6",
-    )
-    .bind(c.event_time)
-    .bind(&c.value)
-    .bind(&c.currency)
-    .bind(&c.order_id)
-    .bind(c.sources.join(","))
-    .bind(&key)
-    .conversion_key(s)
-    .execute(&mut **tx)
-    .await?;
-    for hash in &c.click_id_hashes {
-        sqlx::query(
-            "INSERT INTO click_ids (tenant, click_id_hash, event_name, event_id)
-             VALUES ($1, $2, $3, $4) ON CONFLICT (tenant, click_id_hash, event_name, event_id) DO NOTHING",
-        )
-        .bind(&s.tenant)
-        .bind(hash)
-        .bind(&s.event_name)
-        .bind(&s.event_id)
-        .execute(&mut **tx)
-        .await?;
-    }
-    Ok(())
 }
 
 /// Reads a text column that may be NULL.
