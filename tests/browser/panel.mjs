@@ -64,6 +64,7 @@ try {
     await page.fill("#key", arg("key"));
     await page.click("#key-form button[type=submit]");
     await page.waitForSelector("#conversions tbody tr[data-event-id]");
+    await page.waitForSelector("#summary .card");
     const cards = await page.locator("#summary .card").count();
     assert(cards >= 2, `${cards} summary cards`);
     const meta = await page.locator('#summary .card[data-platform="meta"]').innerText();

@@ -112,7 +112,8 @@
       var kv = q[i].split('=');
       var k = kv[0];
       if (own(CLICKS, k) && kv[1]) {
-        var v = decodeURIComponent(kv[1].replace(/\+/g, ' '));
+        var v = '';
+        try { v = decodeURIComponent(kv[1].replace(/\+/g, ' ')); } catch (e) { continue; }
         if (/^[\x21-\x7e]{1,512}$/.test(v)) pending[k] = v;
       }
     }
@@ -349,10 +350,16 @@
   };
   var plainPixels = {};
 
+  // A mistake in a call is reported on the console, never thrown into the
+  // page's own code.
   function postback() {
-    var f = commands[arguments[0]];
-    if (!f) throw new Error('postback: unknown command ' + arguments[0]);
-    return f.apply(null, Array.prototype.slice.call(arguments, 1));
+    try {
+      var f = commands[arguments[0]];
+      if (!f) throw new Error('postback: unknown command ' + arguments[0]);
+      return f.apply(null, Array.prototype.slice.call(arguments, 1));
+    } catch (e) {
+      if (w.console) console.error(e);
+    }
   }
   postback.loaded = true;
   postback.version = 1;
@@ -368,7 +375,5 @@
 
   var early = (prev && prev.q) || [];
   w.postback = postback;
-  for (var i = 0; i < early.length; i++) {
-    try { postback.apply(null, early[i]); } catch (e) { if (w.console) console.error(e); }
-  }
+  for (var i = 0; i < early.length; i++) postback.apply(null, early[i]);
 })(window, document);

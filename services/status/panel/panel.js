@@ -150,10 +150,13 @@ async function load() {
   say("");
   $("forget").hidden = !key();
   if (!key()) return;
+  // The table shows as soon as its page is there: the summary reads the
+  // whole range and may take longer at a million conversions.
   try {
-    await Promise.all([loadSummary(), loadList()]);
-    $("summary-section").hidden = false;
-    $("list-section").hidden = false;
+    await Promise.all([
+      loadList().then(() => { $("list-section").hidden = false; }),
+      loadSummary().then(() => { $("summary-section").hidden = false; }),
+    ]);
   } catch (e) {
     $("summary-section").hidden = true;
     $("list-section").hidden = true;
