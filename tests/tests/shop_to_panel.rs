@@ -158,6 +158,10 @@ async fn a_purchase_goes_from_the_shop_page_to_the_panel() {
         Options {
             extra_origins: vec![shop_origin.clone()],
             extra_read_keys: vec![("acme".into(), OTHER_TENANT_KEY.into())],
+            // The production default: the shop's server report and the
+            // tag's beacon (sent after the page's load) merge even on a
+            // busy machine.
+            merge_window_ms: Some(10_000),
             ..Options::default()
         },
     )
