@@ -11,26 +11,14 @@
 // screenshot of the moment).
 import { readFileSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
-import { pathToFileURL } from "node:url";
+import { arg, launch } from "./chromium.mjs";
 
-const arg = (name) => {
-  const i = process.argv.indexOf(`--${name}`);
-  if (i < 0 || i + 1 >= process.argv.length) throw new Error(`missing --${name}`);
-  return process.argv[i + 1];
-};
-const modules = arg("modules");
-const { chromium } = await import(pathToFileURL(join(modules, "playwright-core/index.mjs")).href);
 const base = arg("base");
 const expect = JSON.parse(readFileSync(arg("expect"), "utf8"));
 const out = arg("out");
 mkdirSync(out, { recursive: true });
 
-const browser = await chromium.launch({
-  executablePath: arg("chromium"),
-  headless: true,
-  args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"],
-});
+const browser = await launch();
 const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
 const problems = [];
 page.on("pageerror", (e) => problems.push(`page error: ${e.message}`));

@@ -16,23 +16,12 @@
 // screenshot of the moment).
 import { readFileSync, writeFileSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
-import { pathToFileURL } from "node:url";
+import { arg, launch } from "./chromium.mjs";
 
 const phase = process.argv[2];
-const arg = (name) => {
-  const i = process.argv.indexOf(`--${name}`);
-  if (i < 0 || i + 1 >= process.argv.length) throw new Error(`missing --${name}`);
-  return process.argv[i + 1];
-};
-const { chromium } = await import(pathToFileURL(join(arg("modules"), "playwright-core/index.mjs")).href);
 const out = arg("out");
 mkdirSync(out, { recursive: true });
-const browser = await chromium.launch({
-  executablePath: arg("chromium"),
-  headless: true,
-  args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"],
-});
+const browser = await launch();
 
 let step = "start";
 let page = null;

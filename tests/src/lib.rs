@@ -4,6 +4,7 @@
 
 pub mod bench;
 mod broker;
+mod browser;
 pub mod fixtures;
 mod kafka_process;
 mod postgres;
@@ -13,6 +14,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use broker::Broker;
+pub use browser::browser_tools;
 pub use kafka_process::SaslSslListener;
 pub use postgres::TestDatabase;
 

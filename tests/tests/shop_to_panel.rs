@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use postback_testkit::{repo_root, Broker};
+use postback_testkit::{browser_tools, repo_root, Broker};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -27,27 +27,6 @@ const API_KEY: &str = "sk_local_demo_0123456789abcdef";
 const SITE_KEY: &str = "pk_local_demo";
 const READ_KEY: &str = "rk_local_demo_0123456789abcdef";
 const OTHER_TENANT_KEY: &str = "rk_test_acme_0123456789abcdef";
-
-/// Where scripts/setup.sh installs playwright-core, and Debian's chromium.
-fn browser_tools() -> (std::path::PathBuf, std::path::PathBuf) {
-    let modules = std::env::var_os("POSTBACK_BROWSER_MODULES")
-        .map(Into::into)
-        .unwrap_or_else(|| repo_root().join(".postback/browser/node_modules"));
-    let chromium = std::env::var_os("CHROMIUM")
-        .map(Into::into)
-        .unwrap_or_else(|| std::path::PathBuf::from("/usr/bin/chromium"));
-    assert!(
-        modules.join("playwright-core").is_dir(),
-        "{} has no playwright-core: run scripts/setup.sh (it installs tests/browser's packages with npm)",
-        modules.display()
-    );
-    assert!(
-        chromium.is_file(),
-        "no Chromium at {}: install Debian's chromium (apt-get install chromium; scripts/setup.sh does as root) or set CHROMIUM",
-        chromium.display()
-    );
-    (modules, chromium)
-}
 
 async fn node(args: Vec<String>) -> String {
     let run = tokio::process::Command::new("node")

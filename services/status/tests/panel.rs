@@ -11,31 +11,10 @@ use std::time::Duration;
 
 use postback_core::model::{conversion_key, now_millis, FrontEndStatus, ServerSideStatus};
 use postback_core::{Codec, SchemaKind};
-use postback_testkit::{repo_root, unique, Broker};
+use postback_testkit::{browser_tools, repo_root, unique, Broker};
 
 mod support;
 use support::{emitted, history, start, until_listed, ACME_KEY, OTHER_KEY, T0};
-
-/// Where scripts/setup.sh installs playwright-core, and Debian's chromium.
-fn browser_tools() -> (std::path::PathBuf, std::path::PathBuf) {
-    let modules = std::env::var_os("POSTBACK_BROWSER_MODULES")
-        .map(Into::into)
-        .unwrap_or_else(|| repo_root().join(".postback/browser/node_modules"));
-    let chromium = std::env::var_os("CHROMIUM")
-        .map(Into::into)
-        .unwrap_or_else(|| std::path::PathBuf::from("/usr/bin/chromium"));
-    assert!(
-        modules.join("playwright-core").is_dir(),
-        "{} has no playwright-core: run scripts/setup.sh (it installs tests/browser's packages with npm)",
-        modules.display()
-    );
-    assert!(
-        chromium.is_file(),
-        "no Chromium at {}: install Debian's chromium (apt-get install chromium; scripts/setup.sh does as root) or set CHROMIUM",
-        chromium.display()
-    );
-    (modules, chromium)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_person_finds_every_combination_of_the_legend_in_the_panel() {
