@@ -8,6 +8,7 @@
 use std::io::Write;
 use std::sync::OnceLock;
 
+use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use flate2::write::GzEncoder;
@@ -81,12 +82,12 @@ pub async fn get_tag(headers: HeaderMap) -> Response {
     let mut response = if fresh {
         StatusCode::NOT_MODIFIED.into_response()
     } else if accepts_gzip(&headers) && !tag.gzip.is_empty() {
-        let mut r = tag.gzip.clone().into_response();
+        let mut r = Body::from(tag.gzip.as_slice()).into_response();
         r.headers_mut()
             .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         r
     } else {
-        tag.plain.clone().into_response()
+        Body::from(tag.plain.as_slice()).into_response()
     };
     let h = response.headers_mut();
     h.insert(

@@ -65,8 +65,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), ShopError> {
-    axum::serve(listener, router(config))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
+    postback_core::ops::serve(listener, router(config), shutdown)
         .await
         .map_err(ShopError::Http)
 }
