@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod panel;
 pub mod params;
 pub mod queries;
+pub mod rollups;
 pub mod store;
 pub mod write;
 

@@ -13,6 +13,7 @@ use sqlx::{Any, Row};
 
 use crate::fold;
 use crate::legend::meaning;
+use crate::rollups;
 use crate::store::{int, text, Store, StoreError};
 
 /// What the list is narrowed to; every field optional.
@@ -350,89 +351,198 @@ impl Store {
         }))
     }
 
-    /// Counts per platform over the conversions of `[from, to)`.
+    /// Counts per platform over the conversions of `[from, to)`: whole
+    /// slots from the rollups, the short edges left scanned
+    /// (`rollups::cover`).
     pub async fn summary(&self, tenant: &str, from: i64, to: i64) -> Result<Summary, StoreError> {
-        let mut summary = Summary::default();
+        let (slots, scans) = rollups::cover(from, to);
+        let mut counts = SummaryCounts::default();
+        for (width, start, end) in slots {
+            self.count_rollups(tenant, width, start, end, &mut counts)
+                .await?;
+        }
+        for (start, end) in scans {
+            self.count_by_scan(tenant, start, end, &mut counts).await?;
+        }
+        Ok(counts.finish())
+    }
+
+    /// The summary from the conversions' own rows alone: what the rollups
+    /// must agree with (tests, and a check when in doubt).
+    pub async fn summary_by_scan(
+        &self,
+        tenant: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<Summary, StoreError> {
+        let mut counts = SummaryCounts::default();
+        self.count_by_scan(tenant, from, to, &mut counts).await?;
+        Ok(counts.finish())
+    }
+
+    async fn count_rollups(
+        &self,
+        tenant: &str,
+        width: i64,
+        from: i64,
+        to: i64,
+        counts: &mut SummaryCounts,
+    ) -> Result<(), StoreError> {
+        let mut sql = Sql::new(
+            // SUMs cast back to BIGINT: PostgreSQL's of bigints is a
+            // numeric, which sqlx's `Any` driver does not read.
+            "SELECT platform, server_side, reason, front_end_fired, latency, merged,
+                    CAST(SUM(n) AS BIGINT) AS n,
+                    CAST(SUM(duplicates) AS BIGINT) AS duplicates
+             FROM summary_rollups WHERE tenant = ",
+        );
+        sql.text(tenant)
+            .push(" AND width = ")
+            .int(width)
+            .push(" AND slot >= ")
+            .int(from)
+            .push(" AND slot < ")
+            .int(to)
+            .push(" GROUP BY platform, server_side, reason, front_end_fired, latency, merged");
+        for row in sql.query().fetch_all(self.pool()).await? {
+            let n = row.try_get::<i64, _>("n")?;
+            let platform = row.try_get::<String, _>("platform")?;
+            if platform.is_empty() {
+                counts.conversion(row.try_get::<i64, _>("merged")? == 1, n);
+                continue;
+            }
+            let latency = row.try_get::<i64, _>("latency")?;
+            counts.platform(PlatformCount {
+                platform,
+                server_side: row.try_get("server_side")?,
+                reason: row.try_get("reason")?,
+                fired: row.try_get::<i64, _>("front_end_fired")? == 1,
+                latency: (latency >= 0).then_some(latency),
+                n,
+                duplicates: row.try_get::<i64, _>("duplicates")?,
+            });
+        }
+        Ok(())
+    }
+
+    /// Counts the conversions of `[from, to)` from their rows.
+    async fn count_by_scan(
+        &self,
+        tenant: &str,
+        from: i64,
+        to: i64,
+        counts: &mut SummaryCounts,
+    ) -> Result<(), StoreError> {
+        if from >= to {
+            return Ok(());
+        }
         let mut sql =
             Sql::new("SELECT c.sources, COUNT(*) AS n FROM conversions c WHERE c.tenant = ");
         sql.text(tenant);
         time_range(&mut sql, from, to);
         sql.push(" GROUP BY c.sources");
         for row in sql.query().fetch_all(self.pool()).await? {
-            let n = row.try_get::<i64, _>("n")?;
             let sources = row.try_get::<String, _>("sources")?;
-            summary.conversions += n;
-            if sources.contains("browser")
-                && (sources.contains("server") || sources.contains("offline"))
-            {
-                summary.merged += n;
-            }
+            counts.conversion(rollups::merged(&sources), row.try_get::<i64, _>("n")?);
         }
-        summary.merge_rate = rate(summary.merged, summary.conversions);
-
-        // One scan for the states and the delivery latencies: a latency is
-        // counted in its bucket (`LATENCY_BUCKET`), and the quantiles are
-        // read off the buckets.
-        let mut sql = Sql::new(&format!(
-            "SELECT p.platform, p.server_side, p.reason, p.front_end_rank,
-                    {LATENCY_BUCKET} AS latency, COUNT(*) AS n
-             FROM platform_states p JOIN conversions c ON c.tenant = p.tenant
-               AND c.event_name = p.event_name AND c.event_id = p.event_id
-             WHERE c.tenant = "
-        ));
+        let mut sql = Sql::new(
+            "SELECT p.platform, p.server_side, p.reason, p.front_end_rank, p.latency_bucket,
+                    COUNT(*) AS n, CAST(SUM(p.duplicates) AS BIGINT) AS duplicates
+             FROM conversions c JOIN platform_states p ON p.tenant = c.tenant
+               AND p.event_name = c.event_name AND p.event_id = c.event_id
+             WHERE c.tenant = ",
+        );
         sql.text(tenant);
         time_range(&mut sql, from, to);
-        sql.push(" GROUP BY p.platform, p.server_side, p.reason, p.front_end_rank, latency");
-        let mut latencies: BTreeMap<String, BTreeMap<i64, i64>> = BTreeMap::new();
+        sql.push(
+            " GROUP BY p.platform, p.server_side, p.reason, p.front_end_rank, p.latency_bucket",
+        );
+        let fired = fold::front_end_rank(Some(postback_core::model::FrontEndStatus::Fired));
         for row in sql.query().fetch_all(self.pool()).await? {
-            let n = row.try_get::<i64, _>("n")?;
-            let platform = row.try_get::<String, _>("platform")?;
             let server_side = row.try_get::<String, _>("server_side")?;
-            let reason = text(&row, "reason")?.unwrap_or_else(|| "unknown".into());
-            if let Some(latency) = int(&row, "latency")? {
-                *latencies
-                    .entry(platform.clone())
-                    .or_default()
-                    .entry(latency)
-                    .or_default() += n;
-            }
-            let p = summary.platforms.entry(platform).or_default();
-            p.conversions += n;
-            *p.server_side.entry(server_side.clone()).or_default() += n;
-            match server_side.as_str() {
-                "rejected" => *p.rejected_by_reason.entry(reason).or_default() += n,
-                "not_eligible" => *p.not_eligible_by_reason.entry(reason).or_default() += n,
-                _ => {}
-            }
-            if row.try_get::<i64, _>("front_end_rank")?
-                == fold::front_end_rank(Some(postback_core::model::FrontEndStatus::Fired))
-            {
-                p.front_end_fired += n;
-            }
+            let reason = text(&row, "reason")?;
+            counts.platform(PlatformCount {
+                platform: row.try_get("platform")?,
+                reason: rollups::counted_reason(&server_side, reason.as_deref()).into(),
+                server_side,
+                fired: row.try_get::<i64, _>("front_end_rank")? == fired,
+                latency: int(&row, "latency_bucket")?,
+                n: row.try_get::<i64, _>("n")?,
+                duplicates: row.try_get::<i64, _>("duplicates")?,
+            });
         }
-        for (platform, p) in summary.platforms.iter_mut() {
+        Ok(())
+    }
+}
+
+/// One group of a summary's counts: platform rows of one state.
+struct PlatformCount {
+    platform: String,
+    server_side: String,
+    /// `rollups::counted_reason`.
+    reason: String,
+    fired: bool,
+    latency: Option<i64>,
+    n: i64,
+    duplicates: i64,
+}
+
+/// A summary being added up, from rollups and scans alike.
+#[derive(Default)]
+struct SummaryCounts {
+    summary: Summary,
+    latencies: BTreeMap<String, BTreeMap<i64, i64>>,
+}
+
+impl SummaryCounts {
+    fn conversion(&mut self, merged: bool, n: i64) {
+        self.summary.conversions += n;
+        if merged {
+            self.summary.merged += n;
+        }
+    }
+
+    fn platform(&mut self, c: PlatformCount) {
+        if let Some(latency) = c.latency {
+            *self
+                .latencies
+                .entry(c.platform.clone())
+                .or_default()
+                .entry(latency)
+                .or_default() += c.n;
+        }
+        let p = self.summary.platforms.entry(c.platform).or_default();
+        p.conversions += c.n;
+        p.duplicates += c.duplicates;
+        if c.n != 0 {
+            *p.server_side.entry(c.server_side.clone()).or_default() += c.n;
+        }
+        match c.server_side.as_str() {
+            "rejected" if c.n != 0 => *p.rejected_by_reason.entry(c.reason).or_default() += c.n,
+            "not_eligible" if c.n != 0 => {
+                *p.not_eligible_by_reason.entry(c.reason).or_default() += c.n
+            }
+            _ => {}
+        }
+        if c.fired {
+            p.front_end_fired += c.n;
+        }
+    }
+
+    fn finish(mut self) -> Summary {
+        let s = &mut self.summary;
+        s.merge_rate = rate(s.merged, s.conversions);
+        // Rollup rows whose counts went back to zero add nothing.
+        s.platforms
+            .retain(|_, p| p.conversions != 0 || p.duplicates != 0);
+        for (platform, p) in s.platforms.iter_mut() {
             p.front_end_fired_rate = rate(p.front_end_fired, p.conversions);
-            if let Some(buckets) = latencies.get(platform) {
+            if let Some(buckets) = self.latencies.get(platform) {
                 p.delivered_latency_ms_p50 = quantile(buckets, 0.5);
                 p.delivered_latency_ms_p95 = quantile(buckets, 0.95);
             }
         }
-
-        let mut sql = Sql::new(
-            "SELECT h.platform, COUNT(*) AS n FROM status_history h JOIN conversions c
-               ON c.tenant = h.tenant AND c.event_name = h.event_name AND c.event_id = h.event_id
-             WHERE h.server_side = 'duplicate' AND c.tenant = ",
-        );
-        sql.text(tenant);
-        time_range(&mut sql, from, to);
-        sql.push(" GROUP BY h.platform");
-        for row in sql.query().fetch_all(self.pool()).await? {
-            let platform = row.try_get::<String, _>("platform")?;
-            summary.platforms.entry(platform).or_default().duplicates =
-                row.try_get::<i64, _>("n")?;
-        }
-
-        Ok(summary)
+        self.summary
     }
 }
 
@@ -444,22 +554,11 @@ fn rate(part: i64, whole: i64) -> f64 {
     }
 }
 
-/// A delivery's latency (event time to first `delivered`, in ms), rounded
-/// down to 10 ms under 10 s, to the second under 10 minutes, to the minute
-/// beyond: within 1 % of the exact value wherever it matters, and few
-/// enough groups that the summary is one scan. NULL where nothing was
-/// delivered.
-const LATENCY_BUCKET: &str = "CASE WHEN p.delivered_at IS NULL OR c.event_time IS NULL THEN NULL
-          WHEN p.delivered_at - c.event_time < 0 THEN 0
-          WHEN p.delivered_at - c.event_time < 10000 THEN (p.delivered_at - c.event_time) / 10 * 10
-          WHEN p.delivered_at - c.event_time < 600000 THEN (p.delivered_at - c.event_time) / 1000 * 1000
-          ELSE (p.delivered_at - c.event_time) / 60000 * 60000 END";
-
-/// The `q` quantile of the counted buckets: the bucket holding the
-/// ceil(q * n)-th smallest latency.
+/// The `q` quantile of the counted buckets (`rollups::latency_bucket`):
+/// the bucket holding the ceil(q * n)-th smallest latency.
 fn quantile(buckets: &BTreeMap<i64, i64>, q: f64) -> Option<i64> {
     let total: i64 = buckets.values().sum();
-    if total == 0 {
+    if total <= 0 {
         return None;
     }
     let rank = ((total as f64 * q).ceil() as i64).clamp(1, total);

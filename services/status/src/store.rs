@@ -3,16 +3,17 @@
 //! driver; every statement is written once, in SQL both understand).
 //!
 //! Writes are idempotent and order-free (see `fold.rs`): a batch is one
-//! transaction of multi-row inserts and upserts guarded by the fold's keys
-//! (`write.rs`), so a batch written twice (a crash between the database
-//! commit and the Kafka offset commit) or records read out of order leave
-//! the same rows.
+//! transaction that reads its conversions' rows, folds the records into
+//! them and writes back what changed (`write.rs`), so a batch written twice
+//! (a crash between the database commit and the Kafka offset commit) or
+//! records read out of order leave the same rows.
 //!
 //! Tables: `status_history` (every record, keyed by its place on the
 //! topic), `conversions` (one row per tenant, event name and event id: the
 //! conversion's summary), `platform_states` (one row per conversion and
 //! platform: the current front-end and server-side status), `click_ids`
-//! (hashed click ids, for search).
+//! (hashed click ids, for search), `summary_rollups` (counts per tenant
+//! and slot of time, `rollups.rs`).
 
 use std::path::Path;
 use std::time::Duration;
@@ -23,7 +24,6 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
 use crate::config::{redacted_url, StoreConfig};
-use crate::write::BatchFold;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -100,6 +100,11 @@ pub struct Store {
 /// approximate ANALYZE, a few milliseconds).
 const SQLITE_ANALYZE_EVERY: u64 = 200;
 
+/// Names of this projection: its id, and the tables' layout.
+const PROJECTION_TABLE: &str = "CREATE TABLE IF NOT EXISTS projection (
+    name TEXT NOT NULL PRIMARY KEY,
+    id TEXT NOT NULL)";
+
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS status_history (
         src_partition BIGINT NOT NULL,
@@ -121,9 +126,6 @@ const SCHEMA: &[&str] = &[
         PRIMARY KEY (src_partition, src_offset))",
     "CREATE INDEX IF NOT EXISTS status_history_by_conversion
         ON status_history (tenant, event_name, event_id, status_time)",
-    // The summary's duplicate count reads only these (few) rows.
-    "CREATE INDEX IF NOT EXISTS status_history_duplicates
-        ON status_history (tenant, event_name, event_id) WHERE server_side = 'duplicate'",
     "CREATE TABLE IF NOT EXISTS conversions (
         tenant TEXT NOT NULL,
         event_name TEXT NOT NULL,
@@ -156,18 +158,44 @@ const SCHEMA: &[&str] = &[
         status_time BIGINT,
         status_key TEXT NOT NULL DEFAULT '',
         delivered_at BIGINT,
+        latency_bucket BIGINT,
         match_keys TEXT NOT NULL DEFAULT '',
         match_keys_key TEXT NOT NULL DEFAULT '',
+        duplicates BIGINT NOT NULL DEFAULT 0,
         PRIMARY KEY (tenant, event_name, event_id, platform))",
-    "CREATE TABLE IF NOT EXISTS projection (
-        name TEXT NOT NULL PRIMARY KEY,
-        id TEXT NOT NULL)",
+    PROJECTION_TABLE,
     "CREATE TABLE IF NOT EXISTS click_ids (
         tenant TEXT NOT NULL,
         click_id_hash TEXT NOT NULL,
         event_name TEXT NOT NULL,
         event_id TEXT NOT NULL,
         PRIMARY KEY (tenant, click_id_hash, event_name, event_id))",
+    "CREATE TABLE IF NOT EXISTS summary_rollups (
+        tenant TEXT NOT NULL,
+        width BIGINT NOT NULL,
+        slot BIGINT NOT NULL,
+        platform TEXT NOT NULL,
+        server_side TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        front_end_fired BIGINT NOT NULL,
+        latency BIGINT NOT NULL,
+        merged BIGINT NOT NULL,
+        n BIGINT NOT NULL,
+        duplicates BIGINT NOT NULL,
+        PRIMARY KEY (tenant, width, slot, platform, server_side, reason, front_end_fired, latency, merged))",
+];
+
+/// The tables' layout. A database of another layout is dropped and made
+/// again at open: it is a projection, and its new name (`projection_id`)
+/// reads the topic from its start to fill it.
+const SCHEMA_VERSION: &str = "2";
+const TABLES: &[&str] = &[
+    "status_history",
+    "conversions",
+    "platform_states",
+    "click_ids",
+    "summary_rollups",
+    "projection",
 ];
 
 impl Store {
@@ -200,11 +228,48 @@ impl Store {
                 .execute(&store.pool)
                 .await?;
         }
-        for statement in SCHEMA {
-            sqlx::query(statement).execute(&store.pool).await?;
-        }
+        store.migrate().await?;
         store.refresh_statistics().await?;
         Ok(store)
+    }
+
+    /// Creates the tables, first dropping those of another layout.
+    async fn migrate(&self) -> Result<(), StoreError> {
+        sqlx::query(PROJECTION_TABLE).execute(&self.pool).await?;
+        let rows = sqlx::query("SELECT name, id FROM projection")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut made = false;
+        let mut version = None;
+        for row in &rows {
+            match row.try_get::<String, _>("name")?.as_str() {
+                "status" => made = true,
+                "schema" => version = Some(row.try_get::<String, _>("id")?),
+                _ => {}
+            }
+        }
+        if made && version.as_deref() != Some(SCHEMA_VERSION) {
+            tracing::warn!(
+                found = version.as_deref().unwrap_or("1"),
+                want = SCHEMA_VERSION,
+                "the status store has another layout; rebuilding it from the topic"
+            );
+            for table in TABLES {
+                sqlx::query(&format!("DROP TABLE IF EXISTS {table}"))
+                    .execute(&self.pool)
+                    .await?;
+            }
+        }
+        for statement in SCHEMA {
+            sqlx::query(statement).execute(&self.pool).await?;
+        }
+        sqlx::query(
+            "INSERT INTO projection (name, id) VALUES ('schema', $1) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(SCHEMA_VERSION)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// This database's name among projections, made when its tables are:
@@ -261,9 +326,8 @@ impl Store {
 
     /// Folds `rows` into the projection, in one transaction.
     pub async fn apply(&self, rows: &[StatusRow]) -> Result<(), StoreError> {
-        let batch = BatchFold::new(rows);
         let mut tx = self.pool.begin().await?;
-        batch.write(&mut tx, self.backend).await?;
+        crate::write::write(&mut tx, self.backend, rows).await?;
         tx.commit().await?;
         let written = self
             .writes
