@@ -4,7 +4,8 @@
 # the platform sandbox they upload to, sample traffic, and what landed where.
 #   scripts/run.sh          stay up until Ctrl-C
 #   scripts/run.sh --once   send the sample traffic, check it, stop (smoke test)
-# Ports: KAFKA_PORT (9092), COLLECTOR_PORT (8080), ENRICHER_PORT (9091),
+# Ports: KAFKA_PORT (9092), COLLECTOR_PORT (8080, its API) and
+# COLLECTOR_OPS_PORT (9098), ENRICHER_PORT (9091),
 # DEDUPLICATOR_PORT (9093), SANDBOX_PORT (8090), dispatchers' ops ports
 # META_PORT (9094), GOOGLE_ADS_PORT (9095), TIKTOK_PORT (9096), the status
 # service STATUS_PORT (8070, its panel) and STATUS_OPS_PORT (9097), the
@@ -14,6 +15,7 @@ ONCE=0
 [[ "${1:-}" == "--once" ]] && ONCE=1
 KAFKA_PORT="${KAFKA_PORT:-9092}"
 COLLECTOR_PORT="${COLLECTOR_PORT:-8080}"
+COLLECTOR_OPS_PORT="${COLLECTOR_OPS_PORT:-9098}"
 SANDBOX_PORT="${SANDBOX_PORT:-8090}"
 ENRICHER_PORT="${ENRICHER_PORT:-9091}"
 DEDUPLICATOR_PORT="${DEDUPLICATOR_PORT:-9093}"
@@ -61,6 +63,7 @@ start_service() { # start_service NAME BINARY ARGS...
 # Each service gets only the overrides it has keys for: configuration is
 # strict, so an unknown key (a typo, or another service's) is an error.
 POSTBACK_KAFKA__BOOTSTRAP_SERVERS="$BOOTSTRAP" POSTBACK_HTTP__LISTEN="127.0.0.1:$COLLECTOR_PORT" \
+  POSTBACK_OPS__LISTEN="127.0.0.1:$COLLECTOR_OPS_PORT" \
   start_service collector "$ROOT/target/release/postback-collector" --config "$ROOT/config/collector.local.toml"
 
 POSTBACK_KAFKA__BOOTSTRAP_SERVERS="$BOOTSTRAP" POSTBACK_OPS__LISTEN="127.0.0.1:$ENRICHER_PORT" \
@@ -100,7 +103,7 @@ wait_ready() { # wait_ready NAME URL
   die "$1 not ready; see $LOGS/$1.log"
 }
 URL="http://127.0.0.1:$COLLECTOR_PORT"
-wait_ready collector "$URL"
+wait_ready collector "http://127.0.0.1:$COLLECTOR_OPS_PORT"
 wait_ready enricher "http://127.0.0.1:$ENRICHER_PORT"
 wait_ready deduplicator "http://127.0.0.1:$DEDUPLICATOR_PORT"
 wait_ready sandbox "$SANDBOX"
@@ -191,7 +194,7 @@ else
   status=$((status + 1))
 fi
 say "collector metrics:"
-curl -s "$URL/metrics" | grep -E '^postback_collector_events_total' || true
+curl -s "http://127.0.0.1:$COLLECTOR_OPS_PORT/metrics" | grep -E '^postback_collector_events_total' || true
 say "enricher metrics (eligibility by platform and reason):"
 curl -s "http://127.0.0.1:$ENRICHER_PORT/metrics" | grep -E '^postback_enricher_(records|eligibility)_total' || true
 say "deduplicator metrics:"
@@ -216,7 +219,7 @@ fi
 cat >&2 <<MSG
 
 postback is running:
-  collector   $URL   (POST /v1/events, POST /v1/collect, /metrics, /readyz)
+  collector   $URL   (POST /v1/events, POST /v1/collect; /metrics, /readyz on :$COLLECTOR_OPS_PORT)
   enricher    http://127.0.0.1:$ENRICHER_PORT   (/metrics, /readyz)
   dedup       http://127.0.0.1:$DEDUPLICATOR_PORT   (/metrics, /readyz; state in $STATE/deduplicator)
   dispatchers http://127.0.0.1:$META_PORT (meta), :$GOOGLE_ADS_PORT (google_ads), :$TIKTOK_PORT (tiktok)   (/metrics, /readyz)

@@ -1661,7 +1661,7 @@ async fn send_traffic(
     addrs: &BTreeMap<String, SocketAddr>,
     run: &str,
 ) -> Vec<String> {
-    let collector = addrs["collector"];
+    let collector = addrs["collector.api"];
     let mut log = Vec::new();
     let mut expect = |what: &str, got: u16, want: u16| {
         log.push(format!("{what}: HTTP {got}"));
@@ -1724,7 +1724,7 @@ async fn send_traffic(
     // The collector without a broker.
     let got = events(
         http,
-        addrs["collector-without-broker"],
+        addrs["collector-without-broker.api"],
         &example("purchase.json", &format!("{run}-503")),
     )
     .await;
@@ -1855,7 +1855,8 @@ async fn every_metric_the_dashboards_and_alerts_use_is_exported() {
                 .send()
                 .await;
         }
-        for (name, addr) in &addrs {
+        // The collectors' APIs serve no /metrics (their ops ports do).
+        for (name, addr) in addrs.iter().filter(|(n, _)| !n.ends_with(".api")) {
             let Some(text) = scrape(&http, *addr).await else {
                 continue;
             };
@@ -1879,7 +1880,7 @@ async fn every_metric_the_dashboards_and_alerts_use_is_exported() {
                 .contains_key("postback_deduplicator_emitted_total")
         {
             let again = example("purchase.json", &format!("{run}-valid"));
-            let got = events(&http, addrs["collector"], &again).await;
+            let got = events(&http, addrs["collector.api"], &again).await;
             println!("sent the valid purchase again (a duplicate): HTTP {got}");
             duplicate_sent = got == 202;
         }

@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 /// The addresses the pages print, and which service each one is.
 const COLLECTOR_PRINTED: u16 = 8080;
+const COLLECTOR_OPS_PRINTED: u16 = 9098;
 const SANDBOX_PRINTED: u16 = 8090;
 /// How long one block's commands may take together.
 const BLOCK_TIMEOUT: Duration = Duration::from_secs(120);
@@ -398,7 +399,7 @@ fn rewrite(text: &str, ports: &BTreeMap<u16, u16>) -> Result<String, String> {
             .map_err(|_| format!("`{}` has no port", &rest[i..i + len]))?;
         let Some(port) = ports.get(&printed) else {
             return Err(format!(
-                "it targets port {printed}, which the test does not serve (collector :{COLLECTOR_PRINTED}, \
+                "it targets port {printed}, which the test does not serve (collector :{COLLECTOR_PRINTED} and ops :{COLLECTOR_OPS_PRINTED}, \
                  sandbox :{SANDBOX_PRINTED}); start that service in tests/tests/doc_examples.rs or mark the block \
                  `<!-- not-run: REASON -->`"
             ));
@@ -421,6 +422,8 @@ fn rewrite(text: &str, ports: &BTreeMap<u16, u16>) -> Result<String, String> {
 struct Running {
     name: &'static str,
     addr: SocketAddr,
+    /// Where its /readyz and /metrics are (the collector's own port).
+    ops: SocketAddr,
     stop: CancellationToken,
     task: Option<JoinHandle<()>>,
 }
@@ -445,6 +448,7 @@ impl Running {
     async fn start<F, E>(
         name: &'static str,
         listener: TcpListener,
+        ops: Option<SocketAddr>,
         service: impl FnOnce(TcpListener, CancellationToken) -> F,
     ) -> anyhow::Result<Running>
     where
@@ -462,6 +466,7 @@ impl Running {
         let running = Running {
             name,
             addr,
+            ops: ops.unwrap_or(addr),
             stop,
             task: Some(task),
         };
@@ -513,8 +518,10 @@ async fn start_collector(broker: &Broker) -> anyhow::Result<(Running, Vec<String
     }
     let config: CollectorConfig = serde_json::from_value(value)?;
     config.validate()?;
-    let running = Running::start("collector", listener, |listener, stop| {
-        postback_collector::run(config, listener, stop)
+    let ops = TcpListener::bind("127.0.0.1:0").await?;
+    let ops_addr = ops.local_addr()?;
+    let running = Running::start("collector", listener, Some(ops_addr), |listener, stop| {
+        postback_collector::run_with_listeners(config, listener, ops, stop)
     })
     .await?;
     Ok((running, topics))
@@ -527,7 +534,7 @@ async fn start_sandbox() -> anyhow::Result<Running> {
     value["http"]["listen"] = Value::String(addr.to_string());
     let config: SandboxConfig = serde_json::from_value(value)?;
     config.validate()?;
-    Running::start("sandbox", listener, |listener, stop| {
+    Running::start("sandbox", listener, None, |listener, stop| {
         postback_sandbox::run(config, listener, stop)
     })
     .await
@@ -547,7 +554,7 @@ async fn get_status(addr: SocketAddr, path: &str) -> Option<u16> {
 async fn wait_ready(service: &Running) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while tokio::time::Instant::now() < deadline {
-        if get_status(service.addr, "/readyz").await == Some(200) {
+        if get_status(service.ops, "/readyz").await == Some(200) {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -759,6 +766,7 @@ async fn the_docs_curl_examples_work_as_printed() {
         let sandbox = start_sandbox().await.expect("start the sandbox");
         let ports = BTreeMap::from([
             (COLLECTOR_PRINTED, collector.addr.port()),
+            (COLLECTOR_OPS_PRINTED, collector.ops.port()),
             (SANDBOX_PRINTED, sandbox.addr.port()),
         ]);
         for block in runnable.iter().filter(|b| b.file == file) {

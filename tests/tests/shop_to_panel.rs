@@ -153,7 +153,7 @@ async fn a_purchase_goes_from_the_shop_page_to_the_panel() {
         stop.clone(),
         postback_shop::run(
             postback_shop::ShopConfig {
-                collector_url: format!("http://{}", addrs["collector"]),
+                collector_url: format!("http://{}", addrs["collector.api"]),
                 site_key: SITE_KEY.into(),
                 api_key: Some(API_KEY.into()),
                 pixels_url: sandbox.clone(),

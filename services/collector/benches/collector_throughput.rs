@@ -125,6 +125,7 @@ async fn main() -> anyhow::Result<()> {
         kafka: broker.kafka_config(),
         topics: topics.clone(),
         log: Default::default(),
+        ops: Default::default(),
         api_keys: vec![ApiKey {
             tenant: "bench".into(),
             key: Some(API_KEY.into()),
@@ -134,10 +135,19 @@ async fn main() -> anyhow::Result<()> {
         ingest: Default::default(),
     };
     config.http.max_batch_events = batch.max(1);
+    // The bench measures throughput, not the edge's per-key rate.
+    config.http.requests_per_second_per_key = 1_000_000;
+    config.http.burst_per_key = 1_000_000;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}/v1/events", listener.local_addr()?);
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let server = tokio::spawn(postback_collector::run(config, listener, shutdown.clone()));
+    let ops = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let server = tokio::spawn(postback_collector::run_with_listeners(
+        config,
+        listener,
+        ops,
+        shutdown.clone(),
+    ));
     let bodies: Vec<Vec<u8>> = (0..n)
         .collect::<Vec<_>>()
         .chunks(batch)

@@ -1,83 +1,69 @@
 //! The HTTP API: `POST /v1/events` for servers (Bearer API key) and
-//! `POST /v1/collect` for browser beacons (public site key, CORS-checked).
+//! `POST /v1/collect` for browser beacons (public site key in the query
+//! string, CORS-checked). Who calls is settled before a handler runs
+//! (`caller.rs`), and the edge's limits hold before that (`edge.rs`).
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use postback_core::model::{now_millis, ConversionRaw, FieldError, Source};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::config::CollectorConfig;
+use crate::caller::{self, Caller, Callers};
+use crate::config::{CollectorConfig, HttpConfig};
+use crate::edge;
 use crate::metrics::CollectorMetrics;
 use crate::publish::{PublishError, Publisher};
 use crate::validate::{validate_event, EventContext, Limits};
 
 pub struct ApiState {
-    api_keys: HashMap<String, String>,
-    site_keys: HashMap<String, SiteKeyEntry>,
     publisher: Publisher,
     metrics: CollectorMetrics,
     limits: Limits,
-    max_body_bytes: usize,
     max_batch_events: usize,
     retry_after_secs: u64,
 }
 
-struct SiteKeyEntry {
-    tenant: String,
-    origins: Vec<String>,
-}
-
 impl ApiState {
     pub fn new(config: &CollectorConfig, publisher: Publisher, metrics: CollectorMetrics) -> Self {
-        let api_keys = config
-            .api_keys
-            .iter()
-            .filter_map(|k| k.resolve().map(|key| (key, k.tenant.clone())))
-            .collect();
-        let site_keys = config
-            .site_keys
-            .iter()
-            .map(|s| {
-                (
-                    s.key.clone(),
-                    SiteKeyEntry {
-                        tenant: s.tenant.clone(),
-                        origins: s.allowed_origins.clone(),
-                    },
-                )
-            })
-            .collect();
         ApiState {
-            api_keys,
-            site_keys,
             publisher,
             metrics,
             limits: Limits {
                 max_future_ms: config.http.max_future_secs as i64 * 1000,
                 ..Limits::default()
             },
-            max_body_bytes: config.http.max_body_bytes,
             max_batch_events: config.http.max_batch_events,
             retry_after_secs: config.http.retry_after_secs,
         }
     }
 }
 
-pub fn router(state: Arc<ApiState>) -> Router {
-    Router::new()
-        .route("/v1/events", post(post_events))
-        .route("/v1/collect", post(post_collect).options(preflight_collect))
+/// The public API, behind its edge (`edge.rs`): each route's caller is
+/// known (`caller.rs`) and its body bounded before the handler reads it.
+pub fn router(state: Arc<ApiState>, callers: Arc<Callers>, http: &HttpConfig) -> Router {
+    let events = post(post_events)
+        .layer(edge::body_limit(http.max_body_bytes))
+        .layer(from_fn_with_state(callers.clone(), caller::server));
+    let collect = post(post_collect)
+        .layer(edge::body_limit(http.max_beacon_bytes))
+        .layer(from_fn_with_state(callers.clone(), caller::browser));
+    let preflight = move |uri: Uri, headers: HeaderMap| async move {
+        preflight_collect(&callers, &uri, &headers)
+    };
+    let routes = Router::new()
+        .route("/v1/events", events)
+        .route("/v1/collect", collect.options(preflight))
         .route("/v1/tag.js", get(crate::tag::get_tag))
-        .with_state(state)
+        .with_state(state.clone());
+    edge::guard(routes, http, state.metrics.clone())
 }
 
 /// The answer to a submission.
@@ -142,15 +128,10 @@ async fn read_json(
     state: &ApiState,
     body: Body,
 ) -> Result<serde_json::Map<String, Value>, ApiError> {
-    let bytes = axum::body::to_bytes(body, state.max_body_bytes)
+    // The route's body limit and idle timeout bound the read (`edge.rs`).
+    let bytes = axum::body::to_bytes(body, usize::MAX)
         .await
-        .map_err(|_| {
-            refuse(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                format!("request body exceeds {} bytes", state.max_body_bytes),
-            )
-        })?;
+        .map_err(|e| body_error(state, &e))?;
     match serde_json::from_slice::<Value>(&bytes) {
         Ok(Value::Object(m)) => Ok(m),
         Ok(_) => Err(refuse(
@@ -164,6 +145,40 @@ async fn read_json(
             format!("body is not valid JSON: {e}"),
         )),
     }
+}
+
+/// Why a body could not be read: too large (the route's limit), too slow
+/// (the idle timeout), or the connection failed.
+fn body_error(state: &ApiState, e: &axum::Error) -> ApiError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.is::<http_body_util::LengthLimitError>() {
+            state
+                .metrics
+                .refusals
+                .with_label_values(&["body_too_large"])
+                .inc();
+            return refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "the request body exceeds this endpoint's limit",
+            );
+        }
+        if s.is::<tower_http::timeout::TimeoutError>() {
+            state.metrics.refusals.with_label_values(&["timeout"]).inc();
+            return refuse(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                "the request body stopped arriving",
+            );
+        }
+        source = s.source();
+    }
+    refuse(
+        StatusCode::BAD_REQUEST,
+        "invalid_body",
+        "the request body could not be read",
+    )
 }
 
 fn split(
@@ -301,46 +316,12 @@ async fn submit(
     }
 }
 
-fn observe(state: &ApiState, endpoint: &'static str, started: Instant, response: &Response) {
-    state
-        .metrics
-        .requests
-        .with_label_values(&[endpoint, response.status().as_str()])
-        .inc();
-    state
-        .metrics
-        .request_seconds
-        .with_label_values(&[endpoint])
-        .observe(started.elapsed().as_secs_f64());
-}
-
 async fn post_events(
     State(state): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let started = Instant::now();
-    let response = events_inner(&state, &headers, body).await;
-    observe(&state, "events", started, &response);
-    response
-}
-
-async fn events_inner(state: &ApiState, headers: &HeaderMap, body: Body) -> Response {
-    let tenant = match bearer(headers).and_then(|k| state.api_keys.get(k)) {
-        Some(t) => t.clone(),
-        None => {
-            let mut r = error(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "missing or unknown API key (Authorization: Bearer <key>)",
-            );
-            r.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"postback\""),
-            );
-            return r;
-        }
-    };
     let json_content = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -353,116 +334,41 @@ async fn events_inner(state: &ApiState, headers: &HeaderMap, body: Body) -> Resp
             "Content-Type must be application/json",
         );
     }
-    let body = match read_json(state, body).await {
-        Ok(b) => b,
-        Err(e) => return e.into_response(),
-    };
-    match split(state, body) {
-        Ok(s) => submit(state, "events", s, &tenant, None).await,
+    match read_json(&state, body).await.and_then(|b| split(&state, b)) {
+        Ok(s) => submit(&state, "events", s, &caller.tenant, None).await,
         Err(e) => e.into_response(),
     }
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = v.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then_some(token.trim())
-}
-
-#[derive(Debug, Deserialize)]
-struct CollectQuery {
-    site_key: Option<String>,
-}
-
+/// A beacon: sendBeacon posts text/plain (a CORS "simple" request, no
+/// preflight), so the body is JSON whatever the Content-Type says.
 async fn post_collect(
     State(state): State<Arc<ApiState>>,
-    Query(query): Query<CollectQuery>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let started = Instant::now();
-    let response = collect_inner(&state, query, &headers, body).await;
-    observe(&state, "collect", started, &response);
-    response
-}
-
-async fn collect_inner(
-    state: &ApiState,
-    query: CollectQuery,
-    headers: &HeaderMap,
-    body: Body,
-) -> Response {
-    // sendBeacon posts text/plain (a CORS "simple" request, no preflight),
-    // so the body is JSON whatever the Content-Type says.
-    let origin = headers
-        .get(header::ORIGIN)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let mut body = match read_json(state, body).await {
-        Ok(b) => b,
-        Err(e) => {
-            return with_cors(
-                e.into_response(),
-                origin.as_deref(),
-                state,
-                query.site_key.as_deref(),
-            )
-        }
+    let mut submission = match read_json(&state, body).await.and_then(|b| split(&state, b)) {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
     };
-    let body_key = match body.remove("site_key") {
-        Some(Value::String(s)) => Some(s),
-        Some(_) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "invalid_body",
-                "`site_key` must be a string",
-            )
-        }
-        None => None,
-    };
-    let Some(key) = query.site_key.or(body_key) else {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing site_key (query string or body)",
-        );
-    };
-    let Some(site) = state.site_keys.get(&key) else {
-        return error(StatusCode::UNAUTHORIZED, "unauthorized", "unknown site_key");
-    };
-    let Some(origin) = origin else {
-        return error(
-            StatusCode::FORBIDDEN,
-            "origin_required",
-            "browser beacons must carry an Origin header",
-        );
-    };
-    if !site.origins.iter().any(|o| o == &origin) {
-        // No CORS headers: the browser blocks the page from reading this.
-        return error(
-            StatusCode::FORBIDDEN,
-            "origin_not_allowed",
-            "this origin is not allowed for the site key",
-        );
-    }
-    let user_agent = headers
+    if let Some(ua) = headers
         .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok());
-    let response = match split(state, body) {
-        Ok(mut s) => {
-            if let Some(ua) = user_agent {
-                match &mut s {
-                    Submission::Single(v) => default_user_agent(v, ua),
-                    Submission::Batch(vs) => vs.iter_mut().for_each(|v| default_user_agent(v, ua)),
-                }
-            }
-            submit(state, "collect", s, &site.tenant, Some(Source::Browser)).await
+        .and_then(|v| v.to_str().ok())
+    {
+        match &mut submission {
+            Submission::Single(v) => default_user_agent(v, ua),
+            Submission::Batch(vs) => vs.iter_mut().for_each(|v| default_user_agent(v, ua)),
         }
-        Err(e) => e.into_response(),
-    };
-    allow_origin(response, &origin)
+    }
+    submit(
+        &state,
+        "collect",
+        submission,
+        &caller.tenant,
+        Some(Source::Browser),
+    )
+    .await
 }
 
 /// A beacon comes from the visitor's browser, so its User-Agent header is
@@ -479,59 +385,20 @@ fn default_user_agent(event: &mut Value, user_agent: &str) {
     }
 }
 
-fn with_cors(
-    response: Response,
-    origin: Option<&str>,
-    state: &ApiState,
-    key: Option<&str>,
-) -> Response {
-    match (origin, key.and_then(|k| state.site_keys.get(k))) {
-        (Some(o), Some(site)) if site.origins.iter().any(|x| x == o) => allow_origin(response, o),
-        _ => response,
-    }
-}
-
-fn allow_origin(mut response: Response, origin: &str) -> Response {
-    if let Ok(v) = HeaderValue::from_str(origin) {
-        let h = response.headers_mut();
-        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
-        // sendBeacon sends credentials; the exact origin plus this header
-        // is what the browser requires for such a request.
-        h.insert(
-            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
-            HeaderValue::from_static("true"),
-        );
-        h.append(header::VARY, HeaderValue::from_static("Origin"));
-    }
-    response
-}
-
 /// CORS preflight (fetch() with application/json triggers one). The key may
 /// be in the query string; without it, any configured origin may proceed and
 /// the POST itself is checked against its key.
-async fn preflight_collect(
-    State(state): State<Arc<ApiState>>,
-    Query(query): Query<CollectQuery>,
-    headers: HeaderMap,
-) -> Response {
+fn preflight_collect(callers: &Callers, uri: &Uri, headers: &HeaderMap) -> Response {
+    let site_key = caller::site_key(uri.query());
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
     let method_ok = headers
         .get(header::ACCESS_CONTROL_REQUEST_METHOD)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|m| m.eq_ignore_ascii_case(Method::POST.as_str()));
-    let allowed = origin.is_some_and(|o| match &query.site_key {
-        Some(k) => state
-            .site_keys
-            .get(k)
-            .is_some_and(|s| s.origins.iter().any(|x| x == o)),
-        None => state
-            .site_keys
-            .values()
-            .any(|s| s.origins.iter().any(|x| x == o)),
-    });
+    let allowed = origin.is_some_and(|o| callers.origin_allowed(site_key.as_deref(), o));
     match (origin, allowed && method_ok) {
         (Some(o), true) => {
-            let mut r = allow_origin(StatusCode::NO_CONTENT.into_response(), o);
+            let mut r = caller::allow_origin(StatusCode::NO_CONTENT.into_response(), o);
             let h = r.headers_mut();
             h.insert(
                 header::ACCESS_CONTROL_ALLOW_METHODS,

@@ -5,14 +5,17 @@ use std::net::SocketAddr;
 
 use postback_core::config::{
     validate_keys, validate_tenant, validate_topic_name, ConfigError, KafkaConfig, LogConfig,
-    TopicsConfig, Validate,
+    OpsConfig, TopicsConfig, Validate,
 };
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CollectorConfig {
     pub http: HttpConfig,
+    /// /healthz, /readyz and /metrics: on their own listener, loopback by
+    /// default, never on the public API's.
+    pub ops: OpsConfig,
     pub kafka: KafkaConfig,
     pub topics: TopicsConfig,
     pub log: LogConfig,
@@ -23,17 +26,52 @@ pub struct CollectorConfig {
     pub ingest: IngestConfig,
 }
 
+impl Default for CollectorConfig {
+    fn default() -> Self {
+        CollectorConfig {
+            http: HttpConfig::default(),
+            ops: OpsConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], 9098)),
+            },
+            kafka: KafkaConfig::default(),
+            topics: TopicsConfig::default(),
+            log: LogConfig::default(),
+            api_keys: Vec::new(),
+            site_keys: Vec::new(),
+            ingest: IngestConfig::default(),
+        }
+    }
+}
+
+/// The public API and what guards it (docs/collector.md#the-public-edge).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
-    /// The API and the ops endpoints (/healthz, /readyz, /metrics) share it.
+    /// The public API: /v1/events, /v1/collect, /v1/tag.js.
     pub listen: SocketAddr,
+    /// The largest body of `POST /v1/events` (servers, API key).
     pub max_body_bytes: usize,
+    /// The largest body of `POST /v1/collect` (browsers, public site key):
+    /// a beacon is a few kilobytes.
+    pub max_beacon_bytes: usize,
     pub max_batch_events: usize,
-    /// Seconds a client is told to wait (Retry-After) when the broker is unavailable.
+    /// Seconds a client is told to wait (Retry-After) when the broker is
+    /// unavailable or the collector is full.
     pub retry_after_secs: u64,
     /// How far in the future an event_time may be, in seconds.
     pub max_future_secs: u64,
+    /// A request's whole time, body and broker acknowledgement included,
+    /// before it is answered 408.
+    pub request_timeout_secs: u64,
+    /// The longest wait for the next piece of a body before 408.
+    pub body_idle_timeout_secs: u64,
+    /// Requests in progress at once; beyond it, 503 with Retry-After
+    /// (the memory they can hold is about this times `max_body_bytes`).
+    pub max_concurrent_requests: usize,
+    /// Requests per second each API key and each site key may make, and
+    /// the burst above it, before 429 with Retry-After.
+    pub requests_per_second_per_key: u32,
+    pub burst_per_key: u32,
 }
 
 impl Default for HttpConfig {
@@ -41,9 +79,18 @@ impl Default for HttpConfig {
         HttpConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             max_body_bytes: 4 * 1024 * 1024,
+            max_beacon_bytes: 64 * 1024,
             max_batch_events: 1000,
             retry_after_secs: 5,
             max_future_secs: 600,
+            request_timeout_secs: 10,
+            body_idle_timeout_secs: 5,
+            // A key can hold at most (rate x request timeout + burst)
+            // slots: 600 of 1024, so the public site key alone cannot
+            // fill the collector (docs/collector.md#the-public-edge).
+            max_concurrent_requests: 1024,
+            requests_per_second_per_key: 50,
+            burst_per_key: 100,
         }
     }
 }
@@ -113,6 +160,34 @@ impl Validate for CollectorConfig {
                 "must be at least 1024",
             ));
         }
+        if self.http.max_beacon_bytes < 1024
+            || self.http.max_beacon_bytes > self.http.max_body_bytes
+        {
+            return Err(ConfigError::invalid(
+                "http.max_beacon_bytes",
+                "must be at least 1024 and at most http.max_body_bytes",
+            ));
+        }
+        for (key, value) in [
+            ("http.request_timeout_secs", self.http.request_timeout_secs),
+            (
+                "http.body_idle_timeout_secs",
+                self.http.body_idle_timeout_secs,
+            ),
+            (
+                "http.max_concurrent_requests",
+                self.http.max_concurrent_requests as u64,
+            ),
+            (
+                "http.requests_per_second_per_key",
+                u64::from(self.http.requests_per_second_per_key),
+            ),
+            ("http.burst_per_key", u64::from(self.http.burst_per_key)),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::invalid(key, "must be at least 1"));
+            }
+        }
         validate_keys("api_keys", &self.api_keys)?;
         let mut seen = HashSet::new();
         for (i, s) in self.site_keys.iter().enumerate() {
@@ -162,7 +237,8 @@ impl postback_core::service::ServiceConfig for CollectorConfig {
         &self.log
     }
 
+    /// The ops listener: `run` binds the public one itself.
     fn listen(&self) -> SocketAddr {
-        self.http.listen
+        self.ops.listen
     }
 }

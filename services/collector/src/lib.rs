@@ -3,7 +3,9 @@
 //! only once the broker acknowledged it.
 
 pub mod api;
+pub mod caller;
 pub mod config;
+pub mod edge;
 pub mod ingest;
 pub mod metrics;
 pub mod publish;
@@ -37,12 +39,26 @@ pub enum CollectorError {
     Http(#[source] std::io::Error),
 }
 
-/// Runs the collector on `listener` until `shutdown`; then stops taking
-/// requests, lets in-flight ones finish (their broker acknowledgements
-/// included), and drains the ingest consumer.
+/// Runs the collector until `shutdown`: the public API on `http.listen`,
+/// the ops endpoints on `ops_listener` (`ops.listen`).
 pub async fn run(
     config: CollectorConfig,
-    listener: TcpListener,
+    ops_listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), CollectorError> {
+    let api_listener = TcpListener::bind(config.http.listen)
+        .await
+        .map_err(CollectorError::Http)?;
+    run_with_listeners(config, api_listener, ops_listener, shutdown).await
+}
+
+/// `run` on listeners the caller bound (tests: port 0). Until `shutdown`;
+/// then it stops taking requests, lets in-flight ones finish (their broker
+/// acknowledgements included), and drains the ingest consumer.
+pub async fn run_with_listeners(
+    config: CollectorConfig,
+    api_listener: TcpListener,
+    ops_listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), CollectorError> {
     let service_metrics = ServiceMetrics::new(SERVICE);
@@ -106,11 +122,15 @@ pub async fn run(
         None
     };
 
+    let callers = Arc::new(caller::Callers::new(&config, metrics.clone()));
     let state = Arc::new(api::ApiState::new(&config, publisher, metrics));
-    let app = api::router(state).merge(ops::router(service_metrics, readiness.clone()));
+    let app = api::router(state, callers, &config.http);
+    let ops_app = ops::router(service_metrics, readiness.clone());
     readiness.set("http", true);
-    tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "collector listening");
-    let served = ops::serve(listener, app, shutdown.clone()).await;
+    let address = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    tracing::info!(listen = %address(&api_listener), ops = %address(&ops_listener), "collector listening");
+    let ops_served = tokio::spawn(ops::serve(ops_listener, ops_app, shutdown.clone()));
+    let served = ops::serve(api_listener, app, shutdown.clone()).await;
 
     shutdown.cancel();
     if let Some(ingest) = ingest {
@@ -122,5 +142,6 @@ pub async fn run(
     }
     let _ = probe.await;
     producer.flush(Duration::from_secs(10));
-    served.map_err(CollectorError::Http)
+    let ops_served = ops_served.await.unwrap_or(Ok(()));
+    served.and(ops_served).map_err(CollectorError::Http)
 }

@@ -1,6 +1,9 @@
 //! The collector's own metrics (the consumer loop and ops server add theirs).
 
 use postback_core::metrics::{latency_buckets, ServiceMetrics};
+use std::time::Instant;
+
+use axum::response::Response;
 use prometheus::{HistogramVec, IntCounterVec};
 
 #[derive(Clone)]
@@ -13,6 +16,10 @@ pub struct CollectorMetrics {
     pub request_seconds: HistogramVec,
     /// Writes the broker did not take, by reason (queue_full, not_acknowledged, broker_down).
     pub publish_failures: IntCounterVec,
+    /// Requests the public edge refused before their body was read or in
+    /// its reading, by reason (overloaded, timeout, rate_limited,
+    /// unauthorized, origin_required, origin_not_allowed, body_too_large).
+    pub refusals: IntCounterVec,
 }
 
 impl CollectorMetrics {
@@ -39,6 +46,20 @@ impl CollectorMetrics {
                 "Conversions the broker did not acknowledge, by reason.",
                 &["reason"],
             ),
+            refusals: m.counter_vec(
+                "edge_refusals_total",
+                "Requests the public edge refused, by reason.",
+                &["reason"],
+            ),
         }
+    }
+
+    pub fn observe(&self, endpoint: &'static str, started: Instant, response: &Response) {
+        self.requests
+            .with_label_values(&[endpoint, response.status().as_str()])
+            .inc();
+        self.request_seconds
+            .with_label_values(&[endpoint])
+            .observe(started.elapsed().as_secs_f64());
     }
 }

@@ -18,6 +18,8 @@ pub const ORIGIN: &str = "https://shop.example";
 
 pub struct Collector {
     pub base: String,
+    /// Its /healthz, /readyz and /metrics.
+    pub ops_base: String,
     pub topics: TopicsConfig,
     pub ingest_topic: String,
     shutdown: CancellationToken,
@@ -50,6 +52,7 @@ impl Collector {
             kafka,
             topics: topics.clone(),
             log: Default::default(),
+            ops: Default::default(),
             api_keys: vec![ApiKey {
                 tenant: "acme".into(),
                 key: Some(API_KEY.into()),
@@ -76,15 +79,20 @@ impl Collector {
         postback_core::config::Validate::validate(&config).expect("valid test config");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let ops = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let ops_base = format!("http://{}", ops.local_addr().expect("addr"));
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let task = tokio::spawn(async move {
-            if let Err(e) = postback_collector::run(config, listener, token).await {
+            if let Err(e) =
+                postback_collector::run_with_listeners(config, listener, ops, token).await
+            {
                 panic!("collector failed: {e}");
             }
         });
         let c = Collector {
             base,
+            ops_base,
             topics,
             ingest_topic,
             shutdown,
@@ -97,7 +105,11 @@ impl Collector {
     async fn wait_healthy(&self) {
         let client = reqwest::Client::new();
         for _ in 0..100 {
-            if let Ok(r) = client.get(format!("{}/healthz", self.base)).send().await {
+            if let Ok(r) = client
+                .get(format!("{}/healthz", self.ops_base))
+                .send()
+                .await
+            {
                 if r.status().is_success() {
                     return;
                 }

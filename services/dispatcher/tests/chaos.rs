@@ -91,9 +91,10 @@ async fn kills_and_a_broker_restart_leave_every_conversion_delivered_once_with_o
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let collector_url = format!("http://{}", listener.local_addr().expect("addr"));
     let shutdown = CancellationToken::new();
+    let ops = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let collector_task = tokio::spawn({
         let token = shutdown.clone();
-        async move { postback_collector::run(collector, listener, token).await }
+        async move { postback_collector::run_with_listeners(collector, listener, ops, token).await }
     });
 
     // The stages as processes, each with a stable instance id (so a

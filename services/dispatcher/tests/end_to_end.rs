@@ -91,8 +91,9 @@ async fn deliver_once_to_every_platform(
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let collector_url = format!("http://{}", listener.local_addr().unwrap());
     let token = shutdown.clone();
+    let ops = TcpListener::bind("127.0.0.1:0").await.unwrap();
     tasks.push(tokio::spawn(async move {
-        postback_collector::run(collector, listener, token)
+        postback_collector::run_with_listeners(collector, listener, ops, token)
             .await
             .expect("collector");
     }));

@@ -215,6 +215,8 @@ pub async fn start_pipeline(
     let kafka = broker.kafka_config();
     let mut services = Vec::new();
     let mut addrs = BTreeMap::new();
+    // The collectors' public APIs (their `Running` address is the ops one).
+    let mut collector_apis = BTreeMap::new();
 
     // The platform sandbox, with the accounts of config/dispatcher.local.toml.
     let mut sandbox: postback_sandbox::config::SandboxConfig =
@@ -335,14 +337,17 @@ pub async fn start_pipeline(
         t.topic = names.ingest.clone();
     }
     let (l, a) = listener().await;
+    let (ops_l, ops_a) = listener().await;
     c.http.listen = a;
+    c.ops.listen = ops_a;
     c.validate().expect("collector config");
     let stop = CancellationToken::new();
+    collector_apis.insert("collector.api".to_string(), a);
     services.push(Running::spawn(
         "collector",
-        a,
+        ops_a,
         stop.clone(),
-        postback_collector::run(c, l, stop),
+        postback_collector::run_with_listeners(c, l, ops_l, stop),
     ));
 
     // A collector whose broker is gone: 503s and publish failures.
@@ -354,14 +359,17 @@ pub async fn start_pipeline(
         c.topics = topics.clone();
         c.ingest.enabled = false;
         let (l, a) = listener().await;
+        let (ops_l, ops_a) = listener().await;
         c.http.listen = a;
+        c.ops.listen = ops_a;
         c.validate().expect("collector config");
         let stop = CancellationToken::new();
+        collector_apis.insert("collector-without-broker.api".to_string(), a);
         services.push(Running::spawn(
             "collector-without-broker",
-            a,
+            ops_a,
             stop.clone(),
-            postback_collector::run(c, l, stop),
+            postback_collector::run_with_listeners(c, l, ops_l, stop),
         ));
     }
 
@@ -379,5 +387,6 @@ pub async fn start_pipeline(
         wait_for(http, s, path).await;
         addrs.insert(s.name.clone(), s.addr);
     }
+    addrs.extend(collector_apis);
     (pipeline, addrs)
 }
