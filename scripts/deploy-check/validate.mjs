@@ -194,7 +194,7 @@ const groupOf = (topic) => topic === "conversions.raw" ? "postback-enricher"
   : topic === "conversions.enriched" ? "postback-deduplicator"
   : topic.startsWith("dispatch.") ? `postback-dispatcher-${topic.slice("dispatch.".length)}` : null;
 // Each service's listen key, to check the probes' port.
-const listenKey = { "postback-collector": "http", "postback-sandbox": "http",
+const listenKey = { "postback-collector": "ops", "postback-sandbox": "http",
   "postback-enricher": "ops", "postback-deduplicator": "ops", "postback-dispatcher": "ops",
   "postback-status": "ops" };
 
