@@ -3,6 +3,7 @@
 //! names, and what the stages' benchmarks share.
 
 pub mod bench;
+mod binaries;
 mod broker;
 mod browser;
 pub mod fixtures;
@@ -13,6 +14,7 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+pub use binaries::workspace_binary;
 pub use broker::Broker;
 pub use browser::browser_tools;
 pub use kafka_process::SaslSslListener;

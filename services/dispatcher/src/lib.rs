@@ -136,6 +136,10 @@ pub async fn run(
         .connect_timeout(Duration::from_secs(10))
         .pool_idle_timeout(Duration::from_secs(60))
         .user_agent(concat!("postback-dispatcher/", env!("CARGO_PKG_VERSION")))
+        // The platforms never redirect an API call; a redirect is someone
+        // else's answer (a hijacked name, a portal), and following it
+        // would hand them the token headers and the events.
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(DispatcherError::Http)?;
     let accounts = Arc::new(Accounts::from_config(&config.stage));

@@ -8,6 +8,7 @@ use std::time::Duration;
 use postback_core::model::ServerSideStatus;
 use postback_core::Platform;
 use postback_sandbox::faults::{FaultSpec, InjectedError};
+use postback_sandbox::hostile::HostileAnswer;
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -549,4 +550,68 @@ async fn an_account_the_token_may_not_use_fails_for_replay_and_rejects_nothing()
         "an account problem is not bisected"
     );
     d.stop().await;
+}
+
+/// A redirect is never followed (the token headers and the events stay with
+/// the platform's host) and an answer too large to be a platform's is not
+/// read to its end: each is a failed attempt, retried, and the events are
+/// delivered once the platform answers as itself again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_is_never_followed_and_an_oversized_answer_never_read_whole() {
+    let rig = Rig::start(2).await;
+    let now = now_ms();
+    let events: Vec<_> = ids("hostile", 10)
+        .iter()
+        .map(|id| conversion(id, now - 60_000))
+        .collect();
+    rig.sandbox
+        .set_hostile(Platform::GoogleAds, HostileAnswer::Redirect);
+    rig.sandbox
+        .set_hostile(Platform::Meta, HostileAnswer::Oversized);
+    let mut running = Vec::new();
+    for p in [Platform::Meta, Platform::GoogleAds] {
+        let mut config = rig.config(p);
+        config.stage.dispatch.max_attempts = 1000;
+        running.push(InProcess::start(config).await);
+        rig.send(p, &events).await;
+    }
+    let retried_for = |s: &[postback_core::model::DeliveryStatus], platform: &str, reason: &str| {
+        s.iter().any(|s| {
+            s.platform == platform
+                && s.server_side == ServerSideStatus::Retrying
+                && s.reason.as_deref().is_some_and(|r| r.contains(reason))
+        })
+    };
+    let during = rig
+        .statuses_until(WAIT, |s| {
+            retried_for(s, "google_ads", "http_307") && retried_for(s, "meta", "answer_too_large")
+        })
+        .await;
+    assert!(retried_for(&during, "google_ads", "http_307"), "{during:?}");
+    assert!(
+        retried_for(&during, "meta", "answer_too_large"),
+        "{during:?}"
+    );
+    assert_eq!(
+        rig.sandbox.redirected().requests,
+        0,
+        "a redirect was followed"
+    );
+    rig.sandbox.clear_faults();
+    let after = rig
+        .statuses_until(WAIT, |s| {
+            finals(s, Platform::Meta).len() == 10 && finals(s, Platform::GoogleAds).len() == 10
+        })
+        .await;
+    for p in [Platform::Meta, Platform::GoogleAds] {
+        let f = finals(&after, p);
+        assert_eq!(f.len(), 10, "{p:?}");
+        assert!(f
+            .values()
+            .all(|r| r.len() == 1 && r[0].server_side == ServerSideStatus::Delivered));
+    }
+    assert_eq!(rig.sandbox.redirected(), Default::default());
+    for r in running {
+        r.stop().await;
+    }
 }

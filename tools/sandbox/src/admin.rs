@@ -9,7 +9,7 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{any, get, post, put};
 use axum::{Json, Router};
 use postback_core::Platform;
 use serde::Deserialize;
@@ -32,6 +32,9 @@ pub fn router() -> Router<Arc<AppState>> {
             put(set_fault).delete(clear_fault),
         )
         .route("/settings", get(settings).put(update_settings))
+        .route("/hostile", get(crate::hostile::get))
+        .route("/hostile/{platform}", put(crate::hostile::set))
+        .route("/redirected", any(crate::hostile::redirected))
         .route("/clock", get(clock))
         .route("/clock/advance", post(advance_clock))
         .route("/oauth/expire", post(expire_tokens))
@@ -107,6 +110,7 @@ async fn list_faults(State(s): State<Arc<AppState>>) -> Json<Value> {
 
 async fn clear_faults(State(s): State<Arc<AppState>>) -> StatusCode {
     s.faults.clear_all();
+    s.hostile.clear();
     StatusCode::NO_CONTENT
 }
 

@@ -16,6 +16,7 @@ pub mod config;
 pub mod credentials;
 pub mod faults;
 pub mod google_ads;
+pub mod hostile;
 pub mod ids;
 pub mod meta;
 pub mod metrics;
@@ -69,6 +70,7 @@ pub struct AppState {
     pub meta_throttle_status: StatusCode,
     pub config: SandboxConfig,
     pub pixel_hits: pixels::PixelHits,
+    pub hostile: hostile::Hostile,
 }
 
 impl AppState {
@@ -91,6 +93,7 @@ impl AppState {
                 .unwrap_or(StatusCode::TOO_MANY_REQUESTS),
             config: config.clone(),
             pixel_hits: pixels::PixelHits::default(),
+            hostile: hostile::Hostile::default(),
             ids,
             clock,
         }
@@ -180,6 +183,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/token", post(oauth::token))
         .route("/open_api/v1.3/event/track/", post(tiktok::track))
         .route("/open_api/v1.3/event/track", post(tiktok::track))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            hostile::answer,
+        ))
         .merge(pixels::router())
         .nest("/admin", admin::router())
         .fallback(not_found)

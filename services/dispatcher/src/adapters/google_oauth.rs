@@ -109,12 +109,19 @@ impl TokenCache {
                 ))
             })?;
         let status = response.status();
-        let body = response.bytes().await.map_err(|e| {
-            TokenError(Reason::new(
-                "oauth_unreachable",
-                e.without_url().to_string(),
-            ))
-        })?;
+        let body = super::read_capped(response, super::MAX_ANSWER_BYTES)
+            .await
+            .map_err(|e| {
+                TokenError(match e {
+                    super::CappedError::Transport(e) => {
+                        Reason::new("oauth_unreachable", e.without_url().to_string())
+                    }
+                    super::CappedError::TooLarge => Reason::new(
+                        "oauth_answer_too_large",
+                        "the token endpoint's answer is too large to be its own",
+                    ),
+                })
+            })?;
         if !status.is_success() {
             let refused: Option<Refused> = serde_json::from_slice(&body).ok();
             let (code, description) = refused

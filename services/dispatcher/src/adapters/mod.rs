@@ -200,19 +200,59 @@ pub struct Reply {
     pub body: bytes::Bytes,
 }
 
+/// The most of an answer a dispatcher reads: the platforms' answers are a
+/// few kilobytes (a Google partial failure for 2,000 rows, tens of them);
+/// past this it is not a platform speaking.
+pub const MAX_ANSWER_BYTES: usize = 4 << 20;
+
 /// Sends a request and reads its whole answer; a transport failure is
 /// already classified.
 pub async fn exchange(request: reqwest::RequestBuilder) -> Result<Reply, Answer> {
     let response = request.send().await.map_err(transport_error)?;
     let status = response.status();
     let headers = response.headers().clone();
-    let body = response.bytes().await.map_err(transport_error)?;
+    let body = read_capped(response, MAX_ANSWER_BYTES)
+        .await
+        .map_err(|e| match e {
+            CappedError::Transport(e) => transport_error(e),
+            CappedError::TooLarge => Answer::Transient {
+                reason: Reason::new(
+                    "answer_too_large",
+                    format!("the answer exceeds {MAX_ANSWER_BYTES} bytes: not the platform's"),
+                ),
+                retry_after: None,
+            },
+        })?;
     Ok(Reply {
         status,
         retry_after: retry_after(&headers),
         headers,
         body,
     })
+}
+
+pub enum CappedError {
+    Transport(reqwest::Error),
+    TooLarge,
+}
+
+/// The body of `response`, refused once it passes `limit` bytes (read a
+/// chunk at a time, so it never holds more than the limit and a chunk).
+pub async fn read_capped(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<bytes::Bytes, CappedError> {
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(CappedError::TooLarge);
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = response.chunk().await.map_err(CappedError::Transport)? {
+        if body.len() + chunk.len() > limit {
+            return Err(CappedError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
 }
 
 /// An order's items as the platform's content objects, with its own names
@@ -236,17 +276,22 @@ pub fn contents(order: &postback_core::model::Order, id_key: &str, price_key: &s
         .collect()
 }
 
-/// Retry-After in seconds (the HTTP-date form is rare on these APIs and
-/// falls back to the configured pause).
+/// Retry-After, in either of its forms (RFC 9110): delay-seconds or an
+/// HTTP-date (a date past is no wait).
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    headers
+    let value = headers
         .get(reqwest::header::RETRY_AFTER)?
         .to_str()
         .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(Duration::from_secs)
+        .trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
 }
 
 /// A transport failure: never the platform's verdict on the events.
@@ -324,6 +369,25 @@ mod tests {
         let r = Reason::new("100", "é".repeat(400));
         assert!(r.describe().len() <= 500);
         assert!(r.describe().starts_with("100: "));
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        let with = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(reqwest::header::RETRY_AFTER, v.parse().unwrap());
+            retry_after(&h)
+        };
+        assert_eq!(with("120"), Some(Duration::from_secs(120)));
+        let in_a_minute = std::time::SystemTime::now() + Duration::from_secs(60);
+        let wait = with(&httpdate::fmt_http_date(in_a_minute)).unwrap();
+        assert!(
+            wait > Duration::from_secs(55) && wait <= Duration::from_secs(60),
+            "{wait:?}"
+        );
+        assert_eq!(with("Sun, 06 Nov 1994 08:49:37 GMT"), Some(Duration::ZERO));
+        assert_eq!(with("soon"), None);
+        assert_eq!(retry_after(&HeaderMap::new()), None);
     }
 
     #[test]

@@ -21,6 +21,7 @@ use postback_sandbox::config::{
     GoogleCustomer, MetaPixel, OAuthClient, SandboxConfig, TiktokPixel,
 };
 use postback_sandbox::faults::FaultSpec;
+use postback_sandbox::hostile::{HostileAnswer, Redirected};
 use postback_sandbox::store::Filter;
 use postback_sandbox::{AppState, Sandbox};
 use postback_testkit::fixtures::enriched_report;
@@ -143,6 +144,17 @@ impl SandboxHandle {
 
     pub fn clear_faults(&self) {
         self.state.faults.clear_all();
+        self.state.hostile.clear();
+    }
+
+    /// Answers `platform`'s uploads with a redirect or an oversized body.
+    pub fn set_hostile(&self, platform: Platform, answer: HostileAnswer) {
+        self.state.hostile.set(platform, Some(answer));
+    }
+
+    /// What followed a redirect to the sandbox's `/admin/redirected`.
+    pub fn redirected(&self) -> Redirected {
+        self.state.hostile.redirected()
     }
 }
 
@@ -626,22 +638,7 @@ impl Drop for Service {
     }
 }
 
-/// The path of a binary of this workspace, built beside this test's
-/// dispatcher binary (`cargo nextest run --workspace` builds them all);
-/// built here when missing (a run of this package's tests alone).
-pub fn workspace_binary(name: &str) -> std::path::PathBuf {
-    let path = std::path::Path::new(env!("CARGO_BIN_EXE_postback-dispatcher")).with_file_name(name);
-    if !path.exists() {
-        let package = name.to_string();
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .current_dir(postback_testkit::repo_root())
-            .args(["build", "--quiet", "-p", &package, "--bin", &package])
-            .status()
-            .expect("run cargo");
-        assert!(status.success(), "cannot build {name}");
-    }
-    path
-}
+pub use postback_testkit::workspace_binary;
 
 impl Process {
     /// The TOML a dispatcher child process is started with.
