@@ -3,7 +3,8 @@
 # a fresh machine may lack: Apache Kafka's jars (from Maven Central, with the
 # machine's Java 17+ and Maven), cargo-nextest (from crates.io) and a Python
 # venv with fastavro (the independent Avro implementation the schema tests
-# check against); as root with apt-get, Debian's prometheus package for
+# check against) and schemathesis (the collector's API against its OpenAPI
+# file), from tests/python-requirements.txt; as root with apt-get, Debian's prometheus package for
 # promtool, postgresql for the status store's tests and chromium for the
 # panel's browser test (with playwright-core from npm). Idempotent: a second
 # run downloads nothing.
@@ -61,9 +62,11 @@ else
   say "npm is missing: the panel's browser test needs node and npm (Debian: apt-get install nodejs npm)"
 fi
 py="$(venv_python)"
-if ! "$py" -c "import fastavro" 2>/dev/null; then
-  say "creating a Python venv with fastavro in $STATE/venv"
+if ! "$py" -c "import fastavro" 2>/dev/null || [[ ! -x "$STATE/venv/bin/st" ]]; then
+  say "creating a Python venv with fastavro and schemathesis in $STATE/venv (tests/python-requirements.txt)"
   mkdir -p "$STATE"
-  python3 -m venv "$STATE/venv" || die "python3 cannot make a venv (Debian: apt-get install python3-venv)"
-  "$py" -m pip install --quiet --disable-pip-version-check fastavro
+  [[ -x "$py" ]] || python3 -m venv "$STATE/venv" || die "python3 cannot make a venv (Debian: apt-get install python3-venv)"
+  py="$(venv_python)"
+  "$py" -m pip install --quiet --disable-pip-version-check -r "$ROOT/tests/python-requirements.txt" ||
+    die "pip could not install tests/python-requirements.txt into $STATE/venv (the Python package index must be reachable)"
 fi
