@@ -4,6 +4,7 @@
 //! (`caller.rs`), and the edge's limits hold before that (`edge.rs`).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -17,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::caller::{self, Caller, Callers};
-use crate::config::{CollectorConfig, HttpConfig};
+use crate::config::CollectorConfig;
 use crate::edge;
 use crate::metrics::CollectorMetrics;
 use crate::publish::{PublishError, Publisher};
@@ -29,6 +30,7 @@ pub struct ApiState {
     limits: Limits,
     max_batch_events: usize,
     retry_after_secs: u64,
+    body_timeout: Duration,
 }
 
 impl ApiState {
@@ -42,13 +44,15 @@ impl ApiState {
             },
             max_batch_events: config.http.max_batch_events,
             retry_after_secs: config.http.retry_after_secs,
+            body_timeout: Duration::from_secs(config.http.body_timeout_secs),
         }
     }
 }
 
 /// The public API, behind its edge (`edge.rs`): each route's caller is
 /// known (`caller.rs`) and its body bounded before the handler reads it.
-pub fn router(state: Arc<ApiState>, callers: Arc<Callers>, http: &HttpConfig) -> Router {
+pub fn router(state: Arc<ApiState>, callers: Arc<Callers>, config: &CollectorConfig) -> Router {
+    let http = &config.http;
     let events = post(post_events)
         .layer(edge::body_limit(http.max_body_bytes))
         .layer(from_fn_with_state(callers.clone(), caller::server));
@@ -63,7 +67,8 @@ pub fn router(state: Arc<ApiState>, callers: Arc<Callers>, http: &HttpConfig) ->
         .route("/v1/collect", collect.options(preflight))
         .route("/v1/tag.js", get(crate::tag::get_tag))
         .with_state(state.clone());
-    edge::guard(routes, http, state.metrics.clone())
+    let broker_wait = Duration::from_millis(config.kafka.delivery_timeout_ms);
+    edge::guard(routes, http, broker_wait, state.metrics.clone())
 }
 
 /// The answer to a submission.
@@ -128,9 +133,18 @@ async fn read_json(
     state: &ApiState,
     body: Body,
 ) -> Result<serde_json::Map<String, Value>, ApiError> {
-    // The route's body limit and idle timeout bound the read (`edge.rs`).
-    let bytes = axum::body::to_bytes(body, usize::MAX)
+    // The route's body limit and idle timeout bound the read (`edge.rs`),
+    // and this its whole time.
+    let bytes = tokio::time::timeout(state.body_timeout, axum::body::to_bytes(body, usize::MAX))
         .await
+        .map_err(|_| {
+            state.metrics.refusals.with_label_values(&["timeout"]).inc();
+            refuse(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                "the request body took too long to arrive",
+            )
+        })?
         .map_err(|e| body_error(state, &e))?;
     match serde_json::from_slice::<Value>(&bytes) {
         Ok(Value::Object(m)) => Ok(m),

@@ -60,9 +60,9 @@ pub struct HttpConfig {
     pub retry_after_secs: u64,
     /// How far in the future an event_time may be, in seconds.
     pub max_future_secs: u64,
-    /// A request's whole time, body and broker acknowledgement included,
-    /// before it is answered 408.
-    pub request_timeout_secs: u64,
+    /// The longest a request's body may take to arrive, before 408. The
+    /// wait for the broker after it is `kafka.delivery_timeout_ms`'s (503).
+    pub body_timeout_secs: u64,
     /// The longest wait for the next piece of a body before 408.
     pub body_idle_timeout_secs: u64,
     /// Requests in progress at once; beyond it, 503 with Retry-After
@@ -83,7 +83,7 @@ impl Default for HttpConfig {
             max_batch_events: 1000,
             retry_after_secs: 5,
             max_future_secs: 600,
-            request_timeout_secs: 10,
+            body_timeout_secs: 10,
             body_idle_timeout_secs: 5,
             // A key can hold at most (rate x request timeout + burst)
             // slots: 600 of 1024, so the public site key alone cannot
@@ -169,7 +169,7 @@ impl Validate for CollectorConfig {
             ));
         }
         for (key, value) in [
-            ("http.request_timeout_secs", self.http.request_timeout_secs),
+            ("http.body_timeout_secs", self.http.body_timeout_secs),
             (
                 "http.body_idle_timeout_secs",
                 self.http.body_idle_timeout_secs,

@@ -4,9 +4,12 @@
 //!    `http.max_concurrent_requests` in progress, 503 with Retry-After at
 //!    once instead of a queue. It bounds memory: each request holds at
 //!    most its body limit.
-//! 2. A timeout over the whole request, body and broker acknowledgement
-//!    included (408), and one between the pieces of a body (408), so a
-//!    slow client gives its slot back (tower-http's).
+//! 2. Timeouts on the body, so a slow client gives its slot back: between
+//!    its pieces (tower-http's, 408) and over all of it (`api::read_json`,
+//!    408). Waiting for the broker after it is bounded by the producer's
+//!    delivery timeout and answered 503; tower's timeout over the whole
+//!    request, their sum and a margin, is only a backstop (503 with
+//!    Retry-After too: nothing says the events were stored).
 //! 3. Per route, the caller (`caller.rs`): the key checked and its rate
 //!    spent from the request's head, before the body is read.
 //! 4. Per route, the body limit (tower-http's): `max_beacon_bytes` for
@@ -23,16 +26,25 @@ use axum::{BoxError, Json, Router};
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::load_shed::error::Overloaded;
 use tower::load_shed::LoadShedLayer;
+use tower::timeout::error::Elapsed;
+use tower::timeout::TimeoutLayer;
 use tower::ServiceBuilder;
 use tower_http::limit::RequestBodyLimitLayer;
-use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
+use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use crate::api::ErrorBody;
 use crate::config::HttpConfig;
 use crate::metrics::CollectorMetrics;
 
 /// `router` behind the edge's shared layers (1 and 2).
-pub fn guard(router: Router, http: &HttpConfig, metrics: CollectorMetrics) -> Router {
+pub fn guard(
+    router: Router,
+    http: &HttpConfig,
+    broker_wait: Duration,
+    metrics: CollectorMetrics,
+) -> Router {
+    let backstop =
+        Duration::from_secs(http.body_timeout_secs) + broker_wait + Duration::from_secs(5);
     let retry_after = http.retry_after_secs;
     let overloaded = move |e: BoxError| {
         let metrics = metrics.clone();
@@ -44,10 +56,7 @@ pub fn guard(router: Router, http: &HttpConfig, metrics: CollectorMetrics) -> Ro
             .layer(HandleErrorLayer::new(overloaded))
             .layer(LoadShedLayer::new())
             .layer(GlobalConcurrencyLimitLayer::with_semaphore(semaphore))
-            .layer(TimeoutLayer::with_status_code(
-                StatusCode::REQUEST_TIMEOUT,
-                Duration::from_secs(http.request_timeout_secs),
-            ))
+            .layer(TimeoutLayer::new(backstop))
             .layer(RequestBodyTimeoutLayer::new(Duration::from_secs(
                 http.body_idle_timeout_secs,
             ))),
@@ -65,6 +74,17 @@ fn overload_answer(e: &BoxError, retry_after: u64, metrics: &CollectorMetrics) -
         let body = ErrorBody {
             error: "overloaded".into(),
             message: "the collector is at its limit of requests in progress; retry after the time in Retry-After".into(),
+        };
+        let mut r = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from(retry_after));
+        return r;
+    }
+    if e.is::<Elapsed>() {
+        metrics.refusals.with_label_values(&["timeout"]).inc();
+        let body = ErrorBody {
+            error: "unavailable".into(),
+            message: "the request was not answered in time; nothing in it counts as stored: retry after the time in Retry-After".into(),
         };
         let mut r = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
         r.headers_mut()

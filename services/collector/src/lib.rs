@@ -124,7 +124,7 @@ pub async fn run_with_listeners(
 
     let callers = Arc::new(caller::Callers::new(&config, metrics.clone()));
     let state = Arc::new(api::ApiState::new(&config, publisher, metrics));
-    let app = api::router(state, callers, &config.http);
+    let app = api::router(state, callers, &config);
     let ops_app = ops::router(service_metrics, readiness.clone());
     readiness.set("http", true);
     let address = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();

@@ -159,7 +159,7 @@ async fn the_collector_holds_under_slow_and_oversized_requests_and_loses_nothing
     let c = Collector::start_with(&broker, |config| {
         let http = &mut config.http;
         http.max_concurrent_requests = 128;
-        http.request_timeout_secs = 3;
+        http.body_timeout_secs = 3;
         http.body_idle_timeout_secs = 1;
         http.retry_after_secs = 1;
         // The public key may hold at most ~20 x 3 s of slots: under 128.
@@ -307,7 +307,7 @@ async fn a_full_collector_sheds_with_503_and_retry_after() {
     let broker = Broker::shared().await.unwrap();
     let c = Collector::start_with(&broker, |config| {
         config.http.max_concurrent_requests = 2;
-        config.http.request_timeout_secs = 2;
+        config.http.body_timeout_secs = 2;
         config.http.retry_after_secs = 7;
     })
     .await;
