@@ -68,29 +68,32 @@ pub fn body_limit(bytes: usize) -> RequestBodyLimitLayer {
     RequestBodyLimitLayer::new(bytes)
 }
 
+/// The answer to an error of the shared layers: shed (full) or past the
+/// backstop timeout, both 503 with Retry-After, as nothing counts as stored.
 fn overload_answer(e: &BoxError, retry_after: u64, metrics: &CollectorMetrics) -> Response {
-    if e.is::<Overloaded>() {
-        metrics.refusals.with_label_values(&["overloaded"]).inc();
-        let body = ErrorBody {
-            error: "overloaded".into(),
-            message: "the collector is at its limit of requests in progress; retry after the time in Retry-After".into(),
-        };
-        let mut r = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, header::HeaderValue::from(retry_after));
-        return r;
-    }
-    if e.is::<Elapsed>() {
-        metrics.refusals.with_label_values(&["timeout"]).inc();
-        let body = ErrorBody {
-            error: "unavailable".into(),
-            message: "the request was not answered in time; nothing in it counts as stored: retry after the time in Retry-After".into(),
-        };
-        let mut r = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, header::HeaderValue::from(retry_after));
-        return r;
-    }
-    tracing::error!(error = %e, "unexpected error from the edge's layers");
-    StatusCode::INTERNAL_SERVER_ERROR.into_response()
+    let (reason, error, message) = if e.is::<Overloaded>() {
+        (
+            "overloaded",
+            "overloaded",
+            "the collector is at its limit of requests in progress; retry after the time in Retry-After",
+        )
+    } else if e.is::<Elapsed>() {
+        (
+            "timeout",
+            "unavailable",
+            "the request was not answered in time; nothing in it counts as stored: retry after the time in Retry-After",
+        )
+    } else {
+        tracing::error!(error = %e, "unexpected error from the edge's layers");
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    metrics.refusals.with_label_values(&[reason]).inc();
+    let body = ErrorBody {
+        error: error.into(),
+        message: message.into(),
+    };
+    let mut r = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from(retry_after));
+    r
 }
