@@ -138,7 +138,7 @@ async fn read_json(
     let bytes = tokio::time::timeout(state.body_timeout, axum::body::to_bytes(body, usize::MAX))
         .await
         .map_err(|_| {
-            state.metrics.refusals.with_label_values(&["timeout"]).inc();
+            state.metrics.refused("timeout");
             refuse(
                 StatusCode::REQUEST_TIMEOUT,
                 "body_timeout",
@@ -167,11 +167,7 @@ fn body_error(state: &ApiState, e: &axum::Error) -> ApiError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = source {
         if s.is::<http_body_util::LengthLimitError>() {
-            state
-                .metrics
-                .refusals
-                .with_label_values(&["body_too_large"])
-                .inc();
+            state.metrics.refused("body_too_large");
             return refuse(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body_too_large",
@@ -179,7 +175,7 @@ fn body_error(state: &ApiState, e: &axum::Error) -> ApiError {
             );
         }
         if s.is::<tower_http::timeout::TimeoutError>() {
-            state.metrics.refusals.with_label_values(&["timeout"]).inc();
+            state.metrics.refused("timeout");
             return refuse(
                 StatusCode::REQUEST_TIMEOUT,
                 "body_timeout",

@@ -89,7 +89,7 @@ impl Callers {
     }
 
     fn refuse(&self, reason: &'static str, status: StatusCode, message: &str) -> Response {
-        self.metrics.refusals.with_label_values(&[reason]).inc();
+        self.metrics.refused(reason);
         let body = ErrorBody {
             error: reason.into(),
             message: message.into(),

@@ -87,7 +87,7 @@ fn overload_answer(e: &BoxError, retry_after: u64, metrics: &CollectorMetrics) -
         tracing::error!(error = %e, "unexpected error from the edge's layers");
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
-    metrics.refusals.with_label_values(&[reason]).inc();
+    metrics.refused(reason);
     let body = ErrorBody {
         error: error.into(),
         message: message.into(),

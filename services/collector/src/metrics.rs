@@ -54,6 +54,11 @@ impl CollectorMetrics {
         }
     }
 
+    /// Counts a request the edge refused, by `reason`.
+    pub fn refused(&self, reason: &str) {
+        self.refusals.with_label_values(&[reason]).inc();
+    }
+
     pub fn observe(&self, endpoint: &'static str, started: Instant, response: &Response) {
         self.requests
             .with_label_values(&[endpoint, response.status().as_str()])

@@ -57,6 +57,16 @@ async fn status_of(s: &mut TcpStream) -> Option<u16> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// A server's purchase, valid.
+fn server_event(id: &str) -> serde_json::Value {
+    json!({
+        "event_id": id, "event_name": "Purchase",
+        "event_time": chrono::Utc::now().timestamp() - 60, "action_source": "website",
+        "order": {"order_id": id, "value": "10.00", "currency": "EUR"},
+        "user": {"email": "jane@example.com"},
+    })
+}
+
 fn beacon_head(addr: &str, length: usize) -> String {
     format!(
         "POST /v1/collect?site_key={SITE_KEY} HTTP/1.1\r\nHost: {addr}\r\nOrigin: {ORIGIN}\r\n\
@@ -215,12 +225,7 @@ async fn the_collector_holds_under_slow_and_oversized_requests_and_loses_nothing
     let mut ids = Vec::new();
     for n in 0..LEGIT_EVENTS {
         let id = format!("legit-{n}-{}", postback_testkit::unique("abuse"));
-        let body = json!({
-            "event_id": id, "event_name": "Purchase",
-            "event_time": chrono::Utc::now().timestamp() - 60, "action_source": "website",
-            "order": {"order_id": id, "value": "10.00", "currency": "EUR"},
-            "user": {"email": "jane@example.com"},
-        });
+        let body = server_event(&id);
         let started = Instant::now();
         for attempt in 0.. {
             assert!(attempt < 30, "{id}: not accepted after 30 attempts");
@@ -327,11 +332,7 @@ async fn a_full_collector_sheds_with_503_and_retry_after() {
         client
             .post(format!("{}/v1/events", c.base))
             .bearer_auth(API_KEY)
-            .json(&json!({"event_id": "shed-1", "event_name": "Purchase",
-                          "event_time": chrono::Utc::now().timestamp() - 60,
-                          "action_source": "website",
-                          "order": {"value": "1.00", "currency": "EUR"},
-                          "user": {"email": "jane@example.com"}}))
+            .json(&server_event("shed-1"))
             .send()
     };
     let r = send().await.unwrap();

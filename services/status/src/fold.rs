@@ -61,6 +61,11 @@ pub fn front_end_rank(status: Option<FrontEndStatus>) -> i64 {
     }
 }
 
+/// Whether a front-end rank says the pixel fired.
+pub fn fired(rank: i64) -> bool {
+    rank == front_end_rank(Some(FrontEndStatus::Fired))
+}
+
 pub fn front_end_name(rank: i64) -> &'static str {
     match rank {
         2 => "fired",

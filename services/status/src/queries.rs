@@ -457,7 +457,6 @@ impl Store {
         sql.push(
             " GROUP BY p.platform, p.server_side, p.reason, p.front_end_rank, p.latency_bucket",
         );
-        let fired = fold::front_end_rank(Some(postback_core::model::FrontEndStatus::Fired));
         for row in sql.query().fetch_all(self.pool()).await? {
             let server_side = row.try_get::<String, _>("server_side")?;
             let reason = text(&row, "reason")?;
@@ -465,7 +464,7 @@ impl Store {
                 platform: row.try_get("platform")?,
                 reason: rollups::counted_reason(&server_side, reason.as_deref()).into(),
                 server_side,
-                fired: row.try_get::<i64, _>("front_end_rank")? == fired,
+                fired: fold::fired(row.try_get::<i64, _>("front_end_rank")?),
                 latency: int(&row, "latency_bucket")?,
                 n: row.try_get::<i64, _>("n")?,
                 duplicates: row.try_get::<i64, _>("duplicates")?,
@@ -503,6 +502,10 @@ impl SummaryCounts {
     }
 
     fn platform(&mut self, c: PlatformCount) {
+        // A rollup row whose counts went back to zero adds nothing.
+        if c.n == 0 && c.duplicates == 0 {
+            return;
+        }
         if let Some(latency) = c.latency {
             *self
                 .latencies
@@ -514,14 +517,10 @@ impl SummaryCounts {
         let p = self.summary.platforms.entry(c.platform).or_default();
         p.conversions += c.n;
         p.duplicates += c.duplicates;
-        if c.n != 0 {
-            *p.server_side.entry(c.server_side.clone()).or_default() += c.n;
-        }
+        *p.server_side.entry(c.server_side.clone()).or_default() += c.n;
         match c.server_side.as_str() {
-            "rejected" if c.n != 0 => *p.rejected_by_reason.entry(c.reason).or_default() += c.n,
-            "not_eligible" if c.n != 0 => {
-                *p.not_eligible_by_reason.entry(c.reason).or_default() += c.n
-            }
+            "rejected" => *p.rejected_by_reason.entry(c.reason).or_default() += c.n,
+            "not_eligible" => *p.not_eligible_by_reason.entry(c.reason).or_default() += c.n,
             _ => {}
         }
         if c.fired {
@@ -532,9 +531,6 @@ impl SummaryCounts {
     fn finish(mut self) -> Summary {
         let s = &mut self.summary;
         s.merge_rate = rate(s.merged, s.conversions);
-        // Rollup rows whose counts went back to zero add nothing.
-        s.platforms
-            .retain(|_, p| p.conversions != 0 || p.duplicates != 0);
         for (platform, p) in s.platforms.iter_mut() {
             p.front_end_fired_rate = rate(p.front_end_fired, p.conversions);
             if let Some(buckets) = self.latencies.get(platform) {

@@ -169,10 +169,7 @@ impl Rollups {
                 platform: platform.clone(),
                 server_side: p.server_side.clone(),
                 reason: counted_reason(&p.server_side, p.reason.as_deref()).into(),
-                front_end_fired: p.front_end_rank
-                    == crate::fold::front_end_rank(Some(
-                        postback_core::model::FrontEndStatus::Fired,
-                    )),
+                front_end_fired: crate::fold::fired(p.front_end_rank),
                 latency: p.latency_bucket.unwrap_or(-1),
                 merged: false,
                 ..own.clone()

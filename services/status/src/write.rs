@@ -320,12 +320,15 @@ async fn load(
         .iter()
         .map(|k| ((*k).clone(), Conversion::default()))
         .collect();
-    let source = json_rows(backend);
-    let conversions = format!(
-        "SELECT c.* FROM {source} CROSS JOIN conversions c WHERE c.tenant = r.value ->> 0
-           AND c.event_name = r.value ->> 1 AND c.event_id = r.value ->> 2"
-    );
-    let platforms = conversions.replace("conversions c", "platform_states c");
+    // The rows of `table` whose conversion is one of `$1`'s.
+    let of_keys = |table: &str| {
+        format!(
+            "SELECT c.* FROM {} CROSS JOIN {table} c WHERE c.tenant = r.value ->> 0
+               AND c.event_name = r.value ->> 1 AND c.event_id = r.value ->> 2",
+            json_rows(backend)
+        )
+    };
+    let (conversions, platforms) = (of_keys("conversions"), of_keys("platform_states"));
     for chunk in keys.chunks(CHUNK) {
         let rows = Value::from(
             chunk
