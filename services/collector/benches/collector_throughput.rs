@@ -79,6 +79,7 @@ async fn main() -> anyhow::Result<()> {
         default_source: Source::Server,
         required_source: None,
         now_ms: now,
+        signer: None,
     };
     let limits = postback_collector::validate::Limits::default();
     let mut payloads = Vec::with_capacity(n);

@@ -29,6 +29,7 @@ pub struct ApiState {
     metrics: CollectorMetrics,
     limits: Limits,
     max_batch_events: usize,
+    max_beacon_events: usize,
     retry_after_secs: u64,
     body_timeout: Duration,
 }
@@ -43,6 +44,7 @@ impl ApiState {
                 ..Limits::default()
             },
             max_batch_events: config.http.max_batch_events,
+            max_beacon_events: config.http.max_beacon_events,
             retry_after_secs: config.http.retry_after_secs,
             body_timeout: Duration::from_secs(config.http.body_timeout_secs),
         }
@@ -191,8 +193,9 @@ fn body_error(state: &ApiState, e: &axum::Error) -> ApiError {
     )
 }
 
+/// One event or `{"events": [...]}` of at most `max_events`.
 fn split(
-    state: &ApiState,
+    max_events: usize,
     mut body: serde_json::Map<String, Value>,
 ) -> Result<Submission, ApiError> {
     match body.remove("events") {
@@ -212,14 +215,13 @@ fn split(
                     "`events` is empty",
                 ));
             }
-            if events.len() > state.max_batch_events {
+            if events.len() > max_events {
                 return Err(refuse(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "too_many_events",
                     format!(
-                        "{} events in one request; at most {}",
+                        "{} events in one request; at most {max_events}",
                         events.len(),
-                        state.max_batch_events
                     ),
                 ));
             }
@@ -238,14 +240,15 @@ async fn submit(
     state: &ApiState,
     endpoint: &'static str,
     submission: Submission,
-    tenant: &str,
+    caller: &Caller,
     source: Option<Source>,
 ) -> Response {
     let ctx = EventContext {
-        tenant,
+        tenant: &caller.tenant,
         default_source: source.unwrap_or(Source::Server),
         required_source: source,
         now_ms: now_millis(),
+        signer: caller.signer.as_deref(),
     };
     let (values, batch) = match submission {
         Submission::Single(v) => (vec![v], false),
@@ -344,8 +347,9 @@ async fn post_events(
             "Content-Type must be application/json",
         );
     }
-    match read_json(&state, body).await.and_then(|b| split(&state, b)) {
-        Ok(s) => submit(&state, "events", s, &caller.tenant, None).await,
+    let max = state.max_batch_events;
+    match read_json(&state, body).await.and_then(|b| split(max, b)) {
+        Ok(s) => submit(&state, "events", s, &caller, None).await,
         Err(e) => e.into_response(),
     }
 }
@@ -358,7 +362,8 @@ async fn post_collect(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let mut submission = match read_json(&state, body).await.and_then(|b| split(&state, b)) {
+    let max = state.max_beacon_events;
+    let mut submission = match read_json(&state, body).await.and_then(|b| split(max, b)) {
         Ok(s) => s,
         Err(e) => return e.into_response(),
     };
@@ -375,7 +380,7 @@ async fn post_collect(
         &state,
         "collect",
         submission,
-        &caller.tenant,
+        &caller,
         Some(Source::Browser),
     )
     .await

@@ -22,6 +22,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use crate::api::ErrorBody;
 use crate::config::CollectorConfig;
 use crate::metrics::CollectorMetrics;
+use crate::signed_ids::EventSigner;
 
 /// The caller of a request that passed: what the handler needs.
 #[derive(Debug, Clone)]
@@ -29,6 +30,8 @@ pub struct Caller {
     pub tenant: String,
     /// A browser's Origin, checked against its site key.
     pub origin: Option<String>,
+    /// The site key's, when its events' ids must be signed.
+    pub signer: Option<Arc<EventSigner>>,
 }
 
 struct Key {
@@ -36,6 +39,7 @@ struct Key {
     /// Empty for API keys.
     origins: Vec<String>,
     limiter: DefaultDirectRateLimiter,
+    signer: Option<Arc<EventSigner>>,
 }
 
 /// A refusal's reason (the metric's label and the body's code), status
@@ -54,21 +58,25 @@ impl Callers {
             NonZeroU32::new(config.http.requests_per_second_per_key).unwrap_or(NonZeroU32::MIN),
         )
         .allow_burst(NonZeroU32::new(config.http.burst_per_key).unwrap_or(NonZeroU32::MIN));
-        let key = |tenant: &str, origins: &[String]| Key {
+        let key = |tenant: &str, origins: &[String], secret: Option<String>| Key {
             tenant: tenant.to_string(),
             origins: origins.to_vec(),
             limiter: RateLimiter::direct(quota),
+            signer: secret.map(|s| Arc::new(EventSigner::new(s.as_bytes()))),
         };
         Callers {
             api_keys: config
                 .api_keys
                 .iter()
-                .filter_map(|k| k.resolve().map(|value| (value, key(&k.tenant, &[]))))
+                .filter_map(|k| k.resolve().map(|value| (value, key(&k.tenant, &[], None))))
                 .collect(),
             site_keys: config
                 .site_keys
                 .iter()
-                .map(|s| (s.key.clone(), key(&s.tenant, &s.allowed_origins)))
+                .map(|s| {
+                    let k = key(&s.tenant, &s.allowed_origins, s.signing_secret());
+                    (s.key.clone(), k)
+                })
                 .collect(),
             metrics,
         }
@@ -179,6 +187,7 @@ pub async fn server(
                 request.extensions_mut().insert(Caller {
                     tenant: key.tenant.clone(),
                     origin: None,
+                    signer: None,
                 });
                 next.run(request).await
             }
@@ -212,6 +221,7 @@ pub async fn browser(
                     request.extensions_mut().insert(Caller {
                         tenant: key.tenant.clone(),
                         origin: Some(origin.to_string()),
+                        signer: key.signer.clone(),
                     });
                     next.run(request).await
                 }

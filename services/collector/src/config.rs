@@ -55,6 +55,9 @@ pub struct HttpConfig {
     /// a beacon is a few kilobytes.
     pub max_beacon_bytes: usize,
     pub max_batch_events: usize,
+    /// The most events one beacon may carry: a page reports its own
+    /// conversion (and the few a failed send kept), never a batch.
+    pub max_beacon_events: usize,
     /// Seconds a client is told to wait (Retry-After) when the broker is
     /// unavailable or the collector is full.
     pub retry_after_secs: u64,
@@ -81,6 +84,7 @@ impl Default for HttpConfig {
             max_body_bytes: 4 * 1024 * 1024,
             max_beacon_bytes: 64 * 1024,
             max_batch_events: 1000,
+            max_beacon_events: 20,
             retry_after_secs: 5,
             max_future_secs: 600,
             body_timeout_secs: 10,
@@ -99,13 +103,75 @@ impl Default for HttpConfig {
 /// holds it (keeps secrets out of the file).
 pub type ApiKey = postback_core::config::TenantKey;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SiteKey {
     pub key: String,
     pub tenant: String,
     /// Exact origins (scheme://host[:port]) allowed to send beacons with this key.
     pub allowed_origins: Vec<String>,
+    /// With a secret (inline, or the name of the environment variable that
+    /// holds it), every beacon's event must carry `event_signature`, the
+    /// HMAC-SHA256 of its event_name and event_id under the secret, which
+    /// the shop's server gives the page (`signed_ids.rs`).
+    #[serde(default)]
+    pub event_signing_secret: Option<String>,
+    #[serde(default)]
+    pub event_signing_secret_env: Option<String>,
+}
+
+impl std::fmt::Debug for SiteKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SiteKey")
+            .field("key", &self.key)
+            .field("tenant", &self.tenant)
+            .field("allowed_origins", &self.allowed_origins)
+            .field(
+                "event_signing_secret",
+                &self.event_signing_secret.as_ref().map(|_| "[redacted]"),
+            )
+            .field("event_signing_secret_env", &self.event_signing_secret_env)
+            .finish()
+    }
+}
+
+impl SiteKey {
+    /// The signing secret, from the file or its environment variable.
+    pub fn signing_secret(&self) -> Option<String> {
+        self.event_signing_secret.clone().or_else(|| {
+            self.event_signing_secret_env
+                .as_ref()
+                .and_then(|name| std::env::var(name).ok())
+        })
+    }
+
+    fn validate_signing(&self, i: usize) -> Result<(), ConfigError> {
+        let key = format!("site_keys[{i}].event_signing_secret");
+        match (&self.event_signing_secret, &self.event_signing_secret_env) {
+            (None, None) => Ok(()),
+            (Some(_), Some(_)) => Err(ConfigError::invalid(
+                key,
+                "set either event_signing_secret or event_signing_secret_env, not both",
+            )),
+            (_, env) => match self.signing_secret() {
+                Some(s) if s.len() >= crate::signed_ids::MIN_SECRET_LEN => Ok(()),
+                Some(_) => Err(ConfigError::invalid(
+                    key,
+                    format!(
+                        "must be at least {} bytes",
+                        crate::signed_ids::MIN_SECRET_LEN
+                    ),
+                )),
+                None => Err(ConfigError::invalid(
+                    format!("site_keys[{i}].event_signing_secret_env"),
+                    format!(
+                        "environment variable `{}` is not set",
+                        env.as_deref().unwrap_or_default()
+                    ),
+                )),
+            },
+        }
+    }
 }
 
 /// Consuming JSON conversions from retailers' own Kafka topics.
@@ -154,6 +220,14 @@ impl Validate for CollectorConfig {
                 "must be between 1 and 10000",
             ));
         }
+        if self.http.max_beacon_events == 0
+            || self.http.max_beacon_events > self.http.max_batch_events
+        {
+            return Err(ConfigError::invalid(
+                "http.max_beacon_events",
+                "must be at least 1 and at most http.max_batch_events",
+            ));
+        }
         if self.http.max_body_bytes < 1024 {
             return Err(ConfigError::invalid(
                 "http.max_body_bytes",
@@ -198,6 +272,7 @@ impl Validate for CollectorConfig {
                     "must be at least 8 characters and unique",
                 ));
             }
+            s.validate_signing(i)?;
             if s.allowed_origins.is_empty() {
                 return Err(ConfigError::invalid(
                     format!("site_keys[{i}].allowed_origins"),
@@ -240,5 +315,50 @@ impl postback_core::service::ServiceConfig for CollectorConfig {
     /// The ops listener: `run` binds the public one itself.
     fn listen(&self) -> SocketAddr {
         self.ops.listen
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(toml: &str, env: Vec<(String, String)>) -> Result<CollectorConfig, ConfigError> {
+        postback_core::config::load_toml(toml, env)
+    }
+
+    const SITE: &str = "[[site_keys]]\nkey = \"pk_site_key_1\"\ntenant = \"acme\"\nallowed_origins = [\"https://shop.example\"]\n";
+
+    #[test]
+    fn a_signing_secret_is_checked_and_never_repeated() {
+        let short = format!("{SITE}event_signing_secret = \"too-short-secret\"\n");
+        let e = load(&short, vec![]).unwrap_err().to_string();
+        assert!(e.contains("site_keys[0].event_signing_secret"), "{e}");
+        assert!(!e.contains("too-short-secret"), "{e}");
+
+        let both = format!(
+            "{SITE}event_signing_secret = \"{}\"\nevent_signing_secret_env = \"X\"\n",
+            "s".repeat(40)
+        );
+        let e = load(&both, vec![]).unwrap_err().to_string();
+        assert!(e.contains("not both"), "{e}");
+
+        let env = format!("{SITE}event_signing_secret_env = \"POSTBACK_TEST_NO_SUCH_VAR_4242\"\n");
+        let e = load(&env, vec![]).unwrap_err().to_string();
+        assert!(e.contains("site_keys[0].event_signing_secret_env"), "{e}");
+
+        let good = format!("{SITE}event_signing_secret = \"{}\"\n", "s".repeat(40));
+        let c = load(&good, vec![]).unwrap();
+        assert_eq!(c.site_keys[0].signing_secret(), Some("s".repeat(40)));
+        let debug = format!("{:?}", c.site_keys[0]);
+        assert!(!debug.contains(&"s".repeat(40)) && debug.contains("[redacted]"));
+    }
+
+    #[test]
+    fn beacons_carry_fewer_events_than_batches() {
+        assert_eq!(CollectorConfig::default().http.max_beacon_events, 20);
+        let e = load("[http]\nmax_beacon_events = 0\n", vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("http.max_beacon_events"), "{e}");
     }
 }

@@ -61,6 +61,7 @@ impl IngestHandler {
             default_source: Source::Server,
             required_source: None,
             now_ms: now_millis(),
+            signer: None,
         };
         let event = validate_event(&value, "", &ctx, &self.limits).map_err(|errors| Rejection {
             reason: "validation_failed",

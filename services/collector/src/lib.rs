@@ -9,6 +9,7 @@ pub mod edge;
 pub mod ingest;
 pub mod metrics;
 pub mod publish;
+pub mod signed_ids;
 pub mod tag;
 pub mod validate;
 

@@ -13,6 +13,8 @@ use postback_core::model::{
     is_sha256_hex, ClickIds, Consent, ConversionRaw, FieldError, Item, Order, Page, Source, User,
 };
 use postback_core::Platform;
+
+use crate::signed_ids::EventSigner;
 use rust_decimal::Decimal;
 use serde_json::{Map, Value};
 
@@ -44,6 +46,9 @@ pub struct EventContext<'a> {
     /// Set on the browser endpoint: the only source allowed there.
     pub required_source: Option<Source>,
     pub now_ms: i64,
+    /// Set when the site key requires signed event ids: each event's
+    /// `event_signature` must be this signer's for its name and id.
+    pub signer: Option<&'a EventSigner>,
 }
 
 const ACTION_SOURCES: &[&str] = &[
@@ -70,6 +75,7 @@ const TOP_LEVEL: &[&str] = &[
     "page",
     "consent",
     "pixels",
+    "event_signature",
 ];
 
 struct Checker<'a> {
@@ -270,6 +276,7 @@ pub fn validate_event(
         .get("pixels")
         .map(|v| pixels(&mut c, v))
         .unwrap_or_default();
+    signature(&mut c, m, ctx, event_id.as_deref(), event_name.as_deref());
 
     if !c.errors.is_empty() {
         return Err(c.errors);
@@ -292,6 +299,40 @@ pub fn validate_event(
         }),
         // Each None above pushed an error, so this arm is never reached.
         _ => Err(vec![FieldError::new(prefix, "invalid event")]),
+    }
+}
+
+/// `event_signature` is checked where the site key asks for one, and
+/// refused where it does not (a server's event has nothing to sign).
+fn signature(
+    c: &mut Checker<'_>,
+    m: &Map<String, Value>,
+    ctx: &EventContext<'_>,
+    event_id: Option<&str>,
+    event_name: Option<&str>,
+) {
+    const FIELD: &str = "event_signature";
+    let given = m.get(FIELD);
+    let Some(signer) = ctx.signer else {
+        if given.is_some() && ctx.required_source.is_none() {
+            c.error(FIELD, "only browser reports carry a signature");
+        }
+        return;
+    };
+    let signature = match given {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.as_str()),
+        Some(other) => {
+            c.error(FIELD, format!("expected a string, got {}", kind(other)));
+            return;
+        }
+    };
+    // Without a valid id and name there is nothing to check it against;
+    // their own errors say why.
+    if let (Some(id), Some(name)) = (event_id, event_name) {
+        if let Err(e) = signer.verify(name, id, signature) {
+            c.error(FIELD, e.to_string());
+        }
     }
 }
 
@@ -480,9 +521,10 @@ fn user(c: &mut Checker<'_>, v: &Value) -> Option<User> {
     );
     let email = c.string("user.email", m.get("email"), 320);
     if let Some(e) = &email {
-        let plausible = e
-            .split_once('@')
-            .is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.'));
+        // RFC 5321/5322 syntax (email_address), with a dotted domain: the
+        // platforms match on real mailboxes, never on `user@localhost`.
+        let plausible = email_address::EmailAddress::from_str(e)
+            .is_ok_and(|a| a.domain().contains('.') && !a.domain().starts_with('['));
         if !plausible && !is_sha256_hex(e) {
             c.error("user.email", "is not an email address or a SHA-256 hash");
         }
@@ -586,8 +628,11 @@ fn page(c: &mut Checker<'_>, v: &Value) -> Option<Page> {
     let mut url = |name: &str| {
         let field = format!("page.{name}");
         let value = c.string(&field, m.get(name), 2048)?;
-        let lower = value.to_ascii_lowercase();
-        if !(lower.starts_with("https://") || lower.starts_with("http://")) || value.len() < 10 {
+        let parsed = url::Url::parse(&value).ok();
+        let ok = parsed.is_some_and(|u| {
+            matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty())
+        });
+        if !ok {
             c.error(&field, "expected an absolute http(s) URL");
             return None;
         }
@@ -697,6 +742,7 @@ mod tests {
             default_source: Source::Server,
             required_source: None,
             now_ms: NOW,
+            signer: None,
         }
     }
 
@@ -706,6 +752,52 @@ mod tests {
             .into_iter()
             .map(|e| e.path)
             .collect()
+    }
+
+    #[test]
+    fn emails_and_urls_are_checked_by_their_grammars() {
+        let check = |user: Value, page: Value| {
+            let ev = json!({"event_id": "a", "event_name": "Lead", "user": user, "page": page});
+            validate_event(&ev, "", &ctx(), &Limits::default())
+                .err()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|e| e.path)
+                .collect::<Vec<_>>()
+        };
+        let fine = json!({"url": "https://shop.example/a?b=c", "referrer": "http://x.example"});
+        for good in [
+            "jane@example.com",
+            "jane.doe+tag@mail.example.co.uk",
+            &"a".repeat(64),
+        ] {
+            assert!(
+                check(json!({"email": good}), fine.clone()).is_empty(),
+                "{good}"
+            );
+        }
+        for bad in [
+            "jane",
+            "jane@",
+            "@example.com",
+            "jane@localhost",
+            "ja ne@example.com",
+            "a@@b.com",
+        ] {
+            assert_eq!(
+                check(json!({"email": bad}), fine.clone()),
+                ["user.email"],
+                "{bad}"
+            );
+        }
+        for bad in [
+            "https://",
+            "ftp://shop.example/",
+            "shop.example/thanks",
+            "http://exa mple.com/",
+        ] {
+            assert_eq!(check(json!({}), json!({"url": bad})), ["page.url"], "{bad}");
+        }
     }
 
     #[test]

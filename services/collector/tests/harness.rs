@@ -15,6 +15,10 @@ use tokio_util::sync::CancellationToken;
 pub const API_KEY: &str = "sk_test_acme_0123456789";
 pub const SITE_KEY: &str = "pk_test_acme";
 pub const ORIGIN: &str = "https://shop.example";
+/// A second site key of the same tenant whose beacons must carry signed
+/// event ids (`event_signature`) made with this secret.
+pub const SIGNED_SITE_KEY: &str = "pk_test_acme_signed";
+pub const SIGNING_SECRET: &str = "test-signing-secret-0123456789abcdef";
 
 pub struct Collector {
     pub base: String,
@@ -58,11 +62,22 @@ impl Collector {
                 key: Some(API_KEY.into()),
                 key_env: None,
             }],
-            site_keys: vec![SiteKey {
-                key: SITE_KEY.into(),
-                tenant: "acme".into(),
-                allowed_origins: vec![ORIGIN.into()],
-            }],
+            site_keys: vec![
+                SiteKey {
+                    key: SITE_KEY.into(),
+                    tenant: "acme".into(),
+                    allowed_origins: vec![ORIGIN.into()],
+                    event_signing_secret: None,
+                    event_signing_secret_env: None,
+                },
+                SiteKey {
+                    key: SIGNED_SITE_KEY.into(),
+                    tenant: "acme".into(),
+                    allowed_origins: vec![ORIGIN.into()],
+                    event_signing_secret: Some(SIGNING_SECRET.into()),
+                    event_signing_secret_env: None,
+                },
+            ],
             ingest: IngestConfig {
                 enabled: true,
                 group_id: unique("ingest-group"),

@@ -4,8 +4,9 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::{Collector, API_KEY, ORIGIN, SITE_KEY};
+use harness::{Collector, API_KEY, ORIGIN, SIGNED_SITE_KEY, SIGNING_SECRET, SITE_KEY};
 use postback_collector::api::SubmitResponse;
+use postback_collector::signed_ids::EventSigner;
 use postback_core::model::{ConversionRaw, Source};
 use postback_core::{Codec, SchemaKind};
 use postback_testkit::Broker;
@@ -363,6 +364,110 @@ async fn a_browser_beacon_is_accepted_and_cors_is_enforced() {
         first.user.as_ref().unwrap().user_agent.as_deref(),
         Some("Mozilla/5.0 (beacon test)")
     );
+    c.stop().await;
+}
+
+async fn beacon(c: &Collector, site_key: &str, body: &Value) -> reqwest::Response {
+    client()
+        .post(format!("{}/v1/collect?site_key={site_key}", c.base))
+        .header("content-type", "text/plain")
+        .header("origin", ORIGIN)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap()
+}
+
+/// A site key with a signing secret takes only beacons whose event ids the
+/// shop's server signed: a forged one is refused with the field's path,
+/// beside a signed one in the same beacon that is taken.
+#[tokio::test]
+async fn a_signed_site_key_takes_only_event_ids_its_shop_signed() {
+    let broker = Broker::shared().await.unwrap();
+    let c = Collector::start(&broker).await;
+    let signer = EventSigner::new(SIGNING_SECRET.as_bytes());
+    let mut signed = event("order-7001");
+    signed["event_signature"] = json!(signer.sign("Purchase", "order-7001"));
+    let unsigned = event("order-7002");
+    let mut forged = event("order-7003");
+    forged["event_signature"] = json!(signer.sign("Purchase", "order-7004"));
+    let mut renamed = event("order-7005");
+    renamed["event_name"] = json!("Lead");
+    renamed["event_signature"] = json!(signer.sign("Purchase", "order-7005"));
+    let mut garbage = event("order-7006");
+    garbage["event_signature"] = json!(42);
+    let r = beacon(
+        &c,
+        SIGNED_SITE_KEY,
+        &json!({"events": [signed, unsigned, forged, renamed, garbage]}),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let body: SubmitResponse = r.json().await.unwrap();
+    assert_eq!(body.accepted, 1);
+    let refused: Vec<(usize, String, String)> = body
+        .rejected
+        .iter()
+        .flat_map(|r| {
+            r.errors
+                .iter()
+                .map(move |e| (r.index, e.path.clone(), e.message.clone()))
+        })
+        .collect();
+    let paths: Vec<&str> = refused.iter().map(|(_, p, _)| p.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "events[1].event_signature",
+            "events[2].event_signature",
+            "events[3].event_signature",
+            "events[4].event_signature"
+        ],
+        "{refused:?}"
+    );
+    assert!(refused[0].2.contains("required"), "{refused:?}");
+    assert!(refused[1].2.contains("does not match"), "{refused:?}");
+    assert!(refused[3].2.contains("expected a string"), "{refused:?}");
+
+    // The same forged event through the unsigned site key is taken: the
+    // requirement is the key's, and servers cannot send a signature.
+    let r = beacon(&c, SITE_KEY, &event("order-7007")).await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let mut server = event("order-7008");
+    server["event_signature"] = json!(signer.sign("Purchase", "order-7008"));
+    let r = post(&c, &server).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("event_signature"), "{text}");
+
+    let records = broker
+        .consume(&c.topics.raw, 2, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let mut ids: Vec<String> = decode(&records).into_iter().map(|e| e.event_id).collect();
+    ids.sort();
+    assert_eq!(ids, ["order-7001", "order-7007"]);
+    c.stop().await;
+}
+
+/// A beacon is a page's own conversion, not a batch: more than
+/// `http.max_beacon_events` events is 413, though servers may send more.
+#[tokio::test]
+async fn a_beacon_carries_a_few_events_at_most() {
+    let broker = Broker::shared().await.unwrap();
+    let c = Collector::start_with(&broker, |c| c.http.max_beacon_events = 3).await;
+    let events: Vec<Value> = (0..4).map(|i| event(&format!("b-{i}"))).collect();
+    let r = beacon(&c, SITE_KEY, &json!({ "events": events })).await;
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains("too_many_events") && text.contains("at most 3"),
+        "{text}"
+    );
+    let r = beacon(&c, SITE_KEY, &json!({ "events": events[..3] })).await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let r = post(&c, &json!({ "events": events })).await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
     c.stop().await;
 }
 

@@ -12,6 +12,7 @@ pub mod dead_letter;
 pub mod eligibility;
 pub mod kafka;
 pub mod metrics;
+pub mod minimise;
 pub mod model;
 pub mod ops;
 pub mod service;

@@ -65,6 +65,7 @@ fn settings(merge_window_ms: i64) -> Settings {
     Settings {
         window_ms: 48 * 3_600_000,
         merge_window_ms,
+        browser_wait_ms: merge_window_ms,
         platforms: PlatformWindows::default(),
         max_emits_per_tick: 5_000,
     }
@@ -255,11 +256,11 @@ async fn through_broker(
             t.changelog.clone(),
             "bench-dedup",
             Duration::from_secs(60),
-            DeadLetters::new("deduplicator", rejected.clone()),
+            DeadLetters::by_reference("deduplicator", rejected.clone()),
             metrics.clone(),
         )?,
         input.clone(),
-        DeadLetters::new("deduplicator", rejected),
+        DeadLetters::by_reference("deduplicator", rejected),
         metrics.clone(),
         Duration::from_millis(100),
     );

@@ -39,6 +39,12 @@ pub struct DedupConfig {
     /// How long the first report of a conversion waits for the other side's
     /// report before it is sent on; 0 sends it at once.
     pub merge_window_ms: u64,
+    /// How long a conversion only the browser reported waits for the
+    /// server's report (docs/deduplicator.md#browser-reports-wait). Anyone
+    /// can post a beacon with a guessed event id: waiting this long lets
+    /// the shop's own report arrive and win the order and identifiers
+    /// before anything is uploaded. At least `merge_window_ms`.
+    pub browser_wait_ms: u64,
 }
 
 impl Default for DedupConfig {
@@ -46,6 +52,7 @@ impl Default for DedupConfig {
         DedupConfig {
             window_secs: 48 * 3600,
             merge_window_ms: 10_000,
+            browser_wait_ms: 300_000,
         }
     }
 }
@@ -57,6 +64,10 @@ impl DedupConfig {
 
     pub fn merge_window(&self) -> Duration {
         Duration::from_millis(self.merge_window_ms)
+    }
+
+    pub fn browser_wait(&self) -> Duration {
+        Duration::from_millis(self.browser_wait_ms)
     }
 }
 
@@ -97,6 +108,8 @@ impl Default for StateConfig {
 }
 
 const MAX_WINDOW_SECS: u64 = 30 * 86_400;
+/// A held conversion is a stored record: six hours of beacons is plenty.
+const MAX_BROWSER_WAIT_MS: u64 = 6 * 3_600_000;
 
 impl Validate for DeduplicatorSections {
     fn validate(&self) -> Result<(), ConfigError> {
@@ -116,6 +129,15 @@ impl Validate for DeduplicatorSections {
             return Err(ConfigError::invalid(
                 "dedup.merge_window_ms",
                 "must be at most 3600000 (one hour)",
+            ));
+        }
+        if self.dedup.browser_wait_ms < self.dedup.merge_window_ms
+            || self.dedup.browser_wait_ms > MAX_BROWSER_WAIT_MS
+            || self.dedup.browser_wait_ms >= self.dedup.window_secs * 1000
+        {
+            return Err(ConfigError::invalid(
+                "dedup.browser_wait_ms",
+                "must be at least dedup.merge_window_ms, at most 21600000 (six hours) and shorter than dedup.window_secs",
             ));
         }
         validate_topic_name("state.changelog_topic", &self.state.changelog_topic)?;
@@ -165,6 +187,7 @@ mod tests {
         let c = load("").unwrap();
         assert_eq!(c.stage.dedup.window(), Duration::from_secs(48 * 3600));
         assert_eq!(c.stage.dedup.merge_window(), Duration::from_secs(10));
+        assert_eq!(c.stage.dedup.browser_wait(), Duration::from_secs(300));
         assert_eq!(
             c.stage.state.changelog_topic,
             "postback-deduplicator-state-changelog"
@@ -178,6 +201,14 @@ mod tests {
             (
                 "[dedup]\nwindow_secs = 5\nmerge_window_ms = 5000",
                 "dedup.merge_window_ms",
+            ),
+            (
+                "[dedup]\nmerge_window_ms = 20000\nbrowser_wait_ms = 10000",
+                "dedup.browser_wait_ms",
+            ),
+            (
+                "[dedup]\nbrowser_wait_ms = 86400000",
+                "dedup.browser_wait_ms",
             ),
             (
                 "[state]\nchangelog_topic = \"a b\"",

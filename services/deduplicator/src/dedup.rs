@@ -23,8 +23,9 @@ use std::collections::BTreeSet;
 use postback_core::dead_letter::DeadLetters;
 use postback_core::eligibility::{PlatformWindows, PLATFORM_NOT_CONFIGURED};
 use postback_core::kafka::{Delivered, InboundRecord, OutboundRecord, MAX_RECORD_BYTES};
+use postback_core::minimise;
 use postback_core::model::{
-    ConversionEnriched, DeliveryStatus, FrontEndStatus, PlatformDecision, ServerSideStatus, Source,
+    ConversionEnriched, DeliveryStatus, FrontEndStatus, ServerSideStatus, Source,
 };
 use postback_core::{Codec, CodecError, Platform, SchemaKind};
 
@@ -46,6 +47,11 @@ pub struct Settings {
     pub window_ms: i64,
     /// 0: every first report is emitted at once.
     pub merge_window_ms: i64,
+    /// How long a conversion reported by the browser only is held for the
+    /// server's report (at least `merge_window_ms`): a beacon is public, so
+    /// it must not be what decides the upload while the shop's own report
+    /// may still come.
+    pub browser_wait_ms: i64,
     pub platforms: PlatformWindows,
     /// Most conversions one tick emits, so a backlog of closed windows
     /// (after a long restore) goes out in bounded batches.
@@ -152,7 +158,7 @@ impl Deduplicator {
         Deduplicator {
             store,
             settings,
-            dead_letters: DeadLetters::new(STAGE, topics.rejected.clone()),
+            dead_letters: DeadLetters::by_reference(STAGE, topics.rejected.clone()),
             topics,
             enriched: Codec::new(SchemaKind::ConversionEnriched),
             status: Codec::new(SchemaKind::DeliveryStatus),
@@ -255,8 +261,9 @@ impl Deduplicator {
                                 record
                             }
                         };
+                        let emit_at = self.merged_emit_at(partition, &key, &s, *emit_at, now);
                         s.phase = Phase::Held {
-                            emit_at: *emit_at,
+                            emit_at,
                             record: self.enriched.encode(&merged)?,
                         };
                         Outcome::Merged
@@ -280,6 +287,36 @@ impl Deduplicator {
         }
         self.stage(partition, key, state, out);
         Ok(outcome)
+    }
+
+    /// When a held conversion that just took another report goes out. The
+    /// browser's longer wait is for the server's report: once one is in,
+    /// the conversion waits only the merge window from its first report
+    /// (at once if that has passed), and its timer moves. The tick skips
+    /// the old timer (its deadline no longer matches the state's).
+    fn merged_emit_at(
+        &mut self,
+        partition: i32,
+        key: &DedupKey,
+        state: &KeyState,
+        emit_at: i64,
+        now: i64,
+    ) -> i64 {
+        let shop_reported = [Source::Server, Source::Offline]
+            .into_iter()
+            .any(|s| state.sources.contains(s));
+        if !shop_reported {
+            return emit_at;
+        }
+        let merge_close = state
+            .first_seen
+            .saturating_add(self.settings.merge_window_ms)
+            .max(now);
+        if merge_close >= emit_at {
+            return emit_at;
+        }
+        self.timers.insert((merge_close, partition, key.clone()));
+        merge_close
     }
 
     /// A dead letter for a held conversion whose bytes cannot be read.
@@ -335,11 +372,16 @@ impl Deduplicator {
             phase: Phase::Emitted { at: now },
         };
         observe_pixels(&mut state.front_end, &record);
-        if self.settings.merge_window_ms == 0 {
+        let wait = if record.source == Source::Browser {
+            self.settings.browser_wait_ms
+        } else {
+            self.settings.merge_window_ms
+        };
+        if wait == 0 {
             self.emit(&mut state, &record, now, out)?;
             return Ok((state, Outcome::Emitted));
         }
-        let emit_at = now.saturating_add(self.settings.merge_window_ms);
+        let emit_at = now.saturating_add(wait);
         state.phase = Phase::Held {
             emit_at,
             record: self.enriched.encode(&record)?,
@@ -415,7 +457,9 @@ impl Deduplicator {
                 continue;
             }
             let server_side = if decision.eligible {
-                let payload = self.enriched.encode(&for_platform(record, decision))?;
+                let payload = self
+                    .enriched
+                    .encode(&minimise::for_platform(record, decision))?;
                 out.push(OutboundRecord::new(
                     self.topics.dispatch(platform),
                     Some(key.clone()),
@@ -582,19 +626,5 @@ fn observe_pixels(front_end: &mut FrontEnd, record: &ConversionEnriched) {
             _ => continue,
         };
         front_end.observe(platform, status);
-    }
-}
-
-/// What a platform's dispatcher gets: its own hashes and decision only.
-fn for_platform(record: &ConversionEnriched, decision: &PlatformDecision) -> ConversionEnriched {
-    ConversionEnriched {
-        identifiers: record
-            .identifiers
-            .iter()
-            .filter(|i| i.platform == decision.platform)
-            .cloned()
-            .collect(),
-        decisions: vec![decision.clone()],
-        ..record.clone()
     }
 }

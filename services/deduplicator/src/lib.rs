@@ -90,6 +90,7 @@ pub async fn run(
         Settings {
             window_ms: config.stage.dedup.window().as_millis() as i64,
             merge_window_ms: config.stage.dedup.merge_window().as_millis() as i64,
+            browser_wait_ms: config.stage.dedup.browser_wait().as_millis() as i64,
             platforms: config.platforms.clone(),
             max_emits_per_tick: config.consumer.max_batch,
         },
@@ -106,7 +107,7 @@ pub async fn run(
         config.stage.state.changelog_topic.clone(),
         "postback-deduplicator",
         Duration::from_secs(config.stage.state.restore_stall_secs),
-        DeadLetters::new(dedup::STAGE, config.topics.rejected.clone()),
+        DeadLetters::by_reference(dedup::STAGE, config.topics.rejected.clone()),
         metrics.clone(),
     )?;
     let tick = (config.stage.dedup.merge_window() / 20)
@@ -115,7 +116,7 @@ pub async fn run(
         dedup,
         restorer,
         config.topics.enriched.clone(),
-        DeadLetters::new(dedup::STAGE, config.topics.rejected.clone()),
+        DeadLetters::by_reference(dedup::STAGE, config.topics.rejected.clone()),
         metrics,
         tick,
     );
@@ -132,7 +133,7 @@ pub async fn run(
             "postback-deduplicator",
             vec![config.topics.enriched.clone()],
         ),
-        DeadLetters::new(dedup::STAGE, config.topics.rejected.clone()),
+        DeadLetters::by_reference(dedup::STAGE, config.topics.rejected.clone()),
         &service_metrics,
     )
     .await?;

@@ -12,7 +12,9 @@
 //! Consent is the one thing that never widens: an explicit flag beats a
 //! missing one (it was defaulted by the tenant), and where the two reports
 //! state different choices the denial holds. Eligibility is then decided
-//! again on the merged record, by the same rules the enricher applies.
+//! again on the merged record, by the same rules the enricher applies, and
+//! the merged record keeps only the personal data those decisions allow
+//! (`core::minimise`).
 
 use std::collections::BTreeMap;
 
@@ -72,6 +74,8 @@ pub fn merge(
         .into_iter()
         .filter_map(|p| decide(p, &held, &incoming, &mut merged, windows, now))
         .collect();
+    // Consent may have narrowed: what no platform may receive now goes.
+    postback_core::minimise::minimise(&mut merged);
     merged
 }
 

@@ -1,7 +1,7 @@
 //! The deduplicator's metrics (the consumer loop adds lag, batches and
 //! rebalances under the same prefix).
 
-use postback_core::metrics::{latency_buckets, ServiceMetrics};
+use postback_core::metrics::ServiceMetrics;
 use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge};
 
 #[derive(Clone)]
@@ -77,7 +77,11 @@ impl DedupMetrics {
             hold_seconds: m.histogram(
                 "hold_duration_seconds",
                 "Time from a conversion's first report to its emission.",
-                latency_buckets(),
+                // The merge window (seconds) and the browser's wait (minutes).
+                vec![
+                    0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
+                    3600.0, 21600.0,
+                ],
             ),
             dead_letters: m.counter_vec(
                 "dead_letters_total",

@@ -276,13 +276,16 @@ impl Restorer {
                                 .restore_skipped
                                 .with_label_values(&[reason])
                                 .inc();
+                            // Offset -1: a state record, which a replay must
+                            // never write back to the changelog; where it is
+                            // goes into the detail.
                             restored.dead_letters.extend(self.letter(
                                 partition,
-                                m.offset(),
+                                -1,
                                 m.key().unwrap_or_default(),
                                 m.payload(),
                                 "undecodable_state",
-                                &format!("changelog record: {reason}"),
+                                &format!("changelog record at offset {}: {reason}", m.offset()),
                             ));
                         }
                     }

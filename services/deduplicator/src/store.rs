@@ -54,6 +54,9 @@ pub enum StoreError {
     Unreadable { partition: i32, reason: String },
 }
 
+/// A stored key and its value, as bytes (`StateStore::dump`).
+pub type StoredEntry = (Vec<u8>, Vec<u8>);
+
 /// One change to apply: the key's new state, or None to forget it.
 pub struct Change<'a> {
     pub partition: i32,
@@ -237,6 +240,19 @@ impl StateStore {
                 continue;
             };
             out.push((key, i64::from_be_bytes(at)));
+        }
+        Ok(out)
+    }
+
+    /// Every key and value stored for `partition`, states and the held
+    /// index alike: what an audit of the store (the personal-data test)
+    /// reads, since the files on disk are compressed.
+    pub fn dump(&self, partition: i32) -> Result<Vec<StoredEntry>, StoreError> {
+        let ks = self.keyspaces(partition)?;
+        let mut out = Vec::new();
+        for guard in ks.state.iter().chain(ks.held.iter()) {
+            let (k, v) = guard.into_inner()?;
+            out.push((k.to_vec(), v.to_vec()));
         }
         Ok(out)
     }

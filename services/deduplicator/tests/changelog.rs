@@ -24,6 +24,7 @@ async fn the_changelog_is_compacted_on_the_broker_and_a_restore_from_it_keeps_du
     let dedup = DedupConfig {
         window_secs: 3600,
         merge_window_ms: 300,
+        browser_wait_ms: 300,
     };
     let first_state = tempfile::tempdir()?;
     let mut config = p.config(first_state.path(), dedup.clone());
@@ -167,6 +168,7 @@ async fn a_stale_store_and_an_unreadable_changelog_record_end_in_dead_letters_no
     let dedup = DedupConfig {
         window_secs: 3600,
         merge_window_ms: 10_000,
+        browser_wait_ms: 10_000,
     };
     // An instance holds conversions inside their merge window and stops:
     // its store keeps them, with the changelog position it reflects.
@@ -200,7 +202,14 @@ async fn a_stale_store_and_an_unreadable_changelog_record_end_in_dead_letters_no
     for l in &letters {
         assert_eq!(l.stage, "deduplicator");
         assert_eq!(l.reason, "stale_state", "{l:?}");
-        assert!(l.original_value.is_some(), "the held record, for a replay");
+        // By reference: a state is on no topic offset, and the letter
+        // copies none of the held record's bytes (not replayable anyway).
+        assert_eq!(l.original_value, None, "{l:?}");
+        assert_eq!(l.source_topic.as_deref(), Some(p.changelog.as_str()));
+        assert_eq!(l.source_partition, Some(0));
+        assert_eq!(l.source_offset, Some(-1));
+        assert!(l.original_key.is_some());
+        assert!(l.detail.contains("original not copied"), "{}", l.detail);
     }
     let sent = p
         .dispatched("meta", HELD, WAIT, Duration::from_secs(12))
@@ -224,9 +233,22 @@ async fn a_stale_store_and_an_unreadable_changelog_record_end_in_dead_letters_no
     assert_eq!(letters.len(), HELD + 1);
     let unreadable = &letters[HELD];
     assert_eq!(unreadable.reason, "undecodable_state", "{unreadable:?}");
+    // It points at the changelog record, and copies none of it.
+    assert_eq!(unreadable.original_value, None);
     assert_eq!(
-        unreadable.original_value.as_deref(),
-        Some(&b"not a state"[..])
+        unreadable.original_key.as_deref(),
+        Some(&b"t1/Purchase/unreadable"[..])
+    );
+    assert_eq!(
+        unreadable.source_topic.as_deref(),
+        Some(p.changelog.as_str())
+    );
+    assert_eq!(unreadable.source_partition, Some(0));
+    // A state record: replay skips it (offset -1); its place is in the detail.
+    assert_eq!(unreadable.source_offset, Some(-1));
+    assert!(
+        unreadable.detail.contains("changelog record at offset"),
+        "{unreadable:?}"
     );
     p.send(&[report("after", "Purchase", Source::Server)])
         .await?;

@@ -30,6 +30,10 @@ struct Harness {
 }
 
 fn open(dir: &Path, merge_window_ms: i64) -> Harness {
+    open_with_browser_wait(dir, merge_window_ms, merge_window_ms)
+}
+
+fn open_with_browser_wait(dir: &Path, merge_window_ms: i64, browser_wait_ms: i64) -> Harness {
     let store = StateStore::open(&StoreConfig {
         dir: dir.to_path_buf(),
         cache_bytes: 8 << 20,
@@ -41,6 +45,7 @@ fn open(dir: &Path, merge_window_ms: i64) -> Harness {
         Settings {
             window_ms: WINDOW,
             merge_window_ms,
+            browser_wait_ms,
             platforms: PlatformWindows::default(),
             max_emits_per_tick: 1000,
         },
@@ -166,14 +171,33 @@ fn browser_and_server_reports_merge_into_one_emission_in_either_order() {
             // The union: the server's email and phone, the browser's external id.
             let ids = &m.identifiers[0];
             assert!(ids.email.is_some() && ids.phone.is_some() && ids.external_id.is_some());
-            // Server wins for the order, the browser for the visit.
+            // Server wins for the order, the browser for the visit; each
+            // platform gets only the personal fields it sends
+            // (core::minimise): Google no address, its own click ids only.
             assert_eq!(m.order.as_ref().unwrap().value.as_deref(), Some("129.90"));
-            assert_eq!(
-                m.client.as_ref().unwrap().ip.as_deref(),
-                Some("203.0.113.7")
-            );
+            let ip = m.client.as_ref().unwrap().ip.as_deref();
             let clicks = m.click_ids.as_ref().unwrap();
-            assert!(clicks.gclid.is_some() && clicks.fbc.is_some() && clicks.ttclid.is_some());
+            match platform {
+                "google_ads" => {
+                    assert_eq!(ip, None);
+                    assert!(m.page.is_none());
+                    assert!(
+                        clicks.gclid.is_some() && clicks.fbc.is_none() && clicks.ttclid.is_none()
+                    );
+                }
+                "meta" => {
+                    assert_eq!(ip, Some("203.0.113.7"));
+                    assert!(
+                        clicks.fbc.is_some() && clicks.gclid.is_none() && clicks.ttclid.is_none()
+                    );
+                }
+                _ => {
+                    assert_eq!(ip, Some("203.0.113.7"));
+                    assert!(
+                        clicks.ttclid.is_some() && clicks.gclid.is_none() && clicks.fbc.is_none()
+                    );
+                }
+            }
         }
         let statuses = h.statuses();
         assert_eq!(statuses.len(), 3);
@@ -186,6 +210,70 @@ fn browser_and_server_reports_merge_into_one_emission_in_either_order() {
         assert_eq!(front("google_ads"), Some(FrontEndStatus::NotFired));
         assert_eq!(front("tiktok"), Some(FrontEndStatus::Unknown));
     }
+}
+
+/// A beacon is public: one with a guessed event id may come first. It waits
+/// the browser's longer wait, so the shop's report, minutes later, still
+/// merges in and wins the order and the customer's identifiers; a
+/// conversion the browser alone reported goes out when that wait ends.
+#[test]
+fn a_browser_report_first_waits_for_the_server_and_the_server_wins() {
+    const WAIT: i64 = 300_000;
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = open_with_browser_wait(dir.path(), MERGE, WAIT);
+    let mut forged = report("o-9", "Purchase", Source::Browser);
+    forged.order.as_mut().unwrap().value = Some("0.01".into());
+    assert_eq!(h.report(0, forged, T0), Outcome::Held);
+    assert_eq!(
+        h.report(1, report("o-10", "Purchase", Source::Browser), T0),
+        Outcome::Held
+    );
+    // Past the merge window, nothing went out.
+    assert_eq!(h.tick(T0 + MERGE * 6), 0);
+    assert!(h.dispatched("meta").is_empty() && h.statuses().is_empty());
+    // The shop's report, a minute later: merged, and out at the next tick
+    // (its merge window, counted from the first report, has passed).
+    let server_at = T0 + 60_000;
+    assert_eq!(
+        h.report(0, report("o-9", "Purchase", Source::Server), server_at),
+        Outcome::Merged
+    );
+    assert_eq!(h.tick(server_at), 1);
+    for platform in ["meta", "google_ads", "tiktok"] {
+        let sent = h.dispatched(platform);
+        assert_eq!(sent.len(), 1, "{platform}");
+        let m = &sent[0];
+        assert_eq!(m.event_id, "o-9");
+        assert_eq!(m.order.as_ref().unwrap().value.as_deref(), Some("129.90"));
+        let ids = &m.identifiers[0];
+        assert_eq!(ids.email.as_deref(), Some(&[0x5e; 32][..]), "{platform}");
+        assert_eq!(ids.phone.as_deref(), Some(&[0x50; 32][..]), "{platform}");
+    }
+    // The browser-only one goes when its wait ends, and once.
+    assert_eq!(h.tick(T0 + WAIT - 1), 0);
+    assert_eq!(h.tick(T0 + WAIT), 1);
+    assert_eq!(h.dispatched("meta").len(), 2);
+    assert_eq!(h.tick(T0 + WAIT * 2), 0);
+    // A server report first still waits the merge window only.
+    h.report(0, report("o-11", "Purchase", Source::Server), T0 + WAIT);
+    assert_eq!(h.tick(T0 + WAIT + MERGE), 1);
+}
+
+/// The moved timer survives a restart: the store's deadline is the
+/// merged one, so a reopened instance emits at it, not at the browser's.
+#[test]
+fn a_shortened_wait_survives_a_reopen() {
+    const WAIT: i64 = 300_000;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut h = open_with_browser_wait(dir.path(), MERGE, WAIT);
+        h.report(0, report("o-12", "Purchase", Source::Browser), T0);
+        h.report(0, report("o-12", "Purchase", Source::Server), T0 + 2_000);
+    }
+    let mut h = open_with_browser_wait(dir.path(), MERGE, WAIT);
+    assert_eq!(h.tick(T0 + MERGE - 1), 0);
+    assert_eq!(h.tick(T0 + MERGE), 1);
+    assert_eq!(h.dispatched("google_ads").len(), 1);
 }
 
 #[test]

@@ -21,6 +21,7 @@ async fn browser_and_server_reports_merge_in_either_order() -> anyhow::Result<()
         DedupConfig {
             window_secs: 3600,
             merge_window_ms: 2_000,
+            browser_wait_ms: 2_000,
         },
     ))
     .await?;
@@ -96,6 +97,7 @@ async fn duplicates_reloads_and_event_names() -> anyhow::Result<()> {
         DedupConfig {
             window_secs: 3600,
             merge_window_ms: 1_500,
+            browser_wait_ms: 1_500,
         },
     ))
     .await?;
@@ -155,6 +157,7 @@ async fn keys_expire_after_the_window() -> anyhow::Result<()> {
         DedupConfig {
             window_secs: 6,
             merge_window_ms: 0,
+            browser_wait_ms: 0,
         },
     ))
     .await?;
@@ -184,6 +187,7 @@ async fn an_undecodable_report_is_a_dead_letter_and_its_neighbours_go_on() -> an
         DedupConfig {
             window_secs: 3600,
             merge_window_ms: 0,
+            browser_wait_ms: 0,
         },
     ))
     .await?;

@@ -41,6 +41,7 @@ async fn kill_9_with_held_conversions_loses_nothing_and_emits_nothing_twice() ->
         DedupConfig {
             window_secs: 3600,
             merge_window_ms: 3_000,
+            browser_wait_ms: 3_000,
         },
     );
     let mut first = Process::start(&config, dir.path(), "first")?;
@@ -120,6 +121,7 @@ async fn a_partition_moves_with_its_state() -> anyhow::Result<()> {
     let dedup = DedupConfig {
         window_secs: 3600,
         merge_window_ms: 1_500,
+        browser_wait_ms: 1_500,
     };
     let a = InProcess::start(p.config(a_dir.path(), dedup.clone())).await?;
     let b = InProcess::start(p.config(b_dir.path(), dedup)).await?;
@@ -170,6 +172,7 @@ async fn a_frozen_deduplicator_is_fenced_and_writes_nothing_after_the_takeover(
         DedupConfig {
             window_secs: 3600,
             merge_window_ms: 15_000,
+            browser_wait_ms: 15_000,
         },
     );
     // A short session, so the takeover comes soon after the freeze.

@@ -25,6 +25,7 @@ pub mod outcome;
 pub mod pacing;
 pub mod pending;
 pub mod retry;
+pub mod scrub;
 pub mod tracker;
 
 use std::sync::Arc;
@@ -116,7 +117,7 @@ pub async fn run(
             Producer::new(&config.kafka, &client_id).map_err(DispatcherError::Producer)?;
         (Sink::Acknowledged(producer), None)
     };
-    let dead_letters = DeadLetters::new(
+    let dead_letters = DeadLetters::by_reference(
         format!("{STAGE}.{}", platform.as_str()),
         config.topics.rejected.clone(),
     );

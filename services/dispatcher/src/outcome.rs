@@ -13,6 +13,7 @@ use crate::adapters::Reason;
 use crate::metrics::DispatchMetrics;
 use crate::pending::Pending;
 use crate::retry::Tiers;
+use crate::scrub::scrub;
 
 pub const STAGE: &str = "dispatcher";
 
@@ -116,7 +117,7 @@ impl Outcomes {
             platform,
             status_topic,
             codec: Codec::new(SchemaKind::DeliveryStatus),
-            dead_letters: DeadLetters::new(
+            dead_letters: DeadLetters::by_reference(
                 format!("{STAGE}.{}", platform.as_str()),
                 rejected_topic,
             ),
@@ -179,7 +180,7 @@ impl Outcomes {
                 out.push(self.tiers.record(p, *not_before_ms, now_millis()));
                 if *status {
                     let mut s = self.status(p, ServerSideStatus::Retrying);
-                    s.reason = Some(reason.describe());
+                    s.reason = Some(scrub(&reason.describe(), &p.row));
                     s.next_attempt_at = Some(*not_before_ms);
                     self.encode(p, &s, &mut out);
                     self.metrics.events("retrying", &reason.code, 1);
@@ -196,16 +197,17 @@ impl Outcomes {
                 status.platform_request_id = request_id.clone();
             }
             Final::Rejected { reason, request_id } => {
-                status.reason = Some(reason.describe());
+                status.reason = Some(scrub(&reason.describe(), &p.row));
                 status.platform_request_id = request_id.clone();
             }
-            Final::Expired { reason } => status.reason = Some(reason.clone()),
+            Final::Expired { reason } => status.reason = Some(scrub(reason, &p.row)),
             Final::Failed { reason } => {
-                status.reason = Some(reason.describe());
+                let explained = scrub(&reason.describe(), &p.row);
+                status.reason = Some(explained.clone());
                 match self.dead_letters.for_record(
                     &p.as_inbound(),
                     "delivery_failed",
-                    format!("{} attempts; last error: {}", p.failures, reason.describe()),
+                    format!("{} attempts; last error: {explained}", p.failures),
                     Vec::new(),
                     Some(p.tenant.clone()),
                 ) {

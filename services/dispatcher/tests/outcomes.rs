@@ -381,7 +381,43 @@ async fn a_conversion_failing_past_the_limit_is_failed_and_dead_lettered() {
         assert_eq!(l.stage, "dispatcher.tiktok");
         assert_eq!(l.reason, "delivery_failed");
         assert!(l.detail.contains("50000"), "{}", l.detail);
-        assert!(l.original_value.is_some(), "replayable");
+        // By reference (replay reads it from there): no bytes of the
+        // dispatch record, its key and place only.
+        assert_eq!(l.original_value, None, "{l:?}");
+        let source = l.source_topic.as_deref().unwrap_or_default();
+        assert!(
+            source.starts_with(&rig.topics.dispatch(Platform::Tiktok)),
+            "{source}"
+        );
+        assert!(l.source_partition.is_some() && l.source_offset.is_some_and(|o| o >= 0));
+        assert!(l.original_key.is_some());
+    }
+    let dispatched = rig
+        .broker
+        .read_to_end(&rig.topics.dispatch(Platform::Tiktok))
+        .await
+        .unwrap();
+    assert!(
+        dispatched.iter().all(|r| r
+            .payload
+            .as_deref()
+            .is_some_and(|p| p.windows(13).any(|w| w == b"198.51.100.20"))),
+        "the originals hold the values looked for below"
+    );
+    for r in rig.broker.read_to_end(&rig.topics.rejected).await.unwrap() {
+        let bytes = r.payload.unwrap_or_default();
+        for secret in [
+            &b"198.51.100.20"[..],
+            b"shop-backend/2.3",
+            b"Cj0KCQiA-doomed",
+            b"test-ttclid",
+        ] {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret),
+                "a dead letter copied {:?}",
+                String::from_utf8_lossy(secret)
+            );
+        }
     }
     d.stop().await;
 }

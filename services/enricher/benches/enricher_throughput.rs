@@ -143,7 +143,7 @@ async fn main() -> anyhow::Result<()> {
         let handler = EnrichHandler::new(
             Enricher::new(tenants.clone(), PlatformWindows::default()),
             enriched_out.clone(),
-            DeadLetters::new("enricher", rejected.clone()),
+            DeadLetters::by_reference("enricher", rejected.clone()),
             EnricherMetrics::new(&metrics),
         );
         let enriched = timed(&broker, &input, "bench-enrich", handler, n, exactly_once).await?;

@@ -15,6 +15,26 @@ pub type EnricherConfig = StageConfig<EnricherSections>;
 #[serde(default)]
 pub struct EnricherSections {
     pub tenants: Vec<TenantConfig>,
+    pub privacy: PrivacyConfig,
+}
+
+/// What personal data the enricher lets through (docs/enricher.md#data-minimisation).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrivacyConfig {
+    /// Query parameters a page URL or referrer keeps (exact names, or a
+    /// prefix ending in `*`); every other parameter is dropped.
+    pub url_query_allowlist: Vec<String>,
+}
+
+impl Default for PrivacyConfig {
+    fn default() -> Self {
+        PrivacyConfig {
+            url_query_allowlist: ["utm_*", "gclid", "gbraid", "wbraid", "fbclid", "ttclid"]
+                .map(String::from)
+                .to_vec(),
+        }
+    }
 }
 
 impl Stage for EnricherSections {
@@ -104,6 +124,19 @@ fn is_alpha2(s: &str) -> bool {
 
 impl Validate for EnricherSections {
     fn validate(&self) -> Result<(), ConfigError> {
+        for (i, p) in self.privacy.url_query_allowlist.iter().enumerate() {
+            let name = p.strip_suffix('*').unwrap_or(p);
+            let ok = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-.[]".contains(c));
+            if !ok {
+                return Err(ConfigError::invalid(
+                    format!("privacy.url_query_allowlist[{i}]"),
+                    "must be a parameter name (letters, digits, _ - . [ ]), optionally ending in *",
+                ));
+            }
+        }
         let mut seen = HashSet::new();
         for (i, t) in self.tenants.iter().enumerate() {
             if t.id.is_empty() || !seen.insert(t.id.clone()) {

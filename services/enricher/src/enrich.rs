@@ -1,11 +1,14 @@
 //! Raw conversion in, enriched conversion out: hashes per platform, consent,
-//! eligibility, click ids and device. Pure apart from the user-agent cache,
-//! so it is tested without a broker.
+//! eligibility, click ids and device, and then only the personal data some
+//! platform may receive under the event's consent (`core::minimise`), with
+//! URLs cut to their allowlisted query (`urls.rs`). Pure apart from the
+//! user-agent cache, so it is tested without a broker.
 
 use std::collections::BTreeMap;
 
 use postback_core::eligibility::{self, Evidence, PlatformWindows};
-use postback_core::model::{Client, ConversionEnriched, ConversionRaw, PlatformIdentifiers};
+use postback_core::minimise::minimise;
+use postback_core::model::{Client, ConversionEnriched, ConversionRaw, Page, PlatformIdentifiers};
 use postback_core::Platform;
 
 use crate::click_ids::{self, Dropped};
@@ -13,12 +16,14 @@ use crate::config::{TenantConfig, TenantConsent};
 use crate::consent;
 use crate::device::DeviceParser;
 use crate::normalize::{self, is_sha256_hex, Field, NormalizeError};
+use crate::urls::QueryAllowlist;
 
 pub struct Enricher {
     tenants: BTreeMap<String, TenantConfig>,
     windows: PlatformWindows,
     devices: DeviceParser,
     unconfigured: TenantConsent,
+    urls: QueryAllowlist,
 }
 
 /// The enriched record and what was left out on the way (for metrics).
@@ -36,7 +41,22 @@ impl Enricher {
             windows,
             devices: DeviceParser::new(),
             unconfigured: TenantConsent::default(),
+            urls: QueryAllowlist::new(&crate::config::PrivacyConfig::default().url_query_allowlist),
         }
+    }
+
+    pub fn with_url_allowlist(mut self, urls: QueryAllowlist) -> Self {
+        self.urls = urls;
+        self
+    }
+
+    fn clean_page(&self, page: Option<Page>) -> Option<Page> {
+        let page = page?;
+        let clean = Page {
+            url: page.url.and_then(|u| self.urls.clean(&u)),
+            referrer: page.referrer.and_then(|u| self.urls.clean(&u)),
+        };
+        (clean.url.is_some() || clean.referrer.is_some()).then_some(clean)
     }
 
     pub fn enrich(&mut self, raw: ConversionRaw, now_ms: i64) -> Enrichment {
@@ -70,6 +90,7 @@ impl Enricher {
             None
         };
 
+        let page = self.clean_page(raw.page);
         let mut identifiers: Vec<PlatformIdentifiers> = Vec::new();
         let mut decisions = Vec::with_capacity(Platform::ALL.len());
         let mut dropped_identifiers = Vec::new();
@@ -95,7 +116,7 @@ impl Enricher {
                 identifiers: ids.as_ref(),
                 click_ids: click_ids.as_ref(),
                 client: client.as_ref(),
-                page: raw.page.as_ref(),
+                page: page.as_ref(),
             };
             decisions.push(eligibility::decide(platform, &evidence));
             if let Some(ids) = ids {
@@ -103,24 +124,26 @@ impl Enricher {
             }
         }
 
+        let mut record = ConversionEnriched {
+            tenant: raw.tenant,
+            event_id: raw.event_id,
+            event_name: raw.event_name,
+            event_time: raw.event_time,
+            received_at: raw.received_at,
+            source: raw.source,
+            action_source: raw.action_source,
+            order: raw.order,
+            click_ids,
+            page,
+            client,
+            consent: raw.consent,
+            identifiers,
+            decisions,
+            pixels: raw.pixels,
+        };
+        minimise(&mut record);
         Enrichment {
-            record: ConversionEnriched {
-                tenant: raw.tenant,
-                event_id: raw.event_id,
-                event_name: raw.event_name,
-                event_time: raw.event_time,
-                received_at: raw.received_at,
-                source: raw.source,
-                action_source: raw.action_source,
-                order: raw.order,
-                click_ids,
-                page: raw.page,
-                client,
-                consent: raw.consent,
-                identifiers,
-                decisions,
-                pixels: raw.pixels,
-            },
+            record,
             unknown_tenant: tenant.is_none(),
             dropped_identifiers,
             dropped_click_ids,

@@ -13,6 +13,7 @@ pub mod enrich;
 pub mod handler;
 pub mod metrics;
 pub mod normalize;
+pub mod urls;
 
 use postback_core::dead_letter::DeadLetters;
 use postback_core::kafka::ConsumerLoop;
@@ -43,7 +44,7 @@ pub async fn run(
     let service_metrics = ServiceMetrics::new(SERVICE);
     let metrics = metrics::EnricherMetrics::new(&service_metrics);
     let readiness = Readiness::new();
-    let dead_letters = DeadLetters::new(handler::STAGE, config.topics.rejected.clone());
+    let dead_letters = DeadLetters::by_reference(handler::STAGE, config.topics.rejected.clone());
     let consumer = ConsumerLoop::new(
         &config.kafka,
         config.loop_config("postback-enricher", vec![config.topics.raw.clone()]),
@@ -52,7 +53,9 @@ pub async fn run(
     )
     .await?;
     let mut handler = handler::EnrichHandler::new(
-        enrich::Enricher::new(config.stage.tenants(), config.platforms.clone()),
+        enrich::Enricher::new(config.stage.tenants(), config.platforms.clone()).with_url_allowlist(
+            urls::QueryAllowlist::new(&config.stage.privacy.url_query_allowlist),
+        ),
         config.topics.enriched.clone(),
         dead_letters,
         metrics,

@@ -61,6 +61,7 @@ async fn start(broker: &Broker) -> Running {
                     consent: TenantConsent::default(),
                 },
             ],
+            privacy: Default::default(),
         },
     };
     postback_core::config::Validate::validate(&config).unwrap();
@@ -340,8 +341,10 @@ async fn a_poison_record_becomes_a_dead_letter_and_the_next_record_is_processed(
     let run = start(&broker).await;
     // Same key, so both land in one partition, poison first.
     let good = raw("acme", "after-poison");
+    // An unknown fingerprint, and personal data in the bytes after it.
+    let poison = b"\xc3\x01garbage! Jane.Doe@Example.com 203.0.113.7";
     broker
-        .produce(&run.topics.raw, &good.key(), b"\xc3\x01garbage!")
+        .produce(&run.topics.raw, &good.key(), poison)
         .await
         .unwrap();
     send(&broker, &run.topics.raw, &good).await;
@@ -359,11 +362,31 @@ async fn a_poison_record_becomes_a_dead_letter_and_the_next_record_is_processed(
         .unwrap();
     assert_eq!(letter.stage, "enricher");
     assert_eq!(letter.reason, "unknown_schema");
-    assert_eq!(
-        letter.original_value.as_deref(),
-        Some(&b"\xc3\x01garbage!"[..])
-    );
+    // By reference: the letter points at the record on conversions.raw
+    // and copies none of its bytes (replay reads them from there).
+    assert_eq!(letter.original_value, None);
     assert_eq!(letter.original_key, Some(good.key()));
+    let source = broker
+        .read_to_end(&run.topics.raw)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.payload.as_deref() == Some(&poison[..]))
+        .unwrap();
+    assert_eq!(
+        letter.source_topic.as_deref(),
+        Some(run.topics.raw.as_str())
+    );
+    assert_eq!(letter.source_partition, Some(source.partition));
+    assert_eq!(letter.source_offset, Some(source.offset));
+    let bytes = dead[0].payload.as_deref().unwrap();
+    for secret in [&b"Jane.Doe@Example.com"[..], b"203.0.113.7"] {
+        assert!(
+            !bytes.windows(secret.len()).any(|w| w == secret),
+            "the letter copied {:?}",
+            String::from_utf8_lossy(secret)
+        );
+    }
     run.shutdown.cancel();
     run.task.await.unwrap();
 }

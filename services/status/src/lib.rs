@@ -83,7 +83,7 @@ pub async fn run_with_listener(
     let metrics = metrics::StatusMetrics::new(&service_metrics);
     let store = Store::open(&config.stage.store).await?;
     tracing::info!(store = %config::redacted_url(&config.stage.store.url), "status store open");
-    let dead_letters = DeadLetters::new(handler::STAGE, config.topics.rejected.clone());
+    let dead_letters = DeadLetters::by_reference(handler::STAGE, config.topics.rejected.clone());
     let mut loop_config = config.loop_config("postback-status", vec![config.topics.status.clone()]);
     // The group's offsets describe this database's rows (see
     // `Store::projection_id`): a new database reads the topic from its start.

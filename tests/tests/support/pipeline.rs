@@ -31,6 +31,9 @@ pub struct Options {
     pub extra_read_keys: Vec<(String, String)>,
     /// The deduplicator's merge window (default 3 s).
     pub merge_window_ms: Option<u64>,
+    /// How long a browser-only conversion waits for the server's report
+    /// (default: the merge window).
+    pub browser_wait_ms: Option<u64>,
 }
 
 /// A service running in this process until stopped; dropped (a failing
@@ -134,15 +137,28 @@ pub struct Pipeline {
     pub services: Vec<Running>,
     /// The status service's query API (its /metrics is on the ops port).
     pub status_api: SocketAddr,
-    _state: tempfile::TempDir,
+    state: tempfile::TempDir,
 }
 
 impl Pipeline {
-    pub async fn stop(mut self) {
+    /// Where the deduplicator's store (`dedup/`) and the status database
+    /// (`status.db`) live.
+    pub fn state_dir(&self) -> &std::path::Path {
+        self.state.path()
+    }
+
+    pub async fn stop(self) {
+        self.stop_keeping_state().await;
+    }
+
+    /// Stops every service and hands over their state directory (see
+    /// `state_dir`), which is deleted when the returned value drops.
+    pub async fn stop_keeping_state(mut self) -> tempfile::TempDir {
         // Front to back: nothing new enters a stage that has stopped.
         while let Some(s) = self.services.pop() {
             s.stop().await;
         }
+        self.state
     }
 }
 
@@ -155,6 +171,8 @@ pub struct Names {
     pub rejected: String,
     pub dispatch_prefix: String,
     pub ingest: String,
+    /// The deduplicator's changelog (it creates the topic itself).
+    pub changelog: String,
 }
 
 impl Names {
@@ -168,6 +186,7 @@ impl Names {
             rejected: unique(&format!("{prefix}.rejected")),
             dispatch_prefix: format!("{}.", unique(&format!("{prefix}.dispatch"))),
             ingest: unique(&format!("{prefix}.orders")),
+            changelog: unique(&format!("{prefix}.changelog")),
         }
     }
 
@@ -294,8 +313,11 @@ pub async fn start_pipeline(
     c.topics = topics.clone();
     c.consumer.group_id = Some(unique(&format!("{}.dedup", names.prefix)));
     c.stage.dedup.merge_window_ms = options.merge_window_ms.unwrap_or(3_000);
+    c.stage.dedup.browser_wait_ms = options
+        .browser_wait_ms
+        .unwrap_or(c.stage.dedup.merge_window_ms);
     c.stage.state.dir = state.path().join("dedup");
-    c.stage.state.changelog_topic = unique(&format!("{}.changelog", names.prefix));
+    c.stage.state.changelog_topic = names.changelog.clone();
     let (l, a) = listener().await;
     c.ops.listen = a;
     c.validate().expect("deduplicator config");
@@ -376,7 +398,7 @@ pub async fn start_pipeline(
     let pipeline = Pipeline {
         services,
         status_api,
-        _state: state,
+        state,
     };
     for s in &pipeline.services {
         let path = if s.name == "collector-without-broker" {

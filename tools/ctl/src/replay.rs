@@ -3,13 +3,15 @@
 //!
 //! # Why it is built this way
 //!
-//! A dead letter carries its original record (key and bytes) and where it
-//! came from; replaying it is writing that original to the stage's input
-//! topic again, after the cause (an outage, a bug) is gone. The hard part
-//! is "once": a second run, or a run killed midway and started again, must
-//! not write an original twice, because the pipeline downstream would take
-//! it as a second conversion (the dispatchers would send it twice, past the
-//! platforms' dedup windows if the letter is old).
+//! A dead letter says where its original record came from (topic,
+//! partition, offset, key); replaying it is writing that original to the
+//! stage's input topic again, after the cause (an outage, a bug) is gone.
+//! Where the original's bytes come from depends on the stage (below,
+//! "Letters by reference"). The hard part is "once": a second run, or a run
+//! killed midway and started again, must not write an original twice,
+//! because the pipeline downstream would take it as a second conversion
+//! (the dispatchers would send it twice, past the platforms' dedup windows
+//! if the letter is old).
 //!
 //! That is what Kafka transactions give every other stage, so replay uses
 //! them the same way instead of any state of its own:
@@ -40,11 +42,49 @@
 //! (a hundred bytes or so; the topic is never cleaned by time, so "once"
 //! holds however long a letter lives).
 //!
+//! # Letters by reference
+//!
+//! Only the collector's ingest letters carry their original's bytes
+//! (`DeadLetters::new`): its input is a retailer's own topic, which the
+//! pipeline does not keep. Every stage past the collector writes letters
+//! by reference (`DeadLetters::by_reference`): no bytes, only the
+//! original's key and its topic, partition and offset. The originals past
+//! the collector are conversions with raw personal data (the enricher's
+//! input, `conversions.raw`: plain email, phone, IP) or dispatch records
+//! (IP, user agent, click ids); copied into letters, they would live again
+//! on `conversions.rejected`, for its retention, beside every stage's
+//! letters, read by whoever investigates rejections. By reference, personal
+//! data stays on the topics it was written to, with their short retention,
+//! and a letter is only a pointer.
+//!
+//! So replay reads such a letter's original from its source (a consumer,
+//! read committed, that assigns the exact partition and offset): the
+//! record's key and value, not its headers (a letter's original never
+//! carried any; a retry topic's headers are its bookkeeping). A
+//! dispatcher's letter from a retry topic is read from that retry topic,
+//! where its bytes are, and written to the dispatch topic. The limit: a
+//! letter by reference is replayable while its source topic keeps the
+//! record, `conversions.raw` 1 day and `dispatch.<platform>` and its retry
+//! topics 7 days by default (config/topics.txt; docs/topics.md). Past that
+//! it is skipped as `source_expired`: below the partition's low watermark,
+//! or at an offset that holds no record any more (compacted, a
+//! transaction's marker, an aborted write); `source_missing` when the
+//! topic or partition does not exist, the offset is past its end, or the
+//! record there has another key (a re-created topic). The bytes are read
+//! in a dry run too, so that it tells what is gone; a source that answers
+//! nothing for `--timeout-secs` ends the run with an error (nothing is
+//! skipped for a broker's silence, and the next run takes it up).
+//!
+//! # What is skipped
+//!
 //! What cannot be replayed is listed as skipped with the reason, never
 //! written: a letter without a source topic (an event that never was on a
-//! topic), without an original value, whose original was cut to
-//! `MAX_ORIGINAL_BYTES` (`truncated`: writing the head of a record would be
-//! a corrupt record), whose source is a stage's own state rather than an
+//! topic), without an original value nor a place to read one
+//! (`no_original`: an output the broker refused, a tombstone), whose
+//! original is gone from its source (`source_expired`, `source_missing`,
+//! above), whose original was cut to `MAX_ORIGINAL_BYTES` (`truncated`, a
+//! collector's letter: writing the head of a record would be a corrupt
+//! record), whose source is a stage's own state rather than an
 //! input (`state_record`: the deduplicator's `stale_state` and
 //! `undecodable_state` letters, offset -1 on its changelog), or whose
 //! target topic does not exist. A dispatcher's letter from one of its retry
@@ -121,10 +161,15 @@ pub const HELP: &str =
       coordinates, target topic, time; never keys, details or bytes. The
       last line is the summary: matched, replayed, would_replay, already_replayed,
       skipped by reason, over_limit, undecodable.
+      Letters past the collector carry no bytes (they may hold personal data): the
+      original is read from the letter's source topic, partition and offset, which
+      keeps it for its retention only (conversions.raw 1 day, dispatch topics 7 days).
       Not replayable, listed as skipped: no_source_topic, no_original, truncated
       (cut at the dead letter's size limit), state_record (a stage's state, not an
-      input), target_missing. A dispatcher's letter from a retry topic goes to
-      dispatch.<platform>.
+      input), target_missing, source_expired (its source no longer holds the record:
+      retention, compaction), source_missing (its source topic, partition or record
+      is not there). A dispatcher's letter from a retry topic is read from it and
+      goes to dispatch.<platform>.
 ";
 
 #[derive(Debug, thiserror::Error)]
@@ -342,6 +387,16 @@ pub enum Skip {
     Truncated,
     StateRecord,
     TargetMissing,
+    /// A letter by reference whose original its source topic no longer
+    /// holds: below the partition's low watermark (retention deleted it),
+    /// or its offset holds no record any more (compacted away, a
+    /// transaction's marker, an aborted write).
+    SourceExpired,
+    /// A letter by reference whose source is not there at all: its topic or
+    /// partition does not exist, the offset is past the partition's end, or
+    /// another conversion's record is at that offset (the topic was deleted
+    /// and created again).
+    SourceMissing,
 }
 
 impl Skip {
@@ -352,6 +407,8 @@ impl Skip {
             Skip::Truncated => "truncated",
             Skip::StateRecord => "state_record",
             Skip::TargetMissing => "target_missing",
+            Skip::SourceExpired => "source_expired",
+            Skip::SourceMissing => "source_missing",
         }
     }
 }
@@ -365,16 +422,44 @@ pub fn target(letter: &DeadLetter) -> Result<String, Skip> {
     if letter.source_offset.is_some_and(|o| o < 0) {
         return Err(Skip::StateRecord);
     }
-    let Some(value) = &letter.original_value else {
-        return Err(Skip::NoOriginal);
-    };
-    // dead_letter.rs cuts an original longer than MAX_ORIGINAL_BYTES to that
-    // length; one of exactly that length cannot be told from a cut one by
-    // its bytes, and a cut record must never be written.
-    if value.len() >= MAX_ORIGINAL_BYTES {
-        return Err(Skip::Truncated);
+    match &letter.original_value {
+        // dead_letter.rs cuts an original longer than MAX_ORIGINAL_BYTES to
+        // that length; one of exactly that length cannot be told from a cut
+        // one by its bytes, and a cut record must never be written.
+        Some(value) if value.len() >= MAX_ORIGINAL_BYTES => return Err(Skip::Truncated),
+        Some(_) => {}
+        // By reference: fetched from its source at replay time.
+        None if at_source(letter).is_some() => {}
+        None => return Err(Skip::NoOriginal),
     }
     Ok(input_topic(&letter.stage, source).to_string())
+}
+
+/// Where the original of a letter that carries no bytes is (a letter by
+/// reference, `DeadLetters::by_reference`): its source topic, partition and
+/// offset. None for a letter that carries its original, or has no place to
+/// read one from (an output the broker refused, a stage's state).
+pub fn at_source(letter: &DeadLetter) -> Option<SourceRecord> {
+    if letter.original_value.is_some() {
+        return None;
+    }
+    let topic = letter.source_topic.as_deref().filter(|t| !t.is_empty())?;
+    match (letter.source_partition, letter.source_offset) {
+        (Some(partition), Some(offset)) if partition >= 0 && offset >= 0 => Some(SourceRecord {
+            topic: topic.to_string(),
+            partition,
+            offset,
+        }),
+        _ => None,
+    }
+}
+
+/// A record's place on its topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceRecord {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
 }
 
 /// A dispatcher's retry topic (`<dispatch topic>.retry-<n>s`) stands for its
@@ -557,6 +642,7 @@ pub async fn run(kafka: &KafkaConfig, options: &Options) -> Result<Summary, Repl
         producer,
         markers,
         targets: HashMap::new(),
+        fetcher: None,
         batch: Vec::new(),
         summary: Summary {
             dry_run: options.dry_run,
@@ -609,6 +695,8 @@ struct Run<'a> {
     markers: HashMap<String, Option<i64>>,
     /// Target topic -> whether it exists.
     targets: HashMap<String, bool>,
+    /// Reads the originals of letters by reference (made at the first).
+    fetcher: Option<Fetcher>,
     /// The open batch: each letter's listing and its two records.
     batch: Vec<Pending>,
     summary: Summary,
@@ -655,17 +743,48 @@ impl Run<'_> {
             Listing::of("over_limit", &at, &letter, Some(&target)).print();
             return Ok(());
         }
+        // A letter by reference: its original is read from where the stage
+        // read it (a dispatcher's retry topic, not the dispatch topic it
+        // goes back to), a dry run too, so that it tells what is gone.
+        let (key, value) = match at_source(&letter) {
+            None => (
+                letter.original_key.clone(),
+                letter.original_value.clone().unwrap_or_default(),
+            ),
+            Some(source) => match self.fetch(&source).await? {
+                Fetched::Record(record) => {
+                    // Another conversion's record at that offset: the
+                    // topic is not the one the letter was written about.
+                    if record.key != letter.original_key {
+                        self.skip(&at, &letter, Skip::SourceMissing, Some(&target));
+                        return Ok(());
+                    }
+                    let Some(value) = record.payload else {
+                        self.skip(&at, &letter, Skip::NoOriginal, Some(&target));
+                        return Ok(());
+                    };
+                    // Its headers stay behind, as a letter's original never
+                    // had any: a retry topic's bookkeeping (counts, due
+                    // times) must not follow it to the dispatch topic.
+                    (record.key, value)
+                }
+                Fetched::Expired => {
+                    self.skip(&at, &letter, Skip::SourceExpired, Some(&target));
+                    return Ok(());
+                }
+                Fetched::Missing => {
+                    self.skip(&at, &letter, Skip::SourceMissing, Some(&target));
+                    return Ok(());
+                }
+            },
+        };
         if self.options.dry_run {
             self.summary.would_replay += 1;
             Listing::of("would_replay", &at, &letter, Some(&target)).print();
             return Ok(());
         }
-        let original = OutboundRecord::new(
-            target.clone(),
-            letter.original_key.clone(),
-            letter.original_value.clone().unwrap_or_default(),
-        )
-        .with_header(REPLAYED_FROM_HEADER, at.key());
+        let original = OutboundRecord::new(target.clone(), key, value)
+            .with_header(REPLAYED_FROM_HEADER, at.key());
         let marker = Marker {
             letter_time: letter.time,
             stage: letter.stage.clone(),
@@ -700,6 +819,27 @@ impl Run<'_> {
         let mut line = Listing::of("skipped", at, letter, target);
         line.skip = Some(skip.as_str());
         line.print();
+    }
+
+    /// The original at `source`, read by the run's fetcher (a blocking
+    /// client, off the async threads).
+    async fn fetch(&mut self, source: &SourceRecord) -> Result<Fetched, ReplayError> {
+        let mut fetcher = match self.fetcher.take() {
+            Some(f) => f,
+            None => Fetcher::open(self.kafka, self.options.idle)?,
+        };
+        let wanted = source.clone();
+        let (fetcher, fetched) = tokio::task::spawn_blocking(move || {
+            let fetched = fetcher.fetch(&wanted);
+            (fetcher, fetched)
+        })
+        .await
+        .map_err(|_| ReplayError::Read {
+            topic: source.topic.clone(),
+            source: KafkaError::Canceled,
+        })?;
+        self.fetcher = Some(fetcher);
+        fetched
     }
 
     async fn target_exists(&mut self, topic: &str) -> Result<bool, ReplayError> {
@@ -933,6 +1073,193 @@ impl ToEnd {
     }
 }
 
+/// What is at a letter's source.
+enum Fetched {
+    Record(InboundRecord),
+    Expired,
+    Missing,
+}
+
+/// How far past its position the fetcher reads on, rather than seeking,
+/// to the next letter's original on the same partition (a run's letters
+/// mostly come in their sources' order).
+const SCAN_AHEAD: i64 = 256;
+
+/// Reads single records by topic, partition and offset, read committed:
+/// the originals of letters by reference. One partition assigned at a time,
+/// by hand (no group joined, nothing committed).
+struct Fetcher {
+    consumer: BaseConsumer,
+    timeout: Duration,
+    /// Partition count per topic (None: no such topic), as first asked.
+    partitions: HashMap<String, Option<i32>>,
+    /// (low watermark, last stable offset) per partition, as last asked.
+    watermarks: HashMap<(String, i32), (i64, i64)>,
+    /// The partition assigned and the offset of its next record.
+    at: Option<(String, i32, i64)>,
+}
+
+impl Fetcher {
+    fn open(kafka: &KafkaConfig, timeout: Duration) -> Result<Self, ReplayError> {
+        let group = format!("{CLIENT_ID}-fetcher-{}", std::process::id());
+        let consumer: BaseConsumer = consumer_config(kafka, CLIENT_ID, &group)
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            // An offset retention deleted under the run is an error to see,
+            // never a jump to another record.
+            .set("auto.offset.reset", "error")
+            .set("allow.auto.create.topics", "false")
+            .set("fetch.wait.max.ms", "100")
+            .set("statistics.interval.ms", "0")
+            .create()
+            .map_err(|source| ReplayError::Client {
+                what: "consumer",
+                source,
+            })?;
+        Ok(Fetcher {
+            consumer,
+            timeout,
+            partitions: HashMap::new(),
+            watermarks: HashMap::new(),
+            at: None,
+        })
+    }
+
+    /// The committed record at `source`, or why there is none. A source
+    /// that yields nothing for the timeout is an error (the run ends, and a
+    /// later run takes the letter up): a letter is never skipped for a
+    /// broker's silence.
+    fn fetch(&mut self, source: &SourceRecord) -> Result<Fetched, ReplayError> {
+        use rdkafka::message::Message as _;
+        let read_error = |e: KafkaError| ReplayError::Read {
+            topic: source.topic.clone(),
+            source: e,
+        };
+        let partitions = match self.partitions.get(&source.topic) {
+            Some(n) => *n,
+            None => {
+                let n = self.partition_count(&source.topic)?;
+                self.partitions.insert(source.topic.clone(), n);
+                n
+            }
+        };
+        if partitions.is_none_or(|n| source.partition >= n) {
+            return Ok(Fetched::Missing);
+        }
+        let tp = (source.topic.clone(), source.partition);
+        let (low, end) = match self.watermarks.get(&tp) {
+            Some(&(low, end)) if source.offset < end => (low, end),
+            // Unknown, or the end moved on since it was asked.
+            _ => {
+                let w = self
+                    .consumer
+                    .fetch_watermarks(&source.topic, source.partition, self.timeout)
+                    .map_err(read_error)?;
+                self.watermarks.insert(tp.clone(), w);
+                w
+            }
+        };
+        if source.offset < low {
+            return Ok(Fetched::Expired);
+        }
+        // Read committed, the end is the last stable offset: a stage only
+        // ever read (and dead-lettered) committed records below it.
+        if source.offset >= end {
+            return Ok(Fetched::Missing);
+        }
+        let reading_on = self.at.as_ref().is_some_and(|(t, p, next)| {
+            *t == source.topic
+                && *p == source.partition
+                && *next <= source.offset
+                && source.offset - *next <= SCAN_AHEAD
+        });
+        if !reading_on {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(
+                &source.topic,
+                source.partition,
+                Offset::Offset(source.offset),
+            )
+            .map_err(read_error)?;
+            self.consumer.assign(&tpl).map_err(read_error)?;
+            self.at = Some((source.topic.clone(), source.partition, source.offset));
+        }
+        let deadline = std::time::Instant::now() + self.timeout;
+        loop {
+            if std::time::Instant::now() >= deadline {
+                self.at = None;
+                return Err(ReplayError::Stalled {
+                    topic: source.topic.clone(),
+                    idle: self.timeout,
+                });
+            }
+            match self.consumer.poll(Duration::from_millis(200)) {
+                None => {}
+                Some(Ok(m)) => {
+                    // Left over from an earlier assignment.
+                    if m.topic() != source.topic || m.partition() != source.partition {
+                        continue;
+                    }
+                    self.at = Some((source.topic.clone(), source.partition, m.offset() + 1));
+                    if m.offset() == source.offset {
+                        return Ok(Fetched::Record(InboundRecord::detached(&m)));
+                    }
+                    // Past it: the offset holds no committed record.
+                    if m.offset() > source.offset {
+                        return Ok(Fetched::Expired);
+                    }
+                }
+                // At the end without it: the offset held a marker or an
+                // aborted write, or compaction removed it.
+                Some(Err(KafkaError::PartitionEOF(p))) if p == source.partition => {
+                    self.at = None;
+                    return Ok(Fetched::Expired);
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => {}
+                Some(Err(e))
+                    if matches!(
+                        e.rdkafka_error_code(),
+                        Some(
+                            RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange
+                        )
+                    ) =>
+                {
+                    // Retention deleted it after the watermarks were asked.
+                    self.at = None;
+                    self.watermarks.remove(&tp);
+                    return Ok(Fetched::Expired);
+                }
+                // Transport trouble is retried by the client; the deadline
+                // ends the wait.
+                Some(Err(_)) => {}
+            }
+        }
+    }
+
+    /// The topic's partition count, or None when it does not exist.
+    fn partition_count(&self, topic: &str) -> Result<Option<i32>, ReplayError> {
+        let metadata = self
+            .consumer
+            .fetch_metadata(Some(topic), self.timeout)
+            .map_err(|source| ReplayError::Metadata {
+                topic: topic.to_string(),
+                source,
+            })?;
+        match metadata.topics().first() {
+            None => Ok(None),
+            Some(t) => match t.error().map(RDKafkaErrorCode::from) {
+                None if t.partitions().is_empty() => Ok(None),
+                None => Ok(Some(t.partitions().len() as i32)),
+                Some(RDKafkaErrorCode::UnknownTopicOrPartition) => Ok(None),
+                Some(code) => Err(ReplayError::Metadata {
+                    topic: topic.to_string(),
+                    source: KafkaError::MetadataFetch(code),
+                }),
+            },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -994,14 +1321,53 @@ mod tests {
             )),
             Err(Skip::Truncated)
         );
-        let mut l = letter("enricher", Some("raw"), Some(1), 10);
-        l.original_value = None;
-        assert_eq!(target(&l), Err(Skip::NoOriginal));
         // An output the broker refused has no position, and goes where it was meant to.
         assert_eq!(
             target(&letter("enricher", Some("enriched"), None, 10)).unwrap(),
             "enriched"
         );
+        // ...unless it was not copied: nothing to write, nowhere to read it.
+        let mut l = letter("enricher", Some("enriched"), None, 10);
+        l.original_value = None;
+        assert_eq!(target(&l), Err(Skip::NoOriginal));
+        // A stage's state by reference is still a state.
+        let mut l = letter("deduplicator", Some("changelog"), Some(-1), 10);
+        l.original_value = None;
+        assert_eq!(target(&l), Err(Skip::StateRecord));
+    }
+
+    #[test]
+    fn a_letter_by_reference_is_read_from_its_source_and_written_to_its_stage_input() {
+        let mut l = letter("enricher", Some("conversions.raw"), Some(41), 10);
+        assert_eq!(at_source(&l), None, "it carries its original");
+        l.original_value = None;
+        assert_eq!(target(&l).unwrap(), "conversions.raw");
+        assert_eq!(
+            at_source(&l),
+            Some(SourceRecord {
+                topic: "conversions.raw".into(),
+                partition: 0,
+                offset: 41,
+            })
+        );
+        // A dispatcher's letter: written to the dispatch topic, read from
+        // the retry topic that holds it.
+        let mut l = letter(
+            "dispatcher.tiktok",
+            Some("dispatch.tiktok.retry-60s"),
+            Some(7),
+            10,
+        );
+        l.original_value = None;
+        assert_eq!(target(&l).unwrap(), "dispatch.tiktok");
+        assert_eq!(
+            at_source(&l).map(|s| s.topic),
+            Some("dispatch.tiktok.retry-60s".to_string())
+        );
+        // No partition: no place to read it at.
+        l.source_partition = None;
+        assert_eq!(at_source(&l), None);
+        assert_eq!(target(&l), Err(Skip::NoOriginal));
     }
 
     #[test]

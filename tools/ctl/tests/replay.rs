@@ -471,6 +471,21 @@ async fn conversions_failed_in_an_outage_are_replayed_and_delivered_exactly_once
     assert!(letters
         .iter()
         .all(|l| l.stage == "dispatcher.tiktok" && l.reason == "delivery_failed"));
+    // By reference: no bytes of the dispatch record, only where it is.
+    for l in &letters {
+        assert_eq!(l.original_value, None, "{l:?}");
+        assert!(l.source_partition.is_some() && l.source_offset.is_some_and(|o| o >= 0));
+        assert!(l.original_key.is_some());
+    }
+    for r in broker.read_to_end(&rejected).await.unwrap() {
+        let bytes = r.payload.unwrap_or_default();
+        for secret in [&b"test-ttclid"[..], b"thank-you"] {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret),
+                "a letter copied {secret:?}"
+            );
+        }
+    }
     // The last attempt came off a retry topic: replay sends those to the
     // dispatch topic itself.
     assert!(
@@ -738,8 +753,9 @@ async fn truncated_state_and_source_less_letters_are_skipped_with_the_reason() {
         payload: Some(vec![b'x'; MAX_ORIGINAL_BYTES + 100]),
         ..Default::default()
     };
-    let built = DeadLetters::new("enricher", rejected.clone())
-        .for_record(&huge, "decode_failed", "too big to read", vec![], None)
+    // (Only the collector's letters carry bytes.)
+    let built = DeadLetters::new("collector", rejected.clone())
+        .for_record(&huge, "validation_failed", "too big to read", vec![], None)
         .unwrap();
     broker
         .produce(&rejected, b"shop/huge", &built.payload)
@@ -762,6 +778,7 @@ async fn truncated_state_and_source_less_letters_are_skipped_with_the_reason() {
         base,
     );
     state.source_offset = Some(-1);
+    state.original_value = None;
     let mut http = letter(
         "collector",
         "validation_failed",
@@ -780,7 +797,11 @@ async fn truncated_state_and_source_less_letters_are_skipped_with_the_reason() {
         13,
         base,
     );
+    // Neither bytes nor a place to read them (an output the broker
+    // refused, by reference).
     empty.original_value = None;
+    empty.source_partition = None;
+    empty.source_offset = None;
     let nowhere = letter("enricher", "decode_failed", None, Some(&missing), 14, base);
     let good = letter(
         "enricher",
@@ -833,7 +854,12 @@ async fn truncated_state_and_source_less_letters_are_skipped_with_the_reason() {
         .find(|l| l["reason"] == "stale_state")
         .expect("listed");
     assert_eq!(state_line["skip"], "state_record");
-    assert_eq!(skip_of(13), "no_original");
+    let no_original = run
+        .lines
+        .iter()
+        .find(|l| l["reason"] == "empty_record")
+        .expect("listed");
+    assert_eq!(no_original["skip"], "no_original");
     assert_eq!(skip_of(14), "target_missing");
     let source_less = run
         .lines
@@ -969,5 +995,323 @@ async fn a_run_killed_midway_and_a_stale_transaction_never_write_an_original_twi
         per_key.values().all(|c| *c == 1),
         "and each once: {:?}",
         per_key.iter().filter(|(_, c)| **c > 1).collect::<Vec<_>>()
+    );
+}
+
+/// The letter a stage past the collector writes for `record`
+/// (`DeadLetters::by_reference`, as the enricher and the dispatchers build
+/// it): its coordinates and key, no bytes.
+fn letter_by_reference(stage: &str, rejected: &str, record: &InboundRecord) -> Vec<u8> {
+    DeadLetters::by_reference(stage, rejected)
+        .for_record(
+            record,
+            "decode_failed",
+            "cannot decode",
+            vec![],
+            Some(TENANT.into()),
+        )
+        .expect("letter")
+        .payload
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Writes `records` in one transaction, committed or aborted.
+async fn produce_in_transaction(broker: &Broker, topic: &str, keys: &[&str], commit: bool) {
+    let producer: FutureProducer = broker
+        .client_config()
+        .set("transactional.id", unique("test-txn"))
+        .create()
+        .expect("transactional producer");
+    let producer = tokio::task::spawn_blocking(move || {
+        producer
+            .init_transactions(Duration::from_secs(30))
+            .map(|()| producer)
+    })
+    .await
+    .unwrap()
+    .expect("init transactions");
+    producer.begin_transaction().expect("begin");
+    for key in keys {
+        producer
+            .send(
+                FutureRecord::to(topic)
+                    .key(*key)
+                    .payload("in a transaction"),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("transactional write");
+    }
+    tokio::task::spawn_blocking(move || {
+        if commit {
+            producer.commit_transaction(Duration::from_secs(10))
+        } else {
+            producer.abort_transaction(Duration::from_secs(10))
+        }
+    })
+    .await
+    .unwrap()
+    .expect("end transaction");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn letters_by_reference_are_read_from_their_source_and_replayed_byte_identical() {
+    let broker = Broker::shared().await.expect("broker");
+    let rejected = unique("rejected");
+    let marker = unique("replayed");
+    let raw = unique("raw");
+    let dispatch = unique("dispatch.meta");
+    broker.create_topic(&rejected, 1).await.unwrap();
+    broker.create_topic(&raw, 2).await.unwrap();
+    broker.create_topic(&dispatch, 2).await.unwrap();
+
+    // Raw conversions as the collector wrote them: plain personal data,
+    // and bytes of every value.
+    let n = 6;
+    for i in 0..n {
+        let mut value =
+            format!("\u{c3}{{\"email\":\"person-{i}@example.com\",\"ip\":\"203.0.113.{i}\"}}")
+                .into_bytes();
+        value.extend(0..=255u8);
+        broker
+            .produce(&raw, format!("{TENANT}/ref-{i}").as_bytes(), &value)
+            .await
+            .unwrap();
+    }
+    let mut originals = broker.read_to_end(&raw).await.unwrap();
+    assert_eq!(originals.len(), n);
+    originals.sort_by_key(|r| (r.partition, r.offset));
+    // The enricher's letters, in reverse order of their sources (the
+    // fetcher seeks back).
+    for r in originals.iter().rev() {
+        broker
+            .produce(
+                &rejected,
+                r.key.as_deref().unwrap(),
+                &letter_by_reference("enricher", &rejected, r),
+            )
+            .await
+            .unwrap();
+    }
+    // Letters whose source is not what they say: another key at the
+    // offset, an offset past the end, a retry topic that is gone.
+    let mut moved = originals[0].clone();
+    moved.key = Some(format!("{TENANT}/someone-else").into_bytes());
+    let past_end = InboundRecord {
+        topic: raw.clone(),
+        partition: 0,
+        offset: 1_000,
+        key: Some(format!("{TENANT}/never").into_bytes()),
+        ..Default::default()
+    };
+    let gone_retry = InboundRecord {
+        topic: format!("{dispatch}.retry-10s"),
+        partition: 0,
+        offset: 0,
+        key: Some(format!("{TENANT}/retried").into_bytes()),
+        payload: Some(b"203.0.113.99".to_vec()),
+        ..Default::default()
+    };
+    for (stage, r) in [
+        ("enricher", &moved),
+        ("enricher", &past_end),
+        ("dispatcher.meta", &gone_retry),
+    ] {
+        broker
+            .produce(
+                &rejected,
+                r.key.as_deref().unwrap(),
+                &letter_by_reference(stage, &rejected, r),
+            )
+            .await
+            .unwrap();
+    }
+    for letter in broker.read_to_end(&rejected).await.unwrap() {
+        let bytes = letter.payload.unwrap_or_default();
+        for secret in [&b"example.com"[..], b"203.0.113."] {
+            assert!(!contains(&bytes, secret), "a letter copied {secret:?}");
+        }
+    }
+
+    let ctl = Ctl::new(&broker);
+    let args = ["--rejected-topic", &rejected, "--marker-topic", &marker];
+    let mut dry_args: Vec<&str> = args.to_vec();
+    dry_args.push("--dry-run");
+    let dry = ctl.replay(&dry_args).await;
+    println!("dry run by reference: {}", dry.summary);
+    assert_eq!(dry.count("would_replay"), n as u64);
+    assert_eq!(
+        dry.skipped(),
+        BTreeMap::from([("source_missing".to_string(), 3)])
+    );
+    assert_eq!(broker.read_to_end(&raw).await.unwrap().len(), n);
+
+    let run = ctl.replay(&args).await;
+    println!("replay by reference: {}", run.summary);
+    assert_eq!(run.count("replayed"), n as u64);
+    assert_eq!(
+        run.skipped(),
+        BTreeMap::from([("source_missing".to_string(), 3)])
+    );
+    let retry_line = run
+        .lines
+        .iter()
+        .find(|l| l["stage"] == "dispatcher.meta")
+        .expect("listed");
+    assert_eq!(retry_line["target"], dispatch.as_str());
+    assert_eq!(retry_line["skip"], "source_missing");
+    assert!(
+        !run.stdout.contains("example.com") && !run.stdout.contains("203.0.113"),
+        "the listing never shows a record's bytes: {}",
+        run.stdout
+    );
+    let replayed: Vec<InboundRecord> = broker
+        .read_to_end(&raw)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| header(r, REPLAYED_FROM).is_some())
+        .collect();
+    assert_eq!(replayed.len(), n, "each original written back once");
+    for original in &originals {
+        let copy = replayed
+            .iter()
+            .find(|r| r.key == original.key)
+            .expect("replayed");
+        assert_eq!(copy.payload, original.payload, "byte-identical");
+        assert_eq!(copy.partition, original.partition, "same partition");
+        assert_eq!(copy.headers.len(), 1, "only the replay's header");
+    }
+    assert!(broker.read_to_end(&dispatch).await.unwrap().is_empty());
+
+    let again = ctl.replay(&args).await;
+    assert_eq!(again.count("replayed"), 0);
+    assert_eq!(again.count("already_replayed"), n as u64);
+    assert_eq!(broker.read_to_end(&raw).await.unwrap().len(), 2 * n);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn letters_whose_source_no_longer_holds_the_record_are_skipped_as_source_expired() {
+    let broker = Broker::shared().await.expect("broker");
+    let rejected = unique("rejected");
+    let marker = unique("replayed");
+    let raw = unique("raw");
+    let txn = unique("txn");
+    broker.create_topic(&rejected, 1).await.unwrap();
+    broker.create_topic(&raw, 1).await.unwrap();
+    broker.create_topic(&txn, 1).await.unwrap();
+
+    // Retention took them: below the partition's low watermark.
+    for i in 0..3 {
+        broker
+            .produce(
+                &raw,
+                format!("{TENANT}/old-{i}").as_bytes(),
+                b"person@example.com",
+            )
+            .await
+            .unwrap();
+    }
+    let old = broker.read_to_end(&raw).await.unwrap();
+    assert_eq!(old.len(), 3);
+    for r in &old {
+        broker
+            .produce(
+                &rejected,
+                r.key.as_deref().unwrap(),
+                &letter_by_reference("enricher", &rejected, r),
+            )
+            .await
+            .unwrap();
+    }
+    let low = broker.delete_all_records(&raw, 0).await.unwrap();
+    assert_eq!(low, 3, "the low watermark is past every letter's source");
+
+    // Offsets that hold no committed record: a transaction's commit marker,
+    // an aborted write and its marker, around records that are there.
+    produce_in_transaction(&broker, &txn, &["shop/t-0", "shop/t-1"], true).await;
+    broker.produce(&txn, b"shop/after", b"kept").await.unwrap();
+    produce_in_transaction(&broker, &txn, &["shop/aborted"], false).await;
+    broker
+        .produce(&txn, b"shop/last", b"kept too")
+        .await
+        .unwrap();
+    let committed = broker.read_to_end(&txn).await.unwrap();
+    let offsets: BTreeSet<i64> = committed.iter().map(|r| r.offset).collect();
+    let end = committed.iter().map(|r| r.offset).max().unwrap() + 1;
+    let holes: Vec<i64> = (0..end).filter(|o| !offsets.contains(o)).collect();
+    assert_eq!(
+        holes.len(),
+        3,
+        "a commit marker, an aborted write, its marker: {holes:?}"
+    );
+    for offset in &holes {
+        let hole = InboundRecord {
+            topic: txn.clone(),
+            partition: 0,
+            offset: *offset,
+            key: Some(format!("{TENANT}/hole-{offset}").into_bytes()),
+            ..Default::default()
+        };
+        broker
+            .produce(
+                &rejected,
+                hole.key.as_deref().unwrap(),
+                &letter_by_reference("enricher", &rejected, &hole),
+            )
+            .await
+            .unwrap();
+    }
+    let after = committed
+        .iter()
+        .find(|r| r.key.as_deref() == Some(&b"shop/after"[..]))
+        .unwrap();
+    broker
+        .produce(
+            &rejected,
+            b"shop/after",
+            &letter_by_reference("enricher", &rejected, after),
+        )
+        .await
+        .unwrap();
+
+    let ctl = Ctl::new(&broker);
+    let args = ["--rejected-topic", &rejected, "--marker-topic", &marker];
+    let run = ctl.replay(&args).await;
+    println!("replay of expired sources: {}", run.summary);
+    assert_eq!(run.count("matched"), 7);
+    assert_eq!(
+        run.skipped(),
+        BTreeMap::from([("source_expired".to_string(), 6)])
+    );
+    assert_eq!(run.count("replayed"), 1, "the record that is still there");
+    assert_eq!(
+        run.ids("skipped"),
+        [0, 1, 2].into_iter().chain(holes.iter().copied()).collect()
+    );
+    assert!(
+        broker.read_to_end(&raw).await.unwrap().is_empty(),
+        "nothing written"
+    );
+    let on_txn: Vec<InboundRecord> = broker
+        .read_to_end(&txn)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| header(r, REPLAYED_FROM).is_some())
+        .collect();
+    assert_eq!(on_txn.len(), 1);
+    assert_eq!(on_txn[0].key.as_deref(), Some(&b"shop/after"[..]));
+    assert_eq!(on_txn[0].payload.as_deref(), Some(&b"kept"[..]));
+
+    // Still skipped, never marked: a later run says the same.
+    let again = ctl.replay(&args).await;
+    assert_eq!(again.count("already_replayed"), 1);
+    assert_eq!(
+        again.skipped(),
+        BTreeMap::from([("source_expired".to_string(), 6)])
     );
 }

@@ -334,6 +334,7 @@ exactly_once = {exactly_once}
 [dedup]
 window_secs = {window}
 merge_window_ms = {merge}
+browser_wait_ms = {browser_wait}
 
 [state]
 dir = "{dir}"
@@ -359,6 +360,7 @@ level = "info"
         exactly_once = c.consumer.exactly_once,
         window = c.stage.dedup.window_secs,
         merge = c.stage.dedup.merge_window_ms,
+        browser_wait = c.stage.dedup.browser_wait_ms,
         dir = c.stage.state.dir.display(),
         changelog = c.stage.state.changelog_topic,
         changelog_configs = changelog_configs_toml(&c.stage.state.changelog_topic_configs),
