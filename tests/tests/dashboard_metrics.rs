@@ -1760,7 +1760,9 @@ async fn send_traffic(
         "tenant": "demo", "event_id": format!("{run}-huge"), "event_name": "Purchase",
         "event_time": postback_core::model::now_millis(), "received_at": postback_core::model::now_millis(),
         "source": "server",
-        "page": {"url": format!("https://shop.example/{}", "a".repeat(1_000_000))}
+        // An order's items, not a page: data minimisation would drop a page
+        // no platform may receive, and the output would fit.
+        "order": {"order_id": format!("{run}-huge"), "items": [{"name": "a".repeat(1_000_000)}]}
     }))
     .expect("a raw conversion");
     let bytes = Codec::<ConversionRaw>::new(SchemaKind::ConversionRaw)
