@@ -5,8 +5,8 @@
 # one for each test that stops or restarts its broker; or the Kafka in
 # KAFKA_BOOTSTRAP_SERVERS), and the deployment files (scripts/check-deploy.sh:
 # the Kubernetes overlays and docker-compose.yml, offline) and the
-# Prometheus rules (promtool check, and their unit tests). Installs what it
-# needs first.
+# Prometheus rules (promtool check, and their unit tests), and last the fuzz
+# targets for a bounded time (scripts/fuzz.sh). Installs what it needs first.
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 "$ROOT/scripts/setup.sh"
@@ -15,6 +15,7 @@ AVRO_CROSSCHECK_PYTHON="$(venv_python)"
 
 say "cargo fmt --check"
 cargo fmt --all -- --check
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 say "deployment files (scripts/check-deploy.sh)"
 "$ROOT/scripts/check-deploy.sh"
 say "Prometheus rules and their unit tests (promtool)"
@@ -54,3 +55,7 @@ if command -v cargo-nextest >/dev/null 2>&1; then
 else
   cargo test --workspace --no-fail-fast
 fi
+
+# Bounded here; docs/fuzzing.md has the longer run. A crash fails the suite.
+say "fuzz targets (scripts/fuzz.sh, ${POSTBACK_FUZZ_SECONDS:-20} s each)"
+"$ROOT/scripts/fuzz.sh" --seconds "${POSTBACK_FUZZ_SECONDS:-20}"

@@ -25,6 +25,8 @@ pub enum Phase {
 pub struct Sources(u8);
 
 impl Sources {
+    const ALL: u8 = 1 | 2 | 4;
+
     fn bit(source: Source) -> u8 {
         match source {
             Source::Browser => 1,
@@ -105,6 +107,11 @@ impl FrontEnd {
     }
 
     fn unpack(b: u8) -> Result<Self, StateError> {
+        // Three platforms use six bits: a state with the other two set is
+        // corrupt, not a state whose re-encoding silently differs.
+        if b >> 6 != 0 {
+            return Err(StateError::Corrupt("front-end status"));
+        }
         let mut out = FrontEnd::default();
         for i in 0..3 {
             out.0[i] = match (b >> (2 * i)) & 3 {
@@ -206,7 +213,10 @@ impl KeyState {
             2 => Source::Offline,
             _ => return Err(StateError::Corrupt("first_source")),
         };
-        let sources = Sources(r.u8("sources")?);
+        let sources = match r.u8("sources")? {
+            b if b & !Sources::ALL == 0 => Sources(b),
+            _ => return Err(StateError::Corrupt("sources")),
+        };
         let reports = u32::from_be_bytes(r.take::<4>("reports")?);
         let front_end = FrontEnd::unpack(r.u8("front_end")?)?;
         let phase = match r.u8("phase")? {
@@ -307,6 +317,31 @@ mod tests {
             front_end,
             phase,
         }
+    }
+
+    /// Found by the dedup_state fuzz target: stray bits decoded, and the
+    /// state then encoded differently from what the store held.
+    #[test]
+    fn bits_no_field_uses_are_corruption() {
+        let good = sample(Phase::Emitted {
+            at: 1_732_270_010_000,
+        })
+        .encode();
+        const SOURCES: usize = 26;
+        const FRONT_END: usize = 31;
+        for (at, stray, field) in [
+            (FRONT_END, 0b1100_0000, "front-end status"),
+            (SOURCES, 0b0000_1000, "sources"),
+        ] {
+            let mut bad = good.clone();
+            bad[at] |= stray;
+            assert_eq!(KeyState::decode(&bad), Err(StateError::Corrupt(field)));
+        }
+        let crash = [
+            1, 0, 0, 0, 0, 1, 162, 46, 230, 176, 0, 0, 0, 65, 1, 1, 1, 97, 0, 1, 46, 230, 176, 230,
+            176, 0, 162, 82, 0, 0, 4, 210, 1, 0, 94, 1, 162, 46, 67, 235, 160,
+        ];
+        assert!(KeyState::decode(&crash).is_err());
     }
 
     #[test]

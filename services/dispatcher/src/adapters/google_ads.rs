@@ -344,9 +344,15 @@ pub fn classify(
         .unwrap_or_default();
     let errors = failures(error.and_then(|e| e.get("details")));
     let first = errors.first();
+    // An error without a gRPC status (a proxy's or a bare HTTP error) is
+    // named by its HTTP status.
+    let grpc = match grpc {
+        "" => format!("http_{}", status.as_u16()),
+        grpc => grpc.to_owned(),
+    };
     let code = first
         .map(|(c, _, _)| format!("{grpc}/{c}"))
-        .unwrap_or_else(|| grpc.to_owned());
+        .unwrap_or_else(|| grpc.clone());
     let detail = first.map(|(_, m, _)| m.as_str()).unwrap_or(message);
     let reason = Reason::new(code, detail);
     if status == reqwest::StatusCode::TOO_MANY_REQUESTS || grpc == "RESOURCE_EXHAUSTED" {
@@ -442,6 +448,19 @@ mod tests {
             decisions: vec![],
             pixels: Default::default(),
         }
+    }
+
+    /// Found by the classify_google_ads fuzz target: an error body without
+    /// a gRPC status gave an empty reason code (a metric label).
+    #[test]
+    fn an_error_without_a_grpc_status_is_named_by_its_http_status() {
+        let body =
+            br#"{"error":{"code":401,"message":"Request had invalid authentication credentials"}}"#;
+        let a = classify(StatusCode::UNAUTHORIZED, None, None, 1, body);
+        let Answer::Transient { reason, .. } = a else {
+            panic!("{a:?}")
+        };
+        assert_eq!(reason.code, "http_401");
     }
 
     #[test]

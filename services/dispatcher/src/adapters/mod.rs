@@ -21,6 +21,16 @@ use serde_json::Value;
 use crate::account::{Account, Credentials};
 use crate::config::DispatcherSections;
 
+/// The longest reason code kept as it came: codes are metric labels.
+pub const MAX_REASON_CODE_LEN: usize = 64;
+
+fn is_plain_label(code: &str) -> bool {
+    (1..=MAX_REASON_CODE_LEN).contains(&code.len())
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_/.-".contains(&b))
+}
+
 /// A platform's reason, split into a short code (a metric label: bounded,
 /// from the platform's own vocabulary) and its explanation (status records).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,10 +40,18 @@ pub struct Reason {
 }
 
 impl Reason {
+    /// A code that is not a plain label (a platform put free text, or
+    /// nothing, where its code belongs) becomes `unrecognised`, and the
+    /// text moves into the message: the code is a metric label.
     pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        let (code, message) = (code.into(), message.into());
+        if is_plain_label(&code) {
+            return Reason { code, message };
+        }
+        let shown: String = code.chars().take(MAX_REASON_CODE_LEN).collect();
         Reason {
-            code: code.into(),
-            message: message.into(),
+            code: "unrecognised".into(),
+            message: format!("code {shown:?}: {message}"),
         }
     }
 
@@ -369,6 +387,25 @@ mod tests {
         let r = Reason::new("100", "é".repeat(400));
         assert!(r.describe().len() <= 500);
         assert!(r.describe().starts_with("100: "));
+    }
+
+    /// Codes are metric labels: free text a platform puts where its code
+    /// belongs must not become one (a lesson of the classify fuzz targets).
+    #[test]
+    fn a_code_that_is_not_a_label_is_unrecognised() {
+        for code in ["", "PERMISSION DENIED", "x\n1", &"A".repeat(65), "é"] {
+            let r = Reason::new(code, "why");
+            assert_eq!(r.code, "unrecognised", "{code:?}");
+            assert!(r.message.ends_with(": why"), "{r:?}");
+        }
+        for code in [
+            "100/2804003",
+            "UNAUTHENTICATED",
+            "http_503",
+            "quota.exceeded-1",
+        ] {
+            assert_eq!(Reason::new(code, "why").code, code);
+        }
     }
 
     #[test]
