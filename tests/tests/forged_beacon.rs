@@ -10,13 +10,14 @@
 use std::time::Duration;
 
 use postback_core::model::{DeliveryStatus, ServerSideStatus};
-use postback_core::{Codec, SchemaKind};
 use postback_testkit::{unique, Broker};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 mod support;
-use support::pipeline::{start_pipeline, Names, Options};
+use support::pipeline::{
+    now_secs, on_every_platform, start_pipeline, statuses_once, Names, Options,
+};
 
 const API_KEY: &str = "sk_local_demo_0123456789abcdef";
 const SITE_KEY: &str = "pk_local_demo";
@@ -30,7 +31,7 @@ fn purchase(id: &str, value: &str, email: &str) -> Value {
     json!({
         "event_id": id,
         "event_name": "Purchase",
-        "event_time": chrono_now_secs() - 30,
+        "event_time": now_secs() - 30,
         "action_source": "website",
         "order": {"order_id": id, "value": value, "currency": "EUR"},
         "user": {"email": email, "ip": "203.0.113.50", "user_agent": "Mozilla/5.0 (forged-beacon test)"},
@@ -38,42 +39,6 @@ fn purchase(id: &str, value: &str, email: &str) -> Value {
         "page": {"url": "https://shop.example/thanks"},
         "consent": {"ad_storage": "granted", "ad_user_data": "granted", "ad_personalization": "granted"}
     })
-}
-
-fn chrono_now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or_default()
-}
-
-/// Every status record of `event_id`, once each platform has a final one.
-async fn finals(broker: &Broker, topic: &str, event_id: &str) -> Vec<DeliveryStatus> {
-    let codec: Codec<DeliveryStatus> = Codec::new(SchemaKind::DeliveryStatus);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let records = broker.read_to_end(topic).await.expect("status topic");
-        let mine: Vec<DeliveryStatus> = records
-            .iter()
-            .filter_map(|r| codec.decode(r.payload.as_deref()?).ok())
-            .filter(|s| s.event_id == event_id)
-            .collect();
-        let delivered = |p: &str| {
-            mine.iter()
-                .any(|s| s.platform == p && s.server_side == ServerSideStatus::Delivered)
-        };
-        if ["meta", "google_ads", "tiktok"]
-            .iter()
-            .all(|p| delivered(p))
-        {
-            return mine;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no delivery on every platform within 120 s: {mine:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -124,7 +89,13 @@ async fn a_forged_beacon_first_does_not_stop_the_servers_report_from_being_uploa
         .expect("server report");
     assert_eq!(r.status(), 202, "{}", r.text().await.unwrap_or_default());
 
-    let statuses = finals(&broker, &names.status, &id).await;
+    let statuses: Vec<DeliveryStatus> = statuses_once(&broker, &names.status, |s| {
+        on_every_platform(s, &id, ServerSideStatus::Delivered)
+    })
+    .await
+    .into_iter()
+    .filter(|s| s.event_id == id)
+    .collect();
     assert!(
         !statuses
             .iter()

@@ -16,16 +16,16 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use postback_core::model::{DeliveryStatus, ServerSideStatus};
-use postback_core::{Codec, SchemaKind};
+use postback_core::model::ServerSideStatus;
 use postback_deduplicator::store::{StateStore, StoreConfig};
 use postback_testkit::{unique, Broker};
 use serde_json::{json, Value};
 
 mod support;
-use support::pipeline::{start_pipeline, Names, Options};
+use support::pipeline::{
+    now_secs, on_every_platform, start_pipeline, statuses_once, Names, Options,
+};
 
 const API_KEY: &str = "sk_local_demo_0123456789abcdef";
 const SITE_KEY: &str = "pk_local_demo";
@@ -184,47 +184,9 @@ impl Person {
     }
 }
 
-fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or_default()
-}
-
 fn contains(haystack: &[u8], needle: &str) -> bool {
     let n = needle.as_bytes();
     !n.is_empty() && haystack.windows(n.len()).any(|w| w == n)
-}
-
-/// Waits until both conversions have their final status everywhere:
-/// delivered for the granted one, not eligible for the denied one.
-async fn settled(broker: &Broker, topic: &str, granted: &str, denied: &str) {
-    let codec: Codec<DeliveryStatus> = Codec::new(SchemaKind::DeliveryStatus);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let statuses: Vec<DeliveryStatus> = broker
-            .read_to_end(topic)
-            .await
-            .expect("status")
-            .iter()
-            .filter_map(|r| codec.decode(r.payload.as_deref()?).ok())
-            .collect();
-        let all = |id: &str, want: ServerSideStatus| {
-            ["meta", "google_ads", "tiktok"].iter().all(|p| {
-                statuses
-                    .iter()
-                    .any(|s| s.event_id == id && s.platform == *p && s.server_side == want)
-            })
-        };
-        if all(granted, ServerSideStatus::Delivered) && all(denied, ServerSideStatus::NotEligible) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not settled within 120 s: {statuses:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -278,7 +240,13 @@ async fn personal_data_goes_only_where_consent_and_a_platform_need_it() {
         .await
         .expect("beacon");
     assert_eq!(r.status(), 202, "{}", r.text().await.unwrap_or_default());
-    settled(&broker, &names.status, &granted.id, &denied.id).await;
+    // Final everywhere: delivered for the granted one, not eligible for
+    // the denied one.
+    statuses_once(&broker, &names.status, |s| {
+        on_every_platform(s, &granted.id, ServerSideStatus::Delivered)
+            && on_every_platform(s, &denied.id, ServerSideStatus::NotEligible)
+    })
+    .await;
 
     let uploads: Value = http
         .get(format!("http://{sandbox}/admin/events"))

@@ -412,3 +412,54 @@ pub async fn start_pipeline(
     addrs.extend(collector_apis);
     (pipeline, addrs)
 }
+
+/// Now, in Unix seconds (event times of the tests' conversions).
+pub fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
+
+/// Whether `event_id` has a `want` status record on each of the three
+/// platforms.
+pub fn on_every_platform(
+    statuses: &[postback_core::model::DeliveryStatus],
+    event_id: &str,
+    want: postback_core::model::ServerSideStatus,
+) -> bool {
+    ["meta", "google_ads", "tiktok"].iter().all(|p| {
+        statuses
+            .iter()
+            .any(|s| s.event_id == event_id && s.platform == *p && s.server_side == want)
+    })
+}
+
+/// The status topic's records, read again every half second until `done`
+/// says they are complete (at most 120 s, then the test fails with them).
+pub async fn statuses_once(
+    broker: &Broker,
+    topic: &str,
+    done: impl Fn(&[postback_core::model::DeliveryStatus]) -> bool,
+) -> Vec<postback_core::model::DeliveryStatus> {
+    use postback_core::{Codec, SchemaKind};
+    let codec: Codec<postback_core::model::DeliveryStatus> = Codec::new(SchemaKind::DeliveryStatus);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let statuses: Vec<_> = broker
+            .read_to_end(topic)
+            .await
+            .expect("status topic")
+            .iter()
+            .filter_map(|r| codec.decode(r.payload.as_deref()?).ok())
+            .collect();
+        if done(&statuses) {
+            return statuses;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the status records were not complete within 120 s: {statuses:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
