@@ -1,4 +1,6 @@
 //! The public edge: what every request to the API meets, outermost first.
+//! Before any of it, a connection must send each request's head within
+//! `postback_core::serve::HEADER_READ_TIMEOUT` (the server, not a layer).
 //!
 //! 1. A concurrency limit with load shedding (tower's): past
 //!    `http.max_concurrent_requests` in progress, 503 with Retry-After at

@@ -130,8 +130,12 @@ pub async fn run_with_listeners(
     readiness.set("http", true);
     let address = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(listen = %address(&api_listener), ops = %address(&ops_listener), "collector listening");
-    let ops_served = tokio::spawn(ops::serve(ops_listener, ops_app, shutdown.clone()));
-    let served = ops::serve(api_listener, app, shutdown.clone()).await;
+    let ops_served = tokio::spawn(postback_core::serve::serve(
+        ops_listener,
+        ops_app,
+        shutdown.clone(),
+    ));
+    let served = postback_core::serve::serve(api_listener, app, shutdown.clone()).await;
 
     shutdown.cancel();
     if let Some(ingest) = ingest {

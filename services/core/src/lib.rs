@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod minimise;
 pub mod model;
 pub mod ops;
+pub mod serve;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;

@@ -87,18 +87,6 @@ async fn metrics_text(State(state): State<OpsState>) -> Response {
         .into_response()
 }
 
-/// Serves `router` until `shutdown` is cancelled, then lets in-flight
-/// requests finish.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
-}
-
 /// What runs beside a consumer stage's loop: its ops endpoints, and its
 /// readiness following the broker.
 pub struct StageOps {
@@ -120,7 +108,7 @@ impl StageOps {
             readiness.clone(),
             shutdown.clone(),
         ));
-        let server = tokio::spawn(serve(
+        let server = tokio::spawn(crate::serve::serve(
             listener,
             router(metrics, readiness),
             shutdown.clone(),

@@ -120,11 +120,10 @@ pub async fn run_with_listener(
     }))
     .merge(panel::router());
     let api_shutdown = shutdown.clone();
-    let api_task = tokio::spawn(async move {
-        axum::serve(api_listener, api)
-            .with_graceful_shutdown(async move { api_shutdown.cancelled().await })
-            .await
-    });
+    let api_task =
+        tokio::spawn(
+            async move { postback_core::serve::serve(api_listener, api, api_shutdown).await },
+        );
     let stage_ops = StageOps::spawn(
         ops_listener,
         service_metrics,

@@ -248,7 +248,7 @@ impl Sandbox {
             listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             "sandbox listening"
         );
-        ops::serve(listener, app, shutdown)
+        postback_core::serve::serve(listener, app, shutdown)
             .await
             .map_err(SandboxError::Http)
     }

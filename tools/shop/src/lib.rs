@@ -65,7 +65,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), ShopError> {
-    postback_core::ops::serve(listener, router(config), shutdown)
+    postback_core::serve::serve(listener, router(config), shutdown)
         .await
         .map_err(ShopError::Http)
 }
