@@ -33,7 +33,9 @@ if ! command -v cargo-fuzz >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked --quiet || die "cargo install cargo-fuzz failed"
 fi
 
-all_targets=($(cargo fuzz list))
+# The targets are fuzz/fuzz_targets/*.rs (`cargo fuzz list` also names the
+# seed writer, which is no target).
+all_targets=($(cd fuzz_targets && ls *.rs | sed 's/\.rs$//'))
 [[ ${#targets[@]} -gt 0 ]] || targets=("${all_targets[@]}")
 for t in "${targets[@]}"; do
   [[ " ${all_targets[*]} " == *" $t "* ]] || die "no fuzz target '$t' (there are: ${all_targets[*]})"
@@ -61,7 +63,7 @@ for t in "${targets[@]}"; do
     -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -max_len=65536 \
     -print_final_stats=1 -artifact_prefix="artifacts/$t/" >"$logs/$t.log" 2>&1 || status=CRASH
   stat() { sed -n "s/^stat::$1: *//p" "$logs/$t.log" | tail -1; }
-  last="$(grep -E '^#[0-9]+' "$logs/$t.log" | tail -1)"
+  last="$(grep -E '^#[0-9]+' "$logs/$t.log" | tail -1 || true)"
   field() { sed -n "s/.* $1: \([^ ]*\).*/\1/p" <<<"$last"; }
   printf '%-22s %12s %9s %7s %7s %8s %8s  %s\n' "$t" "$(stat number_of_executed_units)" \
     "$(stat average_exec_per_sec)" "$(field cov)" "$(field ft)" "$(field corp)" \
