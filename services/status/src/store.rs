@@ -188,7 +188,7 @@ const SCHEMA: &[&str] = &[
 /// The tables' layout. A database of another layout is dropped and made
 /// again at open: it is a projection, and its new name (`projection_id`)
 /// reads the topic from its start to fill it.
-const SCHEMA_VERSION: &str = "3";
+const SCHEMA_VERSION: &str = "2";
 const TABLES: &[&str] = &[
     "status_history",
     "conversions",
@@ -261,9 +261,7 @@ impl Store {
             }
         }
         for statement in SCHEMA {
-            sqlx::query(&self.dialect(statement))
-                .execute(&self.pool)
-                .await?;
+            sqlx::query(statement).execute(&self.pool).await?;
         }
         sqlx::query(
             "INSERT INTO projection (name, id) VALUES ('schema', $1) ON CONFLICT (name) DO NOTHING",
@@ -272,19 +270,6 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(())
-    }
-
-    /// SQLite keeps a table with a primary key other than one integer as
-    /// two B-trees (rows by rowid, and the key's index); WITHOUT ROWID
-    /// makes the key the table, so an upsert or insert writes one tree
-    /// less. PostgreSQL has no such choice.
-    fn dialect(&self, statement: &str) -> String {
-        let keyed_table =
-            statement.starts_with("CREATE TABLE") && statement.contains("PRIMARY KEY");
-        match self.backend {
-            Backend::Sqlite if keyed_table => format!("{statement} WITHOUT ROWID"),
-            _ => statement.to_owned(),
-        }
     }
 
     /// This database's name among projections, made when its tables are:
