@@ -53,6 +53,10 @@ cargo fuzz build "${fuzz_flags[@]}"
 logs="$(mktemp -d "${TMPDIR:-/tmp}/postback-fuzz.XXXXXX")"
 trap 'rm -rf "$logs"' EXIT
 failed=()
+# A libFuzzer final statistic of the target $t's log, and a field of its
+# last status line ($last).
+stat() { sed -n "s/^stat::$1: *//p" "$logs/$t.log" | tail -1; }
+field() { sed -n "s/.* $1: \([^ ]*\).*/\1/p" <<<"$last"; }
 printf '%-22s %12s %9s %7s %7s %8s %8s  %s\n' target executions exec/s cov features corpus rss_mb result >&2
 for t in "${targets[@]}"; do
   mkdir -p "corpus/$t" "artifacts/$t"
@@ -62,9 +66,7 @@ for t in "${targets[@]}"; do
   cargo fuzz run "${fuzz_flags[@]}" "$t" "corpus/$t" "${seeds[@]}" -- \
     -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -max_len=65536 \
     -print_final_stats=1 -artifact_prefix="artifacts/$t/" >"$logs/$t.log" 2>&1 || status=CRASH
-  stat() { sed -n "s/^stat::$1: *//p" "$logs/$t.log" | tail -1; }
   last="$(grep -E '^#[0-9]+' "$logs/$t.log" | tail -1 || true)"
-  field() { sed -n "s/.* $1: \([^ ]*\).*/\1/p" <<<"$last"; }
   printf '%-22s %12s %9s %7s %7s %8s %8s  %s\n' "$t" "$(stat number_of_executed_units)" \
     "$(stat average_exec_per_sec)" "$(field cov)" "$(field ft)" "$(field corp)" \
     "$(stat peak_rss_mb)" "$status" >&2

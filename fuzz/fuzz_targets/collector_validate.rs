@@ -4,21 +4,18 @@
 //! endpoint's source, a signature the shop made) and goes through the Avro
 //! codec unchanged.
 //!
-//! The first input byte picks the endpoint: `s` the server API, `b` the
-//! browser beacon, `k` the beacon of a site key that requires signed ids
-//! (its secret is SIGNING_SECRET below). The rest is the event's JSON.
+//! The first input byte picks the endpoint (`postback_fuzz::endpoint_context`:
+//! server API, beacon, or signed site key's beacon); the rest is the event's
+//! JSON.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use postback_collector::signed_ids::EventSigner;
 use postback_collector::validate::{validate_event, EventContext, Limits};
-use postback_core::model::{ConversionRaw, Source};
+use postback_core::model::ConversionRaw;
 use postback_core::{Codec, SchemaKind};
+use postback_fuzz::endpoint_context;
 use serde_json::Value;
-use std::sync::OnceLock;
 
-/// The signed site key's secret; write_seeds signs its seeds with it.
-const SIGNING_SECRET: &[u8] = b"fuzz-site-key-signing-secret-0123456789";
 const PREFIX: &str = "events[7]";
 
 fuzz_target!(|data: &[u8]| {
@@ -28,20 +25,8 @@ fuzz_target!(|data: &[u8]| {
     let Ok(value) = serde_json::from_slice::<Value>(json) else {
         return;
     };
-    static SIGNER: OnceLock<EventSigner> = OnceLock::new();
-    let signer = SIGNER.get_or_init(|| EventSigner::new(SIGNING_SECRET));
-    let (required_source, signer) = match endpoint {
-        b's' => (None, None),
-        b'b' => (Some(Source::Browser), None),
-        b'k' => (Some(Source::Browser), Some(signer)),
-        _ => return,
-    };
-    let ctx = EventContext {
-        tenant: "acme",
-        default_source: required_source.unwrap_or(Source::Server),
-        required_source,
-        now_ms: 1796083200000,
-        signer,
+    let Some(ctx) = endpoint_context(endpoint) else {
+        return;
     };
     match validate_event(&value, PREFIX, &ctx, &Limits::default()) {
         Ok(event) => check_accepted(&event, &value, &ctx),

@@ -2,9 +2,41 @@
 //! input, and the properties every classified answer must keep whatever the
 //! platform (or something pretending to be it) sends.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
+use postback_collector::signed_ids::EventSigner;
+use postback_collector::validate::EventContext;
+use postback_core::model::Source;
 use postback_dispatcher::adapters::{Answer, Reason, RowResult};
+
+/// The collector_validate target's clock (2026-12-01T00:00:00Z), so its
+/// seeds' event times stay in the accepted window.
+pub const NOW_MS: i64 = 1_796_083_200_000;
+
+/// The secret of the collector_validate target's signed site key.
+pub const SIGNING_SECRET: &[u8] = b"fuzz-site-key-signing-secret-0123456789";
+
+/// The endpoint a collector_validate input's first byte names: `s` the
+/// server API, `b` the browser beacon, `k` the beacon of a site key that
+/// requires signed ids (SIGNING_SECRET's); None for any other byte.
+pub fn endpoint_context(endpoint: u8) -> Option<EventContext<'static>> {
+    static SIGNER: OnceLock<EventSigner> = OnceLock::new();
+    let signer = SIGNER.get_or_init(|| EventSigner::new(SIGNING_SECRET));
+    let (required_source, signer) = match endpoint {
+        b's' => (None, None),
+        b'b' => (Some(Source::Browser), None),
+        b'k' => (Some(Source::Browser), Some(signer)),
+        _ => return None,
+    };
+    Some(EventContext {
+        tenant: "acme",
+        default_source: required_source.unwrap_or(Source::Server),
+        required_source,
+        now_ms: NOW_MS,
+        signer,
+    })
+}
 
 /// A platform's answer as a fuzz input: a first line `STATUS RETRY` (the
 /// HTTP status, and the Retry-After seconds or `-`), then the body. Text,

@@ -11,7 +11,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use postback_collector::signed_ids::EventSigner;
-use postback_collector::validate::{validate_event, EventContext, Limits};
+use postback_collector::validate::{validate_event, Limits};
 use postback_core::avro::{fingerprint_of, PUBLISHED};
 use postback_core::model::{
     ClickIds, Client, ConversionEnriched, ConversionRaw, ConversionSummary, DeadLetter,
@@ -21,11 +21,9 @@ use postback_core::model::{
 use postback_core::{Codec, SchemaKind};
 use postback_deduplicator::key::DedupKey;
 use postback_deduplicator::state::{FrontEnd, KeyState, Phase, Sources};
+use postback_fuzz::{endpoint_context, NOW_MS, SIGNING_SECRET};
 use serde::Serialize;
 use serde_json::{json, Value};
-
-/// The collector_validate target's signing secret (keep the two equal).
-const SIGNING_SECRET: &[u8] = b"fuzz-site-key-signing-secret-0123456789";
 
 fn main() -> std::io::Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds");
@@ -166,18 +164,10 @@ fn events() -> Vec<(u8, Value)> {
 }
 
 fn raw_conversions(events: &[(u8, Value)]) -> Vec<ConversionRaw> {
-    let signer = EventSigner::new(SIGNING_SECRET);
     events
         .iter()
         .map(|(endpoint, event)| {
-            let required_source = (*endpoint != b's').then_some(Source::Browser);
-            let ctx = EventContext {
-                tenant: "acme",
-                default_source: required_source.unwrap_or(Source::Server),
-                required_source,
-                now_ms: 1796083200000,
-                signer: (*endpoint == b'k').then_some(&signer),
-            };
+            let ctx = endpoint_context(*endpoint).expect("seed endpoints are s, b or k");
             validate_event(event, "events[0]", &ctx, &Limits::default())
                 .unwrap_or_else(|e| panic!("seed event {event} is refused: {e:?}"))
         })
@@ -265,7 +255,7 @@ fn dead_letter() -> DeadLetter {
         source_offset: Some(1234),
         original_key: Some(b"acme/order-2001".to_vec()),
         original_value: None,
-        time: 1796083200000,
+        time: NOW_MS,
     }
 }
 
@@ -279,20 +269,22 @@ fn key_states(events: &[(u8, Value)]) -> Vec<KeyState> {
     let mut sources = Sources::of(Source::Browser);
     sources.add(Source::Server);
     let held = KeyState {
-        first_seen: 1796083200000,
-        expires_at: 1796688000000,
+        first_seen: NOW_MS,
+        expires_at: NOW_MS + 7 * 86_400_000,
         last_offset: 41,
         first_source: Source::Browser,
         sources,
         reports: 2,
         front_end,
         phase: Phase::Held {
-            emit_at: 1796083500000,
+            emit_at: NOW_MS + 300_000,
             record,
         },
     };
     let emitted = KeyState {
-        phase: Phase::Emitted { at: 1796083500000 },
+        phase: Phase::Emitted {
+            at: NOW_MS + 300_000,
+        },
         ..held.clone()
     };
     vec![held, emitted]

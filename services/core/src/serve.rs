@@ -34,7 +34,7 @@ pub async fn serve(
 }
 
 /// `serve`, with another header read timeout (tests).
-pub async fn serve_with(
+async fn serve_with(
     listener: TcpListener,
     router: axum::Router,
     shutdown: CancellationToken,

@@ -119,11 +119,11 @@ pub async fn run_with_listener(
         metrics,
     }))
     .merge(panel::router());
-    let api_shutdown = shutdown.clone();
-    let api_task =
-        tokio::spawn(
-            async move { postback_core::serve::serve(api_listener, api, api_shutdown).await },
-        );
+    let api_task = tokio::spawn(postback_core::serve::serve(
+        api_listener,
+        api,
+        shutdown.clone(),
+    ));
     let stage_ops = StageOps::spawn(
         ops_listener,
         service_metrics,

@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use postback_core::config::{load_from, Validate};
+use postback_core::model::{DeliveryStatus, ServerSideStatus};
 use postback_core::Platform;
 use postback_testkit::{free_port, repo_root, unique, Broker};
 use serde_json::{json, Value};
@@ -424,9 +425,9 @@ pub fn now_secs() -> i64 {
 /// Whether `event_id` has a `want` status record on each of the three
 /// platforms.
 pub fn on_every_platform(
-    statuses: &[postback_core::model::DeliveryStatus],
+    statuses: &[DeliveryStatus],
     event_id: &str,
-    want: postback_core::model::ServerSideStatus,
+    want: ServerSideStatus,
 ) -> bool {
     ["meta", "google_ads", "tiktok"].iter().all(|p| {
         statuses
@@ -440,10 +441,10 @@ pub fn on_every_platform(
 pub async fn statuses_once(
     broker: &Broker,
     topic: &str,
-    done: impl Fn(&[postback_core::model::DeliveryStatus]) -> bool,
-) -> Vec<postback_core::model::DeliveryStatus> {
+    done: impl Fn(&[DeliveryStatus]) -> bool,
+) -> Vec<DeliveryStatus> {
     use postback_core::{Codec, SchemaKind};
-    let codec: Codec<postback_core::model::DeliveryStatus> = Codec::new(SchemaKind::DeliveryStatus);
+    let codec: Codec<DeliveryStatus> = Codec::new(SchemaKind::DeliveryStatus);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {
         let statuses: Vec<_> = broker
