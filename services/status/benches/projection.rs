@@ -6,21 +6,23 @@
 //!
 //!   cargo bench -p postback-status --bench projection
 //!
+//! POSTBACK_BENCH_STORES=sqlite (or postgres) times only that store.
+//!
 //! PostgreSQL is the testkit's (a private server, or
 //! POSTBACK_TEST_DATABASE_URL).
 
 use std::time::{Duration, Instant};
 
+use postback_core::config::Stage;
 use postback_core::model::{
     click_id_hash, ConversionSummary, DeliveryStatus, FrontEndStatus, ServerSideStatus,
 };
-use postback_status::config::StoreConfig;
+use postback_status::config::{StatusSections, StoreConfig};
 use postback_status::queries::ListFilter;
 use postback_status::store::{StatusRow, Store};
 use postback_testkit::TestDatabase;
 
 const PLATFORMS: [&str; 3] = ["meta", "google_ads", "tiktok"];
-const BATCH: usize = 1000;
 const T0: i64 = 1_790_000_000_000;
 
 fn record(
@@ -69,10 +71,15 @@ fn record(
 
 /// Per conversion and platform: the deduplicator's `eligible`, then one in
 /// ten retried once, then the outcome (one in twenty rejected), in time
-/// order across conversions as the topic has them: a conversion every
-/// 100 ms, its retry 10 s and its outcome 30 s after it, so a batch holds
-/// the first records of some conversions and the last of others (each
-/// mostly an update of a row already there, as in the pipeline).
+/// order across conversions as the topic has them. A conversion every
+/// 100 ms, its retry and its outcome far enough behind that no batch holds
+/// both a conversion's `eligible` and its outcome, as at the pipeline's
+/// peak: there a second between the two is 25,000 conversions, 150,000
+/// records, 2,500 s at this bench's pace. Each batch is then the first
+/// records of some conversions and the updates of others.
+const RETRY_AFTER_MS: i64 = 1_250_000;
+const OUTCOME_AFTER_MS: i64 = 2_500_000;
+
 fn records(conversions: usize) -> Vec<StatusRow> {
     let mut out = Vec::with_capacity(conversions * 7);
     for n in 0..conversions {
@@ -80,14 +87,20 @@ fn records(conversions: usize) -> Vec<StatusRow> {
         for p in PLATFORMS {
             out.push(record(n, p, ServerSideStatus::Eligible, t + 10, true));
             if n % 10 == 0 {
-                out.push(record(n, p, ServerSideStatus::Retrying, t + 10_000, false));
+                out.push(record(
+                    n,
+                    p,
+                    ServerSideStatus::Retrying,
+                    t + RETRY_AFTER_MS,
+                    false,
+                ));
             }
             let outcome = if n % 20 == 0 {
                 ServerSideStatus::Rejected
             } else {
                 ServerSideStatus::Delivered
             };
-            out.push(record(n, p, outcome, t + 30_000, false));
+            out.push(record(n, p, outcome, t + OUTCOME_AFTER_MS, false));
         }
     }
     out.sort_by_key(|s| s.time);
@@ -126,9 +139,18 @@ where
     quantiles(samples)
 }
 
+/// Records per batch: the service's `consumer.max_batch`, full as under
+/// a backlog (POSTBACK_BENCH_BATCH to try another).
+fn batch_size() -> usize {
+    std::env::var("POSTBACK_BENCH_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(<StatusSections as Stage>::MAX_BATCH)
+}
+
 async fn bench(name: &str, store: Store, rows: &[StatusRow], conversions: usize) {
     let started = Instant::now();
-    for batch in rows.chunks(BATCH) {
+    for batch in rows.chunks(batch_size()) {
         store.apply(batch).await.expect("apply");
     }
     let took = started.elapsed().as_secs_f64();
@@ -224,17 +246,26 @@ async fn main() {
         .unwrap_or(200_000);
     let rows = records(conversions);
     println!(
-        "status projection: {conversions} conversions, {} records, batches of {BATCH}",
-        rows.len()
+        "status projection: {conversions} conversions, {} records, batches of {}",
+        rows.len(),
+        batch_size()
     );
+    // POSTBACK_BENCH_STORES=sqlite (or postgres) times one of them.
+    let stores =
+        std::env::var("POSTBACK_BENCH_STORES").unwrap_or_else(|_| "sqlite,postgres".into());
     let dir = tempfile::tempdir().expect("tempdir");
-    let sqlite = Store::open(&StoreConfig {
-        url: format!("sqlite://{}", dir.path().join("bench.db").display()),
-        ..StoreConfig::default()
-    })
-    .await
-    .expect("sqlite");
-    bench("sqlite", sqlite, &rows, conversions).await;
+    if stores.contains("sqlite") {
+        let sqlite = Store::open(&StoreConfig {
+            url: format!("sqlite://{}", dir.path().join("bench.db").display()),
+            ..StoreConfig::default()
+        })
+        .await
+        .expect("sqlite");
+        bench("sqlite", sqlite, &rows, conversions).await;
+    }
+    if !stores.contains("postgres") {
+        return;
+    }
     let db = TestDatabase::create().await.expect("postgres");
     let postgres = Store::open(&StoreConfig {
         url: db.url.clone(),

@@ -25,6 +25,12 @@ impl Stage for StatusSections {
     fn default_group_id(&self) -> String {
         "postback-status".into()
     }
+
+    /// A batch is a database transaction, and SQLite's commit (an fsync of
+    /// its log) was over a third of a 1,000-record batch's time; under a
+    /// backlog batches fill at once, and with few records a batch is what
+    /// arrived within `linger_ms` whatever this is.
+    const MAX_BATCH: usize = 10_000;
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -137,6 +143,31 @@ mod tests {
         assert_eq!(
             redacted_url("sqlite://.postback/status.db"),
             "sqlite://.postback/status.db"
+        );
+    }
+
+    #[test]
+    fn a_batch_is_ten_thousand_records_unless_the_file_says_otherwise() {
+        let load = |text: &str, env: Vec<(String, String)>| {
+            postback_core::config::load_toml::<StatusConfig>(text, env)
+                .map(|c| c.consumer.max_batch)
+        };
+        assert_eq!(load("", vec![]).ok(), Some(10_000));
+        assert_eq!(
+            load("[consumer]\nlinger_ms = 20\n", vec![]).ok(),
+            Some(10_000)
+        );
+        assert_eq!(
+            load("[consumer]\nmax_batch = 500\n", vec![]).ok(),
+            Some(500)
+        );
+        let env = vec![("POSTBACK_CONSUMER__MAX_BATCH".to_string(), "42".to_string())];
+        assert_eq!(load("", env).ok(), Some(42));
+        assert_eq!(
+            StatusConfig::with_defaults(StatusSections::default())
+                .consumer
+                .max_batch,
+            10_000
         );
     }
 }

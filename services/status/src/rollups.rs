@@ -14,12 +14,10 @@
 //! exact: the old contribution is taken away and the new one added, even
 //! when a later summary moves the conversion to another slot.
 
-use std::collections::BTreeMap;
+use rustc_hash::FxHashMap;
 
-use serde_json::{json, Value};
-
-use crate::store::Backend;
-use crate::write::{insert_rows, Column, Conversion, ConversionKey, ConversionState};
+use crate::write::tables::Cell;
+use crate::write::{Conversion, ConversionKey};
 
 pub const HOUR_MS: i64 = 3_600_000;
 
@@ -93,23 +91,62 @@ pub fn slot_after(t: i64, width: i64) -> i64 {
 /// A rollup row's key. `platform` is empty for the conversion's own row;
 /// `latency` is -1 where there is none (the key's columns are NOT NULL, so
 /// upserts find them).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct RollupKey {
-    tenant: String,
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct RollupKey<'a> {
+    tenant: &'a str,
     width: i64,
     slot: i64,
-    platform: String,
-    server_side: String,
-    reason: String,
+    platform: &'a str,
+    server_side: &'a str,
+    reason: &'a str,
     front_end_fired: bool,
     latency: i64,
     merged: bool,
 }
 
-/// Counts to add to rollup rows (negative to take away).
+/// Counts to add to rollup rows (negative to take away), their keys
+/// borrowed from the conversions they count. Hashed by Fx, not SipHash: a
+/// batch bumps tens of thousands of keys it made itself, and SipHash was a
+/// twentieth of a batch's time.
 #[derive(Debug, Default)]
-pub struct Rollups {
-    deltas: BTreeMap<RollupKey, (i64, i64)>,
+pub struct Rollups<'a> {
+    deltas: FxHashMap<RollupKey<'a>, (i64, i64)>,
+}
+
+/// The rows a conversion counts in, one per slot width for the conversion
+/// and one per width and platform, each with its duplicates.
+fn contributions<'a>(tenant: &'a str, conversion: &'a Conversion) -> Vec<(RollupKey<'a>, i64)> {
+    let Some(c) = &conversion.state else {
+        return Vec::new();
+    };
+    let mut out = Vec::with_capacity(WIDTHS.len() * (1 + conversion.platforms.len()));
+    for width in WIDTHS {
+        let own = RollupKey {
+            tenant,
+            width,
+            slot: slot_of(c.sort_time, width),
+            platform: "",
+            server_side: "",
+            reason: "",
+            front_end_fired: false,
+            latency: -1,
+            merged: merged(&c.sources),
+        };
+        for (platform, p) in &conversion.platforms {
+            let key = RollupKey {
+                platform,
+                server_side: &p.server_side,
+                reason: counted_reason(&p.server_side, p.reason.as_deref()),
+                front_end_fired: crate::fold::fired(p.front_end_rank),
+                latency: p.latency_bucket.unwrap_or(-1),
+                merged: false,
+                ..own.clone()
+            };
+            out.push((key, p.duplicates));
+        }
+        out.push((own, 0));
+    }
+    out
 }
 
 /// Whether a conversion was reported by the browser and by a server.
@@ -127,111 +164,57 @@ pub fn counted_reason<'a>(server_side: &str, reason: Option<&'a str>) -> &'a str
     }
 }
 
-impl Rollups {
-    pub(crate) fn add(&mut self, key: &ConversionKey, conversion: &Conversion) {
-        self.contribute(key, conversion, 1);
-    }
-
-    pub(crate) fn retract(&mut self, key: &ConversionKey, conversion: &Conversion) {
-        self.contribute(key, conversion, -1);
-    }
-
-    fn contribute(&mut self, (tenant, _, _): &ConversionKey, conversion: &Conversion, sign: i64) {
-        let Some(c) = &conversion.state else {
-            return;
-        };
-        for width in WIDTHS {
-            self.contribute_to(tenant, width, c, conversion, sign);
-        }
-    }
-
-    fn contribute_to(
+impl<'a> Rollups<'a> {
+    /// Moves a conversion's counts from its `old` rows to its `new` ones.
+    /// Most of a conversion's rows stay where they were (one platform's
+    /// status moved), and those are left alone.
+    pub(crate) fn replace(
         &mut self,
-        tenant: &str,
-        width: i64,
-        c: &ConversionState,
-        conversion: &Conversion,
-        sign: i64,
+        (tenant, _, _): ConversionKey<'a>,
+        old: &'a Conversion,
+        new: &'a Conversion,
     ) {
-        let own = RollupKey {
-            tenant: tenant.into(),
-            width,
-            slot: slot_of(c.sort_time, width),
-            platform: String::new(),
-            server_side: String::new(),
-            reason: String::new(),
-            front_end_fired: false,
-            latency: -1,
-            merged: merged(&c.sources),
-        };
-        for (platform, p) in &conversion.platforms {
-            let key = RollupKey {
-                platform: platform.clone(),
-                server_side: p.server_side.clone(),
-                reason: counted_reason(&p.server_side, p.reason.as_deref()).into(),
-                front_end_fired: crate::fold::fired(p.front_end_rank),
-                latency: p.latency_bucket.unwrap_or(-1),
-                merged: false,
-                ..own.clone()
-            };
-            self.bump(key, sign, sign * p.duplicates);
+        let mut leaving = contributions(tenant, old);
+        for entering in contributions(tenant, new) {
+            match leaving.iter().position(|l| *l == entering) {
+                Some(same) => {
+                    leaving.swap_remove(same);
+                }
+                None => self.bump(entering.0, 1, entering.1),
+            }
         }
-        self.bump(own, sign, 0);
+        for (key, duplicates) in leaving {
+            self.bump(key, -1, -duplicates);
+        }
     }
 
-    fn bump(&mut self, key: RollupKey, n: i64, duplicates: i64) {
+    fn bump(&mut self, key: RollupKey<'a>, n: i64, duplicates: i64) {
         let d = self.deltas.entry(key).or_default();
         d.0 += n;
         d.1 += duplicates;
     }
 
-    /// The rows to upsert, in key order, without the ones that cancelled.
-    pub fn rows(&self) -> Vec<Value> {
-        self.deltas
-            .iter()
-            .filter(|(_, d)| **d != (0, 0))
-            .map(|(k, (n, duplicates))| {
-                json!([
-                    k.tenant,
-                    k.width,
-                    k.slot,
-                    k.platform,
-                    k.server_side,
-                    k.reason,
-                    i64::from(k.front_end_fired),
-                    k.latency,
-                    i64::from(k.merged),
-                    n,
-                    duplicates
-                ])
-            })
-            .collect()
+    /// The rows to upsert, in key order (replicas on one PostgreSQL lock
+    /// them in the same order), without the ones that cancelled.
+    pub(crate) fn rows(&self) -> impl Iterator<Item = [Cell<'_>; 11]> {
+        let mut deltas: Vec<_> = self.deltas.iter().filter(|(_, d)| **d != (0, 0)).collect();
+        deltas.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        deltas.into_iter().map(|(k, (n, duplicates))| {
+            [
+                Cell::Text(Some(k.tenant)),
+                Cell::Int(Some(k.width)),
+                Cell::Int(Some(k.slot)),
+                Cell::Text(Some(k.platform)),
+                Cell::Text(Some(k.server_side)),
+                Cell::Text(Some(k.reason)),
+                Cell::Int(Some(i64::from(k.front_end_fired))),
+                Cell::Int(Some(k.latency)),
+                Cell::Int(Some(i64::from(k.merged))),
+                Cell::Int(Some(*n)),
+                Cell::Int(Some(*duplicates)),
+            ]
+        })
     }
-}
-
-pub fn upsert_sql(backend: Backend) -> String {
-    use Column::{Int, Text};
-    const COLUMNS: &[Column] = &[
-        Text("tenant"),
-        Int("width"),
-        Int("slot"),
-        Text("platform"),
-        Text("server_side"),
-        Text("reason"),
-        Int("front_end_fired"),
-        Int("latency"),
-        Int("merged"),
-        Int("n"),
-        Int("duplicates"),
-    ];
-    insert_rows(
-        backend,
-        "summary_rollups",
-        COLUMNS,
-        "ON CONFLICT (tenant, width, slot, platform, server_side, reason, front_end_fired, latency, merged)
-         DO UPDATE SET n = summary_rollups.n + excluded.n,
-                       duplicates = summary_rollups.duplicates + excluded.duplicates",
-    )
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@
 //! (hashed click ids, for search), `summary_rollups` (counts per tenant
 //! and slot of time, `rollups.rs`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
@@ -24,6 +24,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
 use crate::config::{redacted_url, StoreConfig};
+use crate::write::sqlite::SqliteWriter;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -41,6 +42,12 @@ pub enum StoreError {
     },
     #[error("status store: {0}")]
     Query(#[from] sqlx::Error),
+    #[error("status store (SQLite writer): {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("the status store's SQLite writer stopped: {0}")]
+    WriterStopped(#[source] tokio::task::JoinError),
+    #[error("the status store cannot be an in-memory SQLite database: its writer and its readers are separate connections; give a file")]
+    InMemory,
 }
 
 impl StoreError {
@@ -66,6 +73,10 @@ impl StoreError {
                     )
                 })
             }
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => matches!(
+                e.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            ),
             _ => false,
         }
     }
@@ -88,17 +99,12 @@ pub enum Backend {
 
 #[derive(Clone)]
 pub struct Store {
+    /// Every read, the tables' creation, and PostgreSQL's writes.
     pool: AnyPool,
     backend: Backend,
-    /// Batches written since SQLite's statistics were last refreshed.
-    writes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// SQLite's writes (`write/sqlite.rs`).
+    sqlite_writer: Option<SqliteWriter>,
 }
-
-/// SQLite plans by its statistics table, which nothing fills unless asked:
-/// without it a search by order id walks the time index instead of the
-/// order id's. Refreshed at open and every this many batches (an
-/// approximate ANALYZE, a few milliseconds).
-const SQLITE_ANALYZE_EVERY: u64 = 200;
 
 /// Names of this projection: its id, and the tables' layout.
 const PROJECTION_TABLE: &str = "CREATE TABLE IF NOT EXISTS projection (
@@ -203,7 +209,11 @@ impl Store {
     /// directory) and creates the tables that are missing.
     pub async fn open(config: &StoreConfig) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
-        let (url, backend) = prepare_url(&config.url)?;
+        let (url, sqlite_file) = prepare_url(&config.url)?;
+        let backend = match sqlite_file {
+            Some(_) => Backend::Sqlite,
+            None => Backend::Postgres,
+        };
         let pool = AnyPoolOptions::new()
             .max_connections(match backend {
                 // One writer at a time anyway; readers share the rest.
@@ -217,10 +227,10 @@ impl Store {
                 url: redacted_url(&config.url),
                 source,
             })?;
-        let store = Store {
+        let mut store = Store {
             pool,
             backend,
-            writes: Default::default(),
+            sqlite_writer: None,
         };
         if backend == Backend::Sqlite {
             // Readers never wait for the writer, nor the writer for them.
@@ -229,7 +239,9 @@ impl Store {
                 .await?;
         }
         store.migrate().await?;
-        store.refresh_statistics().await?;
+        if let Some(file) = sqlite_file {
+            store.sqlite_writer = Some(SqliteWriter::open(&file)?);
+        }
         Ok(store)
     }
 
@@ -326,29 +338,12 @@ impl Store {
 
     /// Folds `rows` into the projection, in one transaction.
     pub async fn apply(&self, rows: &[StatusRow]) -> Result<(), StoreError> {
+        if let Some(writer) = &self.sqlite_writer {
+            return writer.apply(rows.to_vec()).await;
+        }
         let mut tx = self.pool.begin().await?;
-        crate::write::write(&mut tx, self.backend, rows).await?;
+        crate::write::write_postgres(&mut tx, rows).await?;
         tx.commit().await?;
-        let written = self
-            .writes
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            + 1;
-        if written % SQLITE_ANALYZE_EVERY == 0 {
-            self.refresh_statistics().await?;
-        }
-        Ok(())
-    }
-
-    /// SQLite's planner statistics (PostgreSQL's autovacuum keeps its own).
-    async fn refresh_statistics(&self) -> Result<(), StoreError> {
-        if self.backend != Backend::Sqlite {
-            return Ok(());
-        }
-        let mut conn = self.pool.acquire().await?;
-        sqlx::query("PRAGMA analysis_limit = 1000")
-            .execute(&mut *conn)
-            .await?;
-        sqlx::query("ANALYZE").execute(&mut *conn).await?;
         Ok(())
     }
 
@@ -361,24 +356,25 @@ impl Store {
     }
 }
 
-/// The sqlx URL for `url`, and the backend it names. An SQLite file is
-/// created, with its directory, if missing.
-fn prepare_url(url: &str) -> Result<(String, Backend), StoreError> {
+/// The sqlx URL for `url`, and the SQLite file it names (None for
+/// PostgreSQL). An SQLite file is created, with its directory, if missing.
+fn prepare_url(url: &str) -> Result<(String, Option<PathBuf>), StoreError> {
     if let Some(path) = url
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))
     {
         let file = path.split('?').next().unwrap_or(path);
-        if file != ":memory:" {
-            if let Some(dir) = Path::new(file)
-                .parent()
-                .filter(|d| !d.as_os_str().is_empty())
-            {
-                std::fs::create_dir_all(dir).map_err(|source| StoreError::Directory {
-                    path: dir.display().to_string(),
-                    source,
-                })?;
-            }
+        if file == ":memory:" || path.contains("mode=memory") {
+            return Err(StoreError::InMemory);
+        }
+        if let Some(dir) = Path::new(file)
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::Directory {
+                path: dir.display().to_string(),
+                source,
+            })?;
         }
         let sep = if path.contains('?') { "&" } else { "?" };
         let url = if path.contains("mode=") {
@@ -386,9 +382,9 @@ fn prepare_url(url: &str) -> Result<(String, Backend), StoreError> {
         } else {
             format!("sqlite://{path}{sep}mode=rwc")
         };
-        return Ok((url, Backend::Sqlite));
+        return Ok((url, Some(PathBuf::from(file))));
     }
-    Ok((url.to_string(), Backend::Postgres))
+    Ok((url.to_string(), None))
 }
 
 /// Reads a text column that may be NULL.

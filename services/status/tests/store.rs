@@ -432,6 +432,49 @@ async fn replicas_writing_the_same_conversions_at_once_keep_the_rollups_exact() 
     }
 }
 
+/// The embedded store's writer is a connection of its own: an in-memory
+/// database would be a different one for it and for the readers, so it is
+/// refused, saying why, instead of answering nothing.
+#[tokio::test]
+async fn an_in_memory_sqlite_database_is_refused_with_the_reason() {
+    for url in [
+        "sqlite::memory:",
+        "sqlite://:memory:",
+        "sqlite://x.db?mode=memory",
+    ] {
+        let err = Store::open(&StoreConfig {
+            url: url.into(),
+            ..StoreConfig::default()
+        })
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("{url} opened"));
+        assert!(err.to_string().contains("in-memory"), "{url}: {err}");
+    }
+}
+
+/// The embedded store's log is copied into the database file beside the
+/// writer (its own checkpoints wait for a far larger log): the file grows
+/// soon after a write, long before the writer's threshold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sqlite_log_is_checkpointed_beside_the_writer() {
+    let (dir, store) = sqlite().await;
+    let file = dir.path().join("nested/status.db");
+    let size = || std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+    let empty = size();
+    store.apply(&history_over_a_day()).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while size() <= empty {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing was checkpointed into the file ({empty} bytes)"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let wal = std::fs::metadata(dir.path().join("nested/status.db-wal")).unwrap();
+    assert!(wal.len() > 0, "the store writes through its log");
+}
+
 macro_rules! both {
     ($($name:ident),* $(,)?) => {
         mod sqlite {

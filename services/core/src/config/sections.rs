@@ -91,11 +91,17 @@ pub struct ConsumerConfig {
     pub instance_id: Option<String>,
 }
 
+impl ConsumerConfig {
+    /// Most stages' batch: a transaction of their outputs every 1,000
+    /// records keeps a batch's outputs and its latency small.
+    pub const DEFAULT_MAX_BATCH: usize = 1000;
+}
+
 impl Default for ConsumerConfig {
     fn default() -> Self {
         ConsumerConfig {
             group_id: None,
-            max_batch: 1000,
+            max_batch: Self::DEFAULT_MAX_BATCH,
             linger_ms: 5,
             exactly_once: true,
             instance_id: None,

@@ -26,6 +26,9 @@ pub trait Stage: DeserializeOwned + Validate {
 
     /// The consumer group unless `consumer.group_id` is set.
     fn default_group_id(&self) -> String;
+
+    /// `consumer.max_batch` unless set: the records handled as one unit.
+    const MAX_BATCH: usize = ConsumerConfig::DEFAULT_MAX_BATCH;
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -70,7 +73,10 @@ impl<S: Stage> StageConfig<S> {
             ops: OpsConfig {
                 listen: SocketAddr::from(([0, 0, 0, 0], S::OPS_PORT)),
             },
-            consumer: ConsumerConfig::default(),
+            consumer: ConsumerConfig {
+                max_batch: S::MAX_BATCH,
+                ..ConsumerConfig::default()
+            },
             platforms: PlatformWindows::default(),
             stage,
         }
@@ -99,8 +105,9 @@ impl<S: Stage> Configuration for StageConfig<S> {
     fn extract(sources: &Sources) -> Result<Self, ConfigError> {
         let own = serde_aux::serde_introspection::serde_introspect::<S>();
         sources.refuse_unknown_keys(SHARED_KEYS.iter().chain(own).copied())?;
-        let sources =
-            sources.with_default("ops.listen", SocketAddr::from(([0, 0, 0, 0], S::OPS_PORT)));
+        let sources = sources
+            .with_default("ops.listen", SocketAddr::from(([0, 0, 0, 0], S::OPS_PORT)))
+            .with_default("consumer.max_batch", S::MAX_BATCH);
         let shared: SharedSections = sources.extract()?;
         Ok(StageConfig {
             kafka: shared.kafka,

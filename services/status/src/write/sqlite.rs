@@ -1,0 +1,295 @@
+//! SQLite's writes, on a connection of their own (rusqlite, over the same
+//! SQLite library sqlx links) held by one blocking thread at a time:
+//! prepared statements, cached for the connection's life, and a value
+//! bound per column, so a row costs what SQLite needs to store it.
+//!
+//! Why not sqlx for these too: its SQLite driver hands every statement to
+//! a worker thread and boxes every bound value, which cost more than the
+//! insert, so the rows went as JSON unpacked by `json_each`, and then
+//! JSON was most of the time (24,000 records/s at a million conversions).
+//! SQLite has one writer anyway; readers (the API, through sqlx) never
+//! wait for it in WAL mode.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
+
+use rusqlite::{params_from_iter, Connection, OpenFlags, OptionalExtension, Transaction};
+
+use super::tables::{self, Cell, Table};
+use super::{Batch, Changes, Conversion, ConversionState, NewDuplicates, PlatformState};
+use crate::store::{StatusRow, StoreError};
+
+/// SQLite plans by its statistics table, which nothing fills unless asked:
+/// without it a search by order id walks the time index instead of the
+/// order id's. Refreshed at open and every this many batches (an
+/// approximate ANALYZE, a few milliseconds).
+const ANALYZE_EVERY: u64 = 200;
+
+/// How often the checkpointer copies the log's pages into the database
+/// file, and the log's size in pages at which the writer does it itself
+/// (SQLite's default, 1,000 pages, on the writer's commit, was half of a
+/// commit's time).
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+const WRITER_CHECKPOINT_PAGES: i64 = 16_384;
+
+/// The writer's page cache, in KiB (SQLite's default is 2 MiB). A batch
+/// touches rows all over four tables and their indexes; pages that fell
+/// out of the cache are read again from the file.
+const CACHE_KIB: i64 = 64 * 1024;
+
+#[derive(Clone)]
+pub(crate) struct SqliteWriter {
+    inner: Arc<Mutex<Writer>>,
+}
+
+struct Writer {
+    conn: Connection,
+    batches: u64,
+}
+
+impl SqliteWriter {
+    /// Opens the database at `path`, whose tables exist.
+    pub fn open(path: &Path) -> Result<SqliteWriter, rusqlite::Error> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        // The readers' checkpoints and ANALYZE take the write lock too.
+        conn.busy_timeout(Duration::from_secs(5))?;
+        // A batch's offsets are committed to Kafka once its transaction
+        // is: it must be on disk by then, not only in the WAL's buffers.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "cache_size", -CACHE_KIB)?;
+        conn.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)?;
+        refresh_statistics(&conn)?;
+        let writer = SqliteWriter {
+            inner: Arc::new(Mutex::new(Writer { conn, batches: 0 })),
+        };
+        spawn_checkpointer(path, Arc::downgrade(&writer.inner))?;
+        Ok(writer)
+    }
+
+    /// Folds `rows` into the tables, in one transaction, off the async
+    /// threads.
+    pub async fn apply(&self, rows: Vec<StatusRow>) -> Result<(), StoreError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            // A panic mid-batch dropped its transaction, which rolled
+            // back: the connection is as good as before.
+            let mut writer = inner.lock().unwrap_or_else(PoisonError::into_inner);
+            writer.apply(&rows)
+        })
+        .await
+        .map_err(StoreError::WriterStopped)?
+        .map_err(StoreError::from)
+    }
+}
+
+impl Writer {
+    fn apply(&mut self, rows: &[StatusRow]) -> Result<(), rusqlite::Error> {
+        // IMMEDIATE: take the write lock first, so the rows read are the
+        // rows written over.
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        write(&tx, rows)?;
+        tx.commit()?;
+        self.batches += 1;
+        if self.batches % ANALYZE_EVERY == 0 {
+            refresh_statistics(&self.conn)?;
+        }
+        Ok(())
+    }
+}
+
+/// Checkpoints the log on a thread of its own, beside the writer (a
+/// passive checkpoint never waits for it nor it for the checkpoint), until
+/// the writer is gone. A failed checkpoint is only logged: the writer's
+/// own, past `WRITER_CHECKPOINT_PAGES`, bounds the log meanwhile.
+fn spawn_checkpointer(path: &Path, writer: Weak<Mutex<Writer>>) -> Result<(), rusqlite::Error> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_secs(1))?;
+    let spawned = std::thread::Builder::new()
+        .name("status-checkpoint".into())
+        .spawn(move || loop {
+            std::thread::sleep(CHECKPOINT_EVERY);
+            if writer.strong_count() == 0 {
+                return;
+            }
+            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                tracing::warn!(error = %e, "status store checkpoint failed");
+            }
+        });
+    spawned.map(|_| ()).map_err(|e| {
+        rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+            Some(format!("cannot start the checkpoint thread: {e}")),
+        )
+    })
+}
+
+fn refresh_statistics(conn: &Connection) -> Result<(), rusqlite::Error> {
+    conn.execute_batch("PRAGMA analysis_limit = 1000; ANALYZE;")
+}
+
+fn write(tx: &Transaction<'_>, rows: &[StatusRow]) -> Result<(), rusqlite::Error> {
+    let batch = Batch::new(rows);
+    let before = load(tx, &batch)?;
+    let new_duplicates = insert_history(tx, rows)?;
+    let after = batch.folded(&before, &new_duplicates);
+    let changes = Changes::between(&batch, &before, &after);
+    let conversions = changes
+        .conversions
+        .iter()
+        .map(|(k, c)| tables::conversion_cells(*k, c));
+    insert(tx, &tables::CONVERSIONS, conversions)?;
+    let platforms = changes
+        .platforms
+        .iter()
+        .map(|(k, platform, p)| tables::platform_cells(*k, platform, p));
+    insert(tx, &tables::PLATFORMS, platforms)?;
+    let click_ids = batch.click_ids();
+    insert(
+        tx,
+        &tables::CLICK_IDS,
+        click_ids.iter().map(tables::click_id_cells),
+    )?;
+    insert(tx, &tables::ROLLUPS, changes.rollups.rows())?;
+    Ok(())
+}
+
+/// `SELECT <the columns after the conversion's key> FROM table WHERE <the
+/// conversion's key>`: the columns in `table`'s order, read by place.
+fn select_of_conversion(table: &Table) -> String {
+    let names: Vec<&str> = table.columns[3..].iter().map(|c| c.name()).collect();
+    format!(
+        "SELECT {} FROM {} WHERE tenant = ?1 AND event_name = ?2 AND event_id = ?3",
+        names.join(", "),
+        table.name
+    )
+}
+
+/// The stored rows of the batch's conversions, in its order; a conversion
+/// not stored yet is there, empty.
+fn load(tx: &Transaction<'_>, batch: &Batch<'_>) -> Result<Vec<Conversion>, rusqlite::Error> {
+    let mut conversions = tx.prepare_cached(&select_of_conversion(&tables::CONVERSIONS))?;
+    let mut platforms = tx.prepare_cached(&select_of_conversion(&tables::PLATFORMS))?;
+    let mut out = Vec::with_capacity(batch.conversions().len());
+    for (tenant, event_name, event_id) in batch.conversions() {
+        let key = [tenant, event_name, event_id];
+        let mut conversion = Conversion {
+            state: conversions.query_row(key, conversion_state).optional()?,
+            ..Conversion::default()
+        };
+        let mut rows = platforms.query(key)?;
+        while let Some(row) = rows.next()? {
+            conversion
+                .platforms
+                .insert(row.get(0)?, platform_state(row)?);
+        }
+        out.push(conversion);
+    }
+    Ok(out)
+}
+
+/// A `conversions` row, its columns in `tables::CONVERSIONS`' order after
+/// the key.
+fn conversion_state(row: &rusqlite::Row<'_>) -> Result<ConversionState, rusqlite::Error> {
+    Ok(ConversionState {
+        sort_time: row.get(0)?,
+        first_seen: row.get(1)?,
+        event_time: row.get(2)?,
+        value: row.get(3)?,
+        currency: row.get(4)?,
+        order_id: row.get(5)?,
+        sources: row.get(6)?,
+        summary_key: row.get(7)?,
+    })
+}
+
+/// A `platform_states` row, its columns in `tables::PLATFORMS`' order
+/// after the conversion's key (the platform first).
+fn platform_state(row: &rusqlite::Row<'_>) -> Result<PlatformState, rusqlite::Error> {
+    Ok(PlatformState {
+        front_end_rank: row.get(1)?,
+        server_side: row.get(2)?,
+        stage: row.get(3)?,
+        reason: row.get(4)?,
+        attempt: row.get(5)?,
+        next_attempt_at: row.get(6)?,
+        platform_request_id: row.get(7)?,
+        status_time: row.get(8)?,
+        status_key: row.get(9)?,
+        delivered_at: row.get(10)?,
+        latency_bucket: row.get(11)?,
+        match_keys: row.get(12)?,
+        match_keys_key: row.get(13)?,
+        duplicates: row.get(14)?,
+    })
+}
+
+/// Inserts the records the history does not hold yet, and answers the
+/// `duplicate` records among them.
+fn insert_history(
+    tx: &Transaction<'_>,
+    rows: &[StatusRow],
+) -> Result<NewDuplicates, rusqlite::Error> {
+    let mut statement = tx.prepare_cached(&insert_sql(&tables::HISTORY))?;
+    let mut new_duplicates = NewDuplicates::default();
+    for row in rows {
+        let inserted = statement.execute(params_from_iter(tables::history_cells(row).iter()))?;
+        if inserted > 0 && tables::is_duplicate(row) {
+            new_duplicates.insert((row.partition, row.offset));
+        }
+    }
+    Ok(new_duplicates)
+}
+
+/// `INSERT INTO table (columns) VALUES (?1, ...) ON CONFLICT ...`.
+fn insert_sql(table: &Table) -> String {
+    let values: Vec<String> = (1..=table.columns.len()).map(|i| format!("?{i}")).collect();
+    format!(
+        "INSERT INTO {} ({}) VALUES ({}) {}",
+        table.name,
+        table.column_names(),
+        values.join(", "),
+        table.conflict_clause()
+    )
+}
+
+fn insert<'a, const N: usize>(
+    tx: &Transaction<'_>,
+    table: &Table,
+    rows: impl Iterator<Item = [Cell<'a>; N]>,
+) -> Result<(), rusqlite::Error> {
+    let mut statement = tx.prepare_cached(&insert_sql(table))?;
+    for cells in rows {
+        statement.execute(params_from_iter(cells.iter()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_are_bound_by_place_and_read_by_place() {
+        assert_eq!(
+            insert_sql(&tables::CLICK_IDS),
+            "INSERT INTO click_ids (tenant, click_id_hash, event_name, event_id) \
+             VALUES (?1, ?2, ?3, ?4) ON CONFLICT (tenant, click_id_hash, event_name, event_id) DO NOTHING"
+        );
+        assert_eq!(
+            select_of_conversion(&tables::CONVERSIONS),
+            "SELECT sort_time, first_seen, event_time, value, currency, order_id, sources, \
+             summary_key FROM conversions WHERE tenant = ?1 AND event_name = ?2 AND event_id = ?3"
+        );
+        assert!(select_of_conversion(&tables::PLATFORMS)
+            .starts_with("SELECT platform, front_end_rank, server_side, "));
+    }
+}

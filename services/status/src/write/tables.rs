@@ -1,0 +1,354 @@
+//! The projection's tables as the writers see them: each table's columns
+//! in one order, and each row as cells in that order, so the PostgreSQL
+//! writer (rows as JSON) and the SQLite writer (rows as bound values)
+//! can never disagree on which value goes to which column.
+
+use postback_core::model::ServerSideStatus;
+use serde::ser::{Serialize, Serializer};
+
+use super::{ConversionKey, ConversionState, PlatformState};
+use crate::fold;
+use crate::store::StatusRow;
+
+/// A column of a table: PostgreSQL casts JSON's integers, SQLite does not
+/// need to.
+#[derive(Clone, Copy)]
+pub(crate) enum Column {
+    Int(&'static str),
+    Text(&'static str),
+}
+
+impl Column {
+    pub fn name(self) -> &'static str {
+        match self {
+            Column::Int(n) | Column::Text(n) => n,
+        }
+    }
+}
+
+/// A value of a row, in its column's place.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Cell<'a> {
+    Int(Option<i64>),
+    Text(Option<&'a str>),
+}
+
+impl Serialize for Cell<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Cell::Int(v) => v.serialize(s),
+            Cell::Text(v) => v.serialize(s),
+        }
+    }
+}
+
+impl rusqlite::ToSql for Cell<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        match self {
+            Cell::Int(v) => v.to_sql(),
+            Cell::Text(v) => v.to_sql(),
+        }
+    }
+}
+
+fn int(v: impl Into<i64>) -> Cell<'static> {
+    Cell::Int(Some(v.into()))
+}
+
+fn text(v: &str) -> Cell<'_> {
+    Cell::Text(Some(v))
+}
+
+/// What an insert does with a row whose key is there already.
+pub(crate) enum OnConflict {
+    /// Keeps the stored row: the history and the click ids never change.
+    Keep,
+    /// Replaces every column but the key: the row was folded in memory
+    /// from the stored one.
+    Replace,
+    /// Adds these columns to the stored ones: the rollups' counts.
+    Add(&'static [&'static str]),
+}
+
+pub(crate) struct Table {
+    pub name: &'static str,
+    /// The primary key's columns, comma separated.
+    pub key: &'static str,
+    pub columns: &'static [Column],
+    pub on_conflict: OnConflict,
+}
+
+impl Table {
+    /// `ON CONFLICT (key) DO ...`, the end of every insert into the table.
+    pub fn conflict_clause(&self) -> String {
+        let set: Vec<String> = match self.on_conflict {
+            OnConflict::Keep => return format!("ON CONFLICT ({}) DO NOTHING", self.key),
+            OnConflict::Replace => self
+                .columns
+                .iter()
+                .map(|c| c.name())
+                .filter(|c| !self.key.split(", ").any(|k| k == *c))
+                .map(|c| format!("{c} = excluded.{c}"))
+                .collect(),
+            OnConflict::Add(columns) => columns
+                .iter()
+                .map(|c| format!("{c} = {}.{c} + excluded.{c}", self.name))
+                .collect(),
+        };
+        format!(
+            "ON CONFLICT ({}) DO UPDATE SET {}",
+            self.key,
+            set.join(", ")
+        )
+    }
+
+    pub fn column_names(&self) -> String {
+        let names: Vec<&str> = self.columns.iter().map(|c| c.name()).collect();
+        names.join(", ")
+    }
+}
+
+use Column::{Int, Text};
+
+pub(crate) const HISTORY: Table = Table {
+    name: "status_history",
+    key: "src_partition, src_offset",
+    columns: &[
+        Int("src_partition"),
+        Int("src_offset"),
+        Text("tenant"),
+        Text("event_name"),
+        Text("event_id"),
+        Text("platform"),
+        Text("stage"),
+        Text("server_side"),
+        Text("front_end"),
+        Text("reason"),
+        Int("attempt"),
+        Int("next_attempt_at"),
+        Text("duplicate_of"),
+        Text("reported_by"),
+        Text("platform_request_id"),
+        Int("status_time"),
+    ],
+    on_conflict: OnConflict::Keep,
+};
+
+pub(crate) fn history_cells(row: &StatusRow) -> [Cell<'_>; 16] {
+    let s = &row.status;
+    [
+        int(row.partition),
+        int(row.offset),
+        text(&s.tenant),
+        text(&s.event_name),
+        text(&s.event_id),
+        text(&s.platform),
+        text(&s.stage),
+        text(fold::server_side_name(s.server_side)),
+        Cell::Text(
+            s.front_end
+                .map(|f| fold::front_end_name(fold::front_end_rank(Some(f)))),
+        ),
+        Cell::Text(s.reason.as_deref()),
+        Cell::Int(s.attempt.map(i64::from)),
+        Cell::Int(s.next_attempt_at),
+        Cell::Text(s.duplicate_of.as_deref()),
+        Cell::Text(s.reported_by.as_deref()),
+        Cell::Text(s.platform_request_id.as_deref()),
+        int(s.time),
+    ]
+}
+
+/// Whether a record is a repeat the deduplicator dropped: the platform
+/// counts those the history did not hold yet.
+pub(crate) fn is_duplicate(row: &StatusRow) -> bool {
+    row.status.server_side == ServerSideStatus::Duplicate
+}
+
+pub(crate) const CONVERSIONS: Table = Table {
+    name: "conversions",
+    key: "tenant, event_name, event_id",
+    columns: &[
+        Text("tenant"),
+        Text("event_name"),
+        Text("event_id"),
+        Int("sort_time"),
+        Int("first_seen"),
+        Int("event_time"),
+        Text("value"),
+        Text("currency"),
+        Text("order_id"),
+        Text("sources"),
+        Text("summary_key"),
+    ],
+    on_conflict: OnConflict::Replace,
+};
+
+pub(crate) fn conversion_cells<'a>(
+    (tenant, event_name, event_id): ConversionKey<'a>,
+    c: &'a ConversionState,
+) -> [Cell<'a>; 11] {
+    [
+        text(tenant),
+        text(event_name),
+        text(event_id),
+        int(c.sort_time),
+        int(c.first_seen),
+        Cell::Int(c.event_time),
+        Cell::Text(c.value.as_deref()),
+        Cell::Text(c.currency.as_deref()),
+        Cell::Text(c.order_id.as_deref()),
+        text(&c.sources),
+        text(&c.summary_key),
+    ]
+}
+
+pub(crate) const PLATFORMS: Table = Table {
+    name: "platform_states",
+    key: "tenant, event_name, event_id, platform",
+    columns: &[
+        Text("tenant"),
+        Text("event_name"),
+        Text("event_id"),
+        Text("platform"),
+        Int("front_end_rank"),
+        Text("server_side"),
+        Text("stage"),
+        Text("reason"),
+        Int("attempt"),
+        Int("next_attempt_at"),
+        Text("platform_request_id"),
+        Int("status_time"),
+        Text("status_key"),
+        Int("delivered_at"),
+        Int("latency_bucket"),
+        Text("match_keys"),
+        Text("match_keys_key"),
+        Int("duplicates"),
+    ],
+    on_conflict: OnConflict::Replace,
+};
+
+pub(crate) fn platform_cells<'a>(
+    (tenant, event_name, event_id): ConversionKey<'a>,
+    platform: &'a str,
+    p: &'a PlatformState,
+) -> [Cell<'a>; 18] {
+    [
+        text(tenant),
+        text(event_name),
+        text(event_id),
+        text(platform),
+        int(p.front_end_rank),
+        text(&p.server_side),
+        Cell::Text(p.stage.as_deref()),
+        Cell::Text(p.reason.as_deref()),
+        Cell::Int(p.attempt),
+        Cell::Int(p.next_attempt_at),
+        Cell::Text(p.platform_request_id.as_deref()),
+        Cell::Int(p.status_time),
+        text(&p.status_key),
+        Cell::Int(p.delivered_at),
+        Cell::Int(p.latency_bucket),
+        text(&p.match_keys),
+        text(&p.match_keys_key),
+        int(p.duplicates),
+    ]
+}
+
+pub(crate) const CLICK_IDS: Table = Table {
+    name: "click_ids",
+    key: "tenant, click_id_hash, event_name, event_id",
+    columns: &[
+        Text("tenant"),
+        Text("click_id_hash"),
+        Text("event_name"),
+        Text("event_id"),
+    ],
+    on_conflict: OnConflict::Keep,
+};
+
+/// A hashed click id of a conversion: tenant, hash, event name, event id.
+pub(crate) type ClickId<'a> = (&'a str, &'a str, &'a str, &'a str);
+
+pub(crate) fn click_id_cells<'a>((t, h, n, i): &ClickId<'a>) -> [Cell<'a>; 4] {
+    [text(t), text(h), text(n), text(i)]
+}
+
+pub(crate) const ROLLUPS: Table = Table {
+    name: "summary_rollups",
+    key: "tenant, width, slot, platform, server_side, reason, front_end_fired, latency, merged",
+    columns: &[
+        Text("tenant"),
+        Int("width"),
+        Int("slot"),
+        Text("platform"),
+        Text("server_side"),
+        Text("reason"),
+        Int("front_end_fired"),
+        Int("latency"),
+        Int("merged"),
+        Int("n"),
+        Int("duplicates"),
+    ],
+    on_conflict: OnConflict::Add(&["n", "duplicates"]),
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_table_says_what_a_conflict_does() {
+        assert_eq!(
+            HISTORY.conflict_clause(),
+            "ON CONFLICT (src_partition, src_offset) DO NOTHING"
+        );
+        let replace = CONVERSIONS.conflict_clause();
+        assert!(replace.starts_with(
+            "ON CONFLICT (tenant, event_name, event_id) DO UPDATE SET sort_time = excluded.sort_time, "
+        ));
+        assert!(!replace.contains("tenant = "), "{replace}");
+        assert!(replace.ends_with("summary_key = excluded.summary_key"));
+        assert!(ROLLUPS.conflict_clause().ends_with(
+            "DO UPDATE SET n = summary_rollups.n + excluded.n, \
+             duplicates = summary_rollups.duplicates + excluded.duplicates"
+        ));
+    }
+
+    #[test]
+    fn every_row_has_a_cell_for_each_column() {
+        let key = ("t", "Purchase", "e");
+        let c = ConversionState {
+            sort_time: 1,
+            first_seen: 1,
+            event_time: None,
+            value: None,
+            currency: None,
+            order_id: None,
+            sources: String::new(),
+            summary_key: String::new(),
+        };
+        assert_eq!(conversion_cells(key, &c).len(), CONVERSIONS.columns.len());
+        let p = PlatformState::new();
+        assert_eq!(
+            platform_cells(key, "meta", &p).len(),
+            PLATFORMS.columns.len()
+        );
+        assert_eq!(
+            click_id_cells(&("t", "h", "n", "i")).len(),
+            CLICK_IDS.columns.len()
+        );
+        assert_eq!(HISTORY.columns.len(), 16);
+        assert_eq!(ROLLUPS.columns.len(), 11);
+    }
+
+    #[test]
+    fn cells_are_json_values_in_their_columns_order() {
+        let cells = [int(3), Cell::Int(None), text("a\"b"), Cell::Text(None)];
+        assert_eq!(
+            serde_json::to_string(&cells).unwrap_or_default(),
+            r#"[3,null,"a\"b",null]"#
+        );
+    }
+}
