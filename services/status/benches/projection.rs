@@ -6,11 +6,13 @@
 //!
 //!   cargo bench -p postback-status --bench projection
 //!
-//! POSTBACK_BENCH_STORES=sqlite (or postgres) times only that store.
+//! POSTBACK_BENCH_STORES=sqlite (or postgres) times only that store,
+//! POSTBACK_BENCH_BATCH another batch size.
 //!
 //! PostgreSQL is the testkit's (a private server, or
 //! POSTBACK_TEST_DATABASE_URL).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use postback_core::config::Stage;
@@ -21,6 +23,10 @@ use postback_status::config::{StatusSections, StoreConfig};
 use postback_status::queries::ListFilter;
 use postback_status::store::{StatusRow, Store};
 use postback_testkit::TestDatabase;
+
+// As the service's binary (main.rs).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const PLATFORMS: [&str; 3] = ["meta", "google_ads", "tiktok"];
 const T0: i64 = 1_790_000_000_000;
@@ -148,16 +154,28 @@ fn batch_size() -> usize {
         .unwrap_or(<StatusSections as Stage>::MAX_BATCH)
 }
 
-async fn bench(name: &str, store: Store, rows: &[StatusRow], conversions: usize) {
+/// The records in batches the store takes as they are, as the service's
+/// handler hands over the batch it collected.
+fn batches(conversions: usize) -> (usize, Vec<Arc<[StatusRow]>>) {
+    let mut rows = records(conversions).into_iter().peekable();
+    let (total, size) = (rows.len(), batch_size());
+    let mut out = Vec::new();
+    while rows.peek().is_some() {
+        out.push(rows.by_ref().take(size).collect());
+    }
+    (total, out)
+}
+
+async fn bench(name: &str, store: Store, conversions: usize) {
+    let (records, batches) = batches(conversions);
     let started = Instant::now();
-    for batch in rows.chunks(batch_size()) {
+    for batch in batches {
         store.apply(batch).await.expect("apply");
     }
     let took = started.elapsed().as_secs_f64();
     println!(
-        "{name:<10} ingest: {} records ({conversions} conversions x 3 platforms) in {took:.1} s = {:.0} records/s",
-        rows.len(),
-        rows.len() as f64 / took
+        "{name:<10} ingest: {records} records ({conversions} conversions x 3 platforms) in {took:.1} s = {:.0} records/s",
+        records as f64 / took
     );
     let q = 200;
     let step = (conversions / q).max(1);
@@ -244,10 +262,8 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(200_000);
-    let rows = records(conversions);
     println!(
-        "status projection: {conversions} conversions, {} records, batches of {}",
-        rows.len(),
+        "status projection: {conversions} conversions x 3 platforms, batches of {} records",
         batch_size()
     );
     // POSTBACK_BENCH_STORES=sqlite (or postgres) times one of them.
@@ -261,7 +277,7 @@ async fn main() {
         })
         .await
         .expect("sqlite");
-        bench("sqlite", sqlite, &rows, conversions).await;
+        bench("sqlite", sqlite, conversions).await;
     }
     if !stores.contains("postgres") {
         return;
@@ -273,5 +289,5 @@ async fn main() {
     })
     .await
     .expect("postgres");
-    bench("postgres", postgres, &rows, conversions).await;
+    bench("postgres", postgres, conversions).await;
 }

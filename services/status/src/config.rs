@@ -170,4 +170,20 @@ mod tests {
             10_000
         );
     }
+
+    #[test]
+    fn a_bad_store_setting_is_named() {
+        for (text, key) in [
+            ("[store]\nwrite_retry_secs = -1\n", "store.write_retry_secs"),
+            ("[store]\nmax_connections = 0\n", "store.max_connections"),
+            ("[store]\nurl = \"mysql://x\"\n", "store.url"),
+        ] {
+            let err = postback_core::config::load_toml::<StatusConfig>(text, vec![])
+                .and_then(|c| c.validate().map(|()| c))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+    }
 }

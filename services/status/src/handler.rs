@@ -81,9 +81,11 @@ impl RecordHandler for StatusHandler {
             return Ok(());
         }
         let started = Instant::now();
-        self.store
-            .apply_with_retry(&self.pending, self.retry_for)
-            .await?;
+        // Taken, not copied: an error stops the loop, and the batch is
+        // read again.
+        let rows = std::mem::take(&mut self.pending);
+        let records = rows.len() as u64;
+        self.store.apply_with_retry(rows, self.retry_for).await?;
         self.metrics
             .write_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -91,8 +93,7 @@ impl RecordHandler for StatusHandler {
         self.metrics
             .records
             .with_label_values(&["stored"])
-            .inc_by(self.pending.len() as u64);
-        self.pending.clear();
+            .inc_by(records);
         Ok(())
     }
 

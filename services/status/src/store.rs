@@ -8,14 +8,15 @@
 //! (a crash between the database commit and the Kafka offset commit) or
 //! records read out of order leave the same rows.
 //!
-//! Tables: `status_history` (every record, keyed by its place on the
-//! topic), `conversions` (one row per tenant, event name and event id: the
+//! Tables: `status_history` (every record, keyed by its conversion and
+//! its place on the topic), `conversions` (one row per tenant, event name and event id: the
 //! conversion's summary), `platform_states` (one row per conversion and
 //! platform: the current front-end and server-side status), `click_ids`
 //! (hashed click ids, for search), `summary_rollups` (counts per tenant
 //! and slot of time, `rollups.rs`).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
@@ -129,9 +130,7 @@ const SCHEMA: &[&str] = &[
         reported_by TEXT,
         platform_request_id TEXT,
         status_time BIGINT NOT NULL,
-        PRIMARY KEY (src_partition, src_offset))",
-    "CREATE INDEX IF NOT EXISTS status_history_by_conversion
-        ON status_history (tenant, event_name, event_id, status_time)",
+        PRIMARY KEY (tenant, event_name, event_id, src_partition, src_offset)) {CLUSTERED}",
     "CREATE TABLE IF NOT EXISTS conversions (
         tenant TEXT NOT NULL,
         event_name TEXT NOT NULL,
@@ -194,7 +193,18 @@ const SCHEMA: &[&str] = &[
 /// The tables' layout. A database of another layout is dropped and made
 /// again at open: it is a projection, and its new name (`projection_id`)
 /// reads the topic from its start to fill it.
-const SCHEMA_VERSION: &str = "2";
+const SCHEMA_VERSION: &str = "3";
+
+/// The history is kept in its key's order where the database can: its key
+/// leads with the conversion, so one B-tree serves both the insert (a
+/// record's place on the topic makes it unique, and a replay a no-op) and
+/// the detail's read of a conversion's records. Layout 2 keyed it by place
+/// alone and indexed it by conversion: SQLite wrote three trees per record
+/// (rows by rowid, the key, the index). The other tables stay rowid
+/// tables: clustered, the summary's joins and scans took half as long
+/// again (`conversions`' indexes, time and order id, reach rows through
+/// the long text key instead of a rowid), and ingest was no faster.
+const CLUSTERED: &str = "{CLUSTERED}";
 const TABLES: &[&str] = &[
     "status_history",
     "conversions",
@@ -272,8 +282,14 @@ impl Store {
                     .await?;
             }
         }
+        let clustered = match self.backend {
+            Backend::Sqlite => "WITHOUT ROWID",
+            Backend::Postgres => "",
+        };
         for statement in SCHEMA {
-            sqlx::query(statement).execute(&self.pool).await?;
+            sqlx::query(&statement.replace(CLUSTERED, clustered))
+                .execute(&self.pool)
+                .await?;
         }
         sqlx::query(
             "INSERT INTO projection (name, id) VALUES ('schema', $1) ON CONFLICT (name) DO NOTHING",
@@ -321,28 +337,32 @@ impl Store {
     /// the database's errors are transient.
     pub async fn apply_with_retry(
         &self,
-        rows: &[StatusRow],
+        rows: impl Into<Arc<[StatusRow]>>,
         retry_for: Duration,
     ) -> Result<(), StoreError> {
+        let rows = rows.into();
         let backoff = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(100))
             .with_max_delay(Duration::from_secs(5))
             .with_total_delay(Some(retry_for))
             .without_max_times();
-        (|| self.apply(rows))
+        (|| self.apply(rows.clone()))
             .retry(backoff)
             .when(StoreError::is_transient)
             .notify(|e, wait| tracing::warn!(error = %e, ?wait, "status store write failed; trying again"))
             .await
     }
 
-    /// Folds `rows` into the projection, in one transaction.
-    pub async fn apply(&self, rows: &[StatusRow]) -> Result<(), StoreError> {
+    /// Folds `rows` into the projection, in one transaction. Shared, not
+    /// borrowed: SQLite's writer takes them to its own thread, and a
+    /// batch's retries take them again.
+    pub async fn apply(&self, rows: impl Into<Arc<[StatusRow]>>) -> Result<(), StoreError> {
+        let rows = rows.into();
         if let Some(writer) = &self.sqlite_writer {
-            return writer.apply(rows.to_vec()).await;
+            return writer.apply(rows).await;
         }
         let mut tx = self.pool.begin().await?;
-        crate::write::write_postgres(&mut tx, rows).await?;
+        crate::write::write_postgres(&mut tx, &rows).await?;
         tx.commit().await?;
         Ok(())
     }

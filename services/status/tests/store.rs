@@ -75,7 +75,7 @@ async fn out_of_order_and_repeated_records_fold_to_the_same_state(store: Store, 
     // the database's (the upserts' guards). The store takes them shuffled,
     // in batches of 7 written twice: merges in memory and in the database.
     for row in history() {
-        reference.apply(&[row]).await.unwrap();
+        reference.apply(vec![row]).await.unwrap();
     }
     let rows = shuffled(history(), 42);
     for batch in rows.chunks(7) {
@@ -127,7 +127,7 @@ async fn out_of_order_and_repeated_records_fold_to_the_same_state(store: Store, 
 }
 
 async fn filters_and_searches_find_what_they_name(store: Store) {
-    store.apply(&history()).await.unwrap();
+    store.apply(history()).await.unwrap();
     let ids = |filter: ListFilter| {
         let store = store.clone();
         async move {
@@ -268,7 +268,7 @@ async fn filters_and_searches_find_what_they_name(store: Store) {
 }
 
 async fn pages_follow_each_other_newest_first(store: Store) {
-    store.apply(&history()).await.unwrap();
+    store.apply(history()).await.unwrap();
     let mut seen = Vec::new();
     let mut cursor: Option<Cursor> = None;
     let mut pages = 0;
@@ -290,7 +290,7 @@ async fn pages_follow_each_other_newest_first(store: Store) {
 }
 
 async fn the_summary_counts_the_states(store: Store) {
-    store.apply(&history()).await.unwrap();
+    store.apply(history()).await.unwrap();
     let s = store.summary("acme", 0, i64::MAX / 2).await.unwrap();
     assert_eq!(s.conversions, 40);
     assert_eq!(s.merged, 20, "even n: browser + server");
@@ -409,7 +409,7 @@ async fn replicas_writing_the_same_conversions_at_once_keep_the_rollups_exact() 
     let write_all = |store: Store, batches: Vec<Vec<StatusRow>>| async move {
         for batch in batches {
             store
-                .apply_with_retry(&batch, std::time::Duration::from_secs(30))
+                .apply_with_retry(batch, std::time::Duration::from_secs(30))
                 .await
                 .unwrap();
         }
@@ -418,7 +418,7 @@ async fn replicas_writing_the_same_conversions_at_once_keep_the_rollups_exact() 
     reversed.reverse();
     tokio::join!(write_all(a.clone(), batches), write_all(b, reversed));
     let (_r, reference) = sqlite().await;
-    reference.apply(&history_over_a_day()).await.unwrap();
+    reference.apply(history_over_a_day()).await.unwrap();
     for tenant in ["acme", "other"] {
         let fast = a.summary(tenant, 0, i64::MAX / 2).await.unwrap();
         assert_eq!(
@@ -462,7 +462,7 @@ async fn the_sqlite_log_is_checkpointed_beside_the_writer() {
     let file = dir.path().join("nested/status.db");
     let size = || std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
     let empty = size();
-    store.apply(&history_over_a_day()).await.unwrap();
+    store.apply(history_over_a_day()).await.unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while size() <= empty {
         assert!(
@@ -473,6 +473,32 @@ async fn the_sqlite_log_is_checkpointed_beside_the_writer() {
     }
     let wal = std::fs::metadata(dir.path().join("nested/status.db-wal")).unwrap();
     assert!(wal.len() > 0, "the store writes through its log");
+}
+
+/// A store of another layout (here: the one before the history was keyed
+/// by conversion) is dropped at open and made again under a new projection
+/// id, so the service's group reads the topic from its start to fill it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_of_another_layout_is_rebuilt_under_a_new_name() {
+    let (dir, store) = sqlite().await;
+    store.apply(history()).await.unwrap();
+    let before = store.projection_id().await.unwrap();
+    drop(store);
+    let file = dir.path().join("nested/status.db");
+    rusqlite::Connection::open(&file)
+        .unwrap()
+        .execute("UPDATE projection SET id = '2' WHERE name = 'schema'", [])
+        .unwrap();
+    let store = Store::open(&StoreConfig {
+        url: format!("sqlite://{}", file.display()),
+        ..StoreConfig::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(store.history_len().await.unwrap(), 0);
+    assert_ne!(store.projection_id().await.unwrap(), before);
+    store.apply(history()).await.unwrap();
+    assert_eq!(store.history_len().await.unwrap(), history().len() as i64);
 }
 
 macro_rules! both {

@@ -112,7 +112,7 @@ use Column::{Int, Text};
 
 pub(crate) const HISTORY: Table = Table {
     name: "status_history",
-    key: "src_partition, src_offset",
+    key: "tenant, event_name, event_id, src_partition, src_offset",
     columns: &[
         Int("src_partition"),
         Int("src_offset"),
@@ -302,7 +302,7 @@ mod tests {
     fn each_table_says_what_a_conflict_does() {
         assert_eq!(
             HISTORY.conflict_clause(),
-            "ON CONFLICT (src_partition, src_offset) DO NOTHING"
+            "ON CONFLICT (tenant, event_name, event_id, src_partition, src_offset) DO NOTHING"
         );
         let replace = CONVERSIONS.conflict_clause();
         assert!(replace.starts_with(
