@@ -9,7 +9,7 @@
 //! Each conversion contributes one count to the row of its state: one for
 //! the conversion (merged or not) and one per platform (server-side status,
 //! the reason where it is a rejection or not eligible, front-end fired or
-//! not, latency bucket, with its duplicates). `write.rs` holds the
+//! not, latency bucket, with its duplicates). `write/` holds the
 //! conversion's rows before and after a batch, so the batch's deltas are
 //! exact: the old contribution is taken away and the new one added, even
 //! when a later summary moves the conversion to another slot.
@@ -167,24 +167,31 @@ pub fn counted_reason<'a>(server_side: &str, reason: Option<&'a str>) -> &'a str
 impl<'a> Rollups<'a> {
     /// Moves a conversion's counts from its `old` rows to its `new` ones.
     /// Most of a conversion's rows stay where they were (one platform's
-    /// status moved), and those are left alone.
+    /// status moved), and those are left alone. The deltas are the same
+    /// whichever rows are paired (the map adds them up); pairing by place
+    /// (`contributions`' order) finds the ones that stayed without
+    /// searching.
     pub(crate) fn replace(
         &mut self,
         (tenant, _, _): ConversionKey<'a>,
         old: &'a Conversion,
         new: &'a Conversion,
     ) {
-        let mut leaving = contributions(tenant, old);
-        for entering in contributions(tenant, new) {
-            match leaving.iter().position(|l| *l == entering) {
-                Some(same) => {
-                    leaving.swap_remove(same);
+        let mut leaving = contributions(tenant, old).into_iter();
+        let mut entering = contributions(tenant, new).into_iter();
+        loop {
+            match (leaving.next(), entering.next()) {
+                (None, None) => return,
+                (Some(left), Some(entered)) if left == entered => {}
+                (left, entered) => {
+                    if let Some((key, duplicates)) = left {
+                        self.bump(key, -1, -duplicates);
+                    }
+                    if let Some((key, duplicates)) = entered {
+                        self.bump(key, 1, duplicates);
+                    }
                 }
-                None => self.bump(entering.0, 1, entering.1),
             }
-        }
-        for (key, duplicates) in leaving {
-            self.bump(key, -1, -duplicates);
         }
     }
 

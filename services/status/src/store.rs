@@ -1,10 +1,12 @@
 //! The projection's database: an embedded SQLite file by default, or
-//! PostgreSQL for several replicas, behind one query layer (sqlx's `Any`
-//! driver; every statement is written once, in SQL both understand).
+//! PostgreSQL for several replicas, behind one query layer for reads
+//! (sqlx's `Any` driver; every query is written once, in SQL both
+//! understand) and a writer per database (`write/`).
 //!
 //! Writes are idempotent and order-free (see `fold.rs`): a batch is one
-//! transaction that reads its conversions' rows, folds the records into
-//! them and writes back what changed (`write.rs`), so a batch written twice
+//! transaction (on PostgreSQL one per 1,000 records) that reads its
+//! conversions' rows, folds the records into them and writes back what
+//! changed, so a batch written twice
 //! (a crash between the database commit and the Kafka offset commit) or
 //! records read out of order leave the same rows.
 //!
@@ -47,6 +49,10 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("the status store's SQLite writer stopped: {0}")]
     WriterStopped(#[source] tokio::task::JoinError),
+    #[error("cannot start the status store's checkpoint thread: {0}")]
+    Checkpointer(#[source] std::io::Error),
+    #[error("the status store's SQLite path {0:?} is not supported: give a file path without percent escapes")]
+    SqlitePath(String),
     #[error("the status store cannot be an in-memory SQLite database: its writer and its readers are separate connections; give a file")]
     InMemory,
 }
@@ -250,7 +256,9 @@ impl Store {
         }
         store.migrate().await?;
         if let Some(file) = sqlite_file {
-            store.sqlite_writer = Some(SqliteWriter::open(&file)?);
+            // Opening runs ANALYZE: file work, off the async threads.
+            let writer = tokio::task::spawn_blocking(move || SqliteWriter::open(&file));
+            store.sqlite_writer = Some(writer.await.map_err(StoreError::WriterStopped)??);
         }
         Ok(store)
     }
@@ -353,17 +361,21 @@ impl Store {
             .await
     }
 
-    /// Folds `rows` into the projection, in one transaction. Shared, not
-    /// borrowed: SQLite's writer takes them to its own thread, and a
-    /// batch's retries take them again.
+    /// Folds `rows` into the projection: in one transaction on SQLite, in
+    /// transactions of at most 1,000 records on PostgreSQL (its advisory
+    /// locks, `write/postgres.rs`). Shared, not borrowed: SQLite's writer
+    /// takes them to its own thread, and a batch's retries take them
+    /// again.
     pub async fn apply(&self, rows: impl Into<Arc<[StatusRow]>>) -> Result<(), StoreError> {
         let rows = rows.into();
         if let Some(writer) = &self.sqlite_writer {
             return writer.apply(rows).await;
         }
-        let mut tx = self.pool.begin().await?;
-        crate::write::write_postgres(&mut tx, &rows).await?;
-        tx.commit().await?;
+        for part in rows.chunks(crate::write::POSTGRES_RECORDS_PER_TRANSACTION) {
+            let mut tx = self.pool.begin().await?;
+            crate::write::write_postgres(&mut tx, part).await?;
+            tx.commit().await?;
+        }
         Ok(())
     }
 
@@ -386,6 +398,12 @@ fn prepare_url(url: &str) -> Result<(String, Option<PathBuf>), StoreError> {
         let file = path.split('?').next().unwrap_or(path);
         if file == ":memory:" || path.contains("mode=memory") {
             return Err(StoreError::InMemory);
+        }
+        // sqlx decodes percent escapes and opens an empty path as a
+        // private temporary database per connection; the writer would
+        // open another file, or none.
+        if file.is_empty() || file.contains('%') {
+            return Err(StoreError::SqlitePath(file.to_string()));
         }
         if let Some(dir) = Path::new(file)
             .parent()

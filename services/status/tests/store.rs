@@ -432,15 +432,43 @@ async fn replicas_writing_the_same_conversions_at_once_keep_the_rollups_exact() 
     }
 }
 
+/// A batch that holds a record twice (its place on the topic is the same)
+/// leaves what the batch without the repeat leaves: a repeated `duplicate`
+/// report is counted once, like any record.
+async fn a_record_twice_in_one_batch_counts_once(store: Store) {
+    let (_r, reference) = sqlite().await;
+    reference.apply(history()).await.unwrap();
+    let mut rows = history();
+    let repeats: Vec<StatusRow> = rows
+        .iter()
+        .filter(|r| r.status.server_side == postback_core::model::ServerSideStatus::Duplicate)
+        .cloned()
+        .collect();
+    assert!(!repeats.is_empty(), "the history has duplicate reports");
+    rows.extend(repeats);
+    store.apply(rows).await.unwrap();
+    for tenant in ["acme", "other"] {
+        assert_eq!(
+            everything(&store, tenant).await,
+            everything(&reference, tenant).await,
+            "{tenant}"
+        );
+    }
+}
+
 /// The embedded store's writer is a connection of its own: an in-memory
-/// database would be a different one for it and for the readers, so it is
-/// refused, saying why, instead of answering nothing.
+/// database, or a path sqlx would read otherwise than the writer (empty:
+/// a private temporary database; percent escapes: decoded), would be a
+/// different database for it and for the readers, so it is refused,
+/// saying why, instead of answering nothing.
 #[tokio::test]
-async fn an_in_memory_sqlite_database_is_refused_with_the_reason() {
-    for url in [
-        "sqlite::memory:",
-        "sqlite://:memory:",
-        "sqlite://x.db?mode=memory",
+async fn a_sqlite_url_the_writer_cannot_share_is_refused_with_the_reason() {
+    for (url, says) in [
+        ("sqlite::memory:", "in-memory"),
+        ("sqlite://:memory:", "in-memory"),
+        ("sqlite://x.db?mode=memory", "in-memory"),
+        ("sqlite:", "path"),
+        ("sqlite://a%20b.db", "percent"),
     ] {
         let err = Store::open(&StoreConfig {
             url: url.into(),
@@ -449,7 +477,7 @@ async fn an_in_memory_sqlite_database_is_refused_with_the_reason() {
         .await
         .err()
         .unwrap_or_else(|| panic!("{url} opened"));
-        assert!(err.to_string().contains("in-memory"), "{url}: {err}");
+        assert!(err.to_string().contains(says), "{url}: {err}");
     }
 }
 
@@ -534,6 +562,7 @@ use both;
 
 both!(
     out_of_order_and_repeated_records_fold_to_the_same_state,
+    a_record_twice_in_one_batch_counts_once,
     filters_and_searches_find_what_they_name,
     pages_follow_each_other_newest_first,
     the_summary_counts_the_states,

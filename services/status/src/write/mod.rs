@@ -1,6 +1,6 @@
 //! How a batch reaches the tables. With the batch's conversions locked
-//! (SQLite has one writer; PostgreSQL replicas take advisory locks in key
-//! order, so two never wait on each other in a cycle), their rows and all
+//! (SQLite has one writer; PostgreSQL replicas take advisory locks in the
+//! order of their hashes, so two never wait on each other in a cycle), their rows and all
 //! their platforms' rows are read, the records folded into them in memory
 //! (`fold.rs`: maxima and minima by the records' keys, so any order and
 //! any repeat give the same rows), and what changed is written back.
@@ -27,7 +27,9 @@ mod postgres;
 pub(crate) mod sqlite;
 pub(crate) mod tables;
 
-pub(crate) use postgres::write as write_postgres;
+pub(crate) use postgres::{
+    write as write_postgres, RECORDS_PER_TRANSACTION as POSTGRES_RECORDS_PER_TRANSACTION,
+};
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -204,14 +206,15 @@ impl<'a> Batch<'a> {
     }
 
     /// The conversions' rows with the batch's records folded in (`before`
-    /// in `conversions()`' order), each newly stored duplicate counted.
-    fn folded(&self, before: &[Conversion], new_duplicates: &NewDuplicates) -> Vec<Conversion> {
+    /// in `conversions()`' order), each newly stored duplicate counted
+    /// once, even if the batch held it twice.
+    fn folded(&self, before: &[Conversion], mut new_duplicates: NewDuplicates) -> Vec<Conversion> {
         let records = self.by_conversion.values();
         let folded = records.zip(before).map(|(records, stored)| {
             let mut c = stored.clone();
             for row in records {
                 c.fold(row);
-                if new_duplicates.contains(&(row.partition, row.offset)) {
+                if new_duplicates.remove(&(row.partition, row.offset)) {
                     if let Some(p) = c.platforms.get_mut(&row.status.platform) {
                         p.duplicates += 1;
                     }

@@ -15,7 +15,17 @@ use crate::store::{int, text, StatusRow};
 /// Rows per statement: one JSON value of a few hundred kilobytes at most.
 const CHUNK: usize = 1000;
 
-/// Folds `rows` into the tables, in `tx`.
+/// The most records `write` takes in one transaction: each of their
+/// conversions holds an advisory lock until the commit, and PostgreSQL's
+/// lock table is shared by every session (64 locks per connection by
+/// default); 10,000-record batches could fill it. A larger batch is
+/// several transactions, all committed before its offsets move; a crash
+/// between them reads the batch again, and the part already written
+/// changes nothing. PostgreSQL folded no faster in batches of 10,000.
+pub(crate) const RECORDS_PER_TRANSACTION: usize = 1000;
+
+/// Folds `rows` (at most `RECORDS_PER_TRANSACTION`) into the tables, in
+/// `tx`.
 pub(crate) async fn write(
     tx: &mut Transaction<'_, Any>,
     rows: &[StatusRow],
@@ -30,7 +40,7 @@ pub(crate) async fn write(
     lock(tx, &batch).await?;
     let before = load(tx, &batch).await?;
     let new_duplicates = insert_history(tx, rows).await?;
-    let after = batch.folded(&before, &new_duplicates);
+    let after = batch.folded(&before, new_duplicates);
     let changes = Changes::between(&batch, &before, &after);
     let conversions = changes
         .conversions
@@ -57,7 +67,10 @@ pub(crate) async fn write(
 /// One advisory lock per conversion, for the transaction, in the order of
 /// their hashes, so replicas writing overlapping batches (during a
 /// rebalance) take turns instead of both reading the rows before the
-/// other's write. A collision of hashes only serialises more.
+/// other's write. A collision of hashes only serialises more. One
+/// statement for all of them: locks taken chunk by chunk would be in
+/// order only within each chunk, and two replicas could wait on each
+/// other in a cycle.
 async fn lock(tx: &mut Transaction<'_, Any>, batch: &Batch<'_>) -> Result<(), sqlx::Error> {
     // COUNT over the locks: the function returns void, which sqlx cannot
     // decode, and PostgreSQL keeps volatile outputs of a subquery.
@@ -69,12 +82,10 @@ async fn lock(tx: &mut Transaction<'_, Any>, batch: &Batch<'_>) -> Result<(), sq
         .conversions()
         .map(|(t, n, i)| format!("{t}\u{1f}{n}\u{1f}{i}"))
         .collect();
-    for chunk in names.chunks(CHUNK) {
-        sqlx::query(SQL)
-            .bind(json(chunk)?)
-            .fetch_one(&mut **tx)
-            .await?;
-    }
+    sqlx::query(SQL)
+        .bind(json(&names)?)
+        .fetch_one(&mut **tx)
+        .await?;
     Ok(())
 }
 
@@ -231,6 +242,7 @@ async fn execute<'a, const N: usize>(
     table: &Table,
     rows: impl Iterator<Item = [Cell<'a>; N]>,
 ) -> Result<(), sqlx::Error> {
+    debug_assert_eq!(N, table.columns.len(), "{}'s cells", table.name);
     let rows: Vec<[Cell<'a>; N]> = rows.collect();
     let sql = insert_sql(table);
     for chunk in rows.chunks(CHUNK) {

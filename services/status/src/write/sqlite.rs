@@ -22,9 +22,10 @@ use crate::store::{StatusRow, StoreError};
 
 /// SQLite plans by its statistics table, which nothing fills unless asked:
 /// without it a search by order id walks the time index instead of the
-/// order id's. Refreshed at open and every this many batches (an
-/// approximate ANALYZE, a few milliseconds).
-const ANALYZE_EVERY: u64 = 200;
+/// order id's. Refreshed at open and each time this many more records
+/// were written (an approximate ANALYZE, a few milliseconds), so a
+/// projection rebuilt from the topic's start soon plans by its real sizes.
+const ANALYZE_EVERY_RECORDS: usize = 200_000;
 
 /// How often the checkpointer copies the log's pages into the database
 /// file, and the log's size in pages at which the writer does it itself
@@ -40,19 +41,20 @@ pub(crate) struct SqliteWriter {
 
 struct Writer {
     conn: Connection,
-    batches: u64,
+    records_since_analyze: usize,
 }
 
 impl SqliteWriter {
     /// Opens the database at `path`, whose tables exist. SQLite's page
     /// cache stays at its default (2 MiB): the kernel's holds the file,
     /// and 64 or 256 MiB folded no faster at a million conversions.
-    pub fn open(path: &Path) -> Result<SqliteWriter, rusqlite::Error> {
+    pub fn open(path: &Path) -> Result<SqliteWriter, StoreError> {
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
-        // The readers' checkpoints and ANALYZE take the write lock too.
+        // The pool's few writes (the projection's id, at start) take the
+        // write lock too.
         conn.busy_timeout(Duration::from_secs(5))?;
         // A batch's offsets are committed to Kafka once its transaction
         // is: it must be on disk by then, not only in the WAL's buffers.
@@ -60,7 +62,10 @@ impl SqliteWriter {
         conn.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)?;
         refresh_statistics(&conn)?;
         let writer = SqliteWriter {
-            inner: Arc::new(Mutex::new(Writer { conn, batches: 0 })),
+            inner: Arc::new(Mutex::new(Writer {
+                conn,
+                records_since_analyze: 0,
+            })),
         };
         spawn_checkpointer(path, Arc::downgrade(&writer.inner))?;
         Ok(writer)
@@ -91,9 +96,10 @@ impl Writer {
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         write(&tx, rows)?;
         tx.commit()?;
-        self.batches += 1;
-        if self.batches % ANALYZE_EVERY == 0 {
+        self.records_since_analyze += rows.len();
+        if self.records_since_analyze >= ANALYZE_EVERY_RECORDS {
             refresh_statistics(&self.conn)?;
+            self.records_since_analyze = 0;
         }
         Ok(())
     }
@@ -103,7 +109,7 @@ impl Writer {
 /// passive checkpoint never waits for it nor it for the checkpoint), until
 /// the writer is gone. A failed checkpoint is only logged: the writer's
 /// own, past `WRITER_CHECKPOINT_PAGES`, bounds the log meanwhile.
-fn spawn_checkpointer(path: &Path, writer: Weak<Mutex<Writer>>) -> Result<(), rusqlite::Error> {
+fn spawn_checkpointer(path: &Path, writer: Weak<Mutex<Writer>>) -> Result<(), StoreError> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -120,12 +126,7 @@ fn spawn_checkpointer(path: &Path, writer: Weak<Mutex<Writer>>) -> Result<(), ru
                 tracing::warn!(error = %e, "status store checkpoint failed");
             }
         });
-    spawned.map(|_| ()).map_err(|e| {
-        rusqlite::Error::SqliteFailure(
-            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
-            Some(format!("cannot start the checkpoint thread: {e}")),
-        )
-    })
+    spawned.map(|_| ()).map_err(StoreError::Checkpointer)
 }
 
 fn refresh_statistics(conn: &Connection) -> Result<(), rusqlite::Error> {
@@ -136,7 +137,7 @@ fn write(tx: &Transaction<'_>, rows: &[StatusRow]) -> Result<(), rusqlite::Error
     let batch = Batch::new(rows);
     let before = load(tx, &batch)?;
     let new_duplicates = insert_history(tx, rows)?;
-    let after = batch.folded(&before, &new_duplicates);
+    let after = batch.folded(&before, new_duplicates);
     let changes = Changes::between(&batch, &before, &after);
     let conversions = changes
         .conversions
@@ -262,6 +263,7 @@ fn insert<'a, const N: usize>(
     table: &Table,
     rows: impl Iterator<Item = [Cell<'a>; N]>,
 ) -> Result<(), rusqlite::Error> {
+    debug_assert_eq!(N, table.columns.len(), "{}'s cells", table.name);
     let mut statement = tx.prepare_cached(&insert_sql(table))?;
     for cells in rows {
         statement.execute(params_from_iter(cells.iter()))?;
