@@ -40,7 +40,7 @@ use postback_core::model::{DeliveryStatus, ServerSideStatus};
 use crate::fold;
 use crate::rollups::{self, Rollups};
 use crate::store::StatusRow;
-use tables::ClickId;
+use tables::{Cell, ClickId};
 
 /// A conversion: tenant, event name, event id.
 pub(crate) type ConversionKey<'a> = (&'a str, &'a str, &'a str);
@@ -83,6 +83,22 @@ pub(crate) struct PlatformState {
     pub duplicates: i64,
 }
 
+impl ConversionState {
+    /// A conversion's row before any summary: seen once, at `time`.
+    pub(crate) fn first_seen_at(time: i64) -> ConversionState {
+        ConversionState {
+            sort_time: time,
+            first_seen: time,
+            event_time: None,
+            value: None,
+            currency: None,
+            order_id: None,
+            sources: String::new(),
+            summary_key: String::new(),
+        }
+    }
+}
+
 impl PlatformState {
     pub(crate) fn new() -> PlatformState {
         PlatformState {
@@ -118,16 +134,9 @@ impl Conversion {
     fn fold(&mut self, row: &StatusRow) {
         let s = &row.status;
         let key = fold::status_key(s.server_side, s.time, row.partition, row.offset);
-        let c = self.state.get_or_insert_with(|| ConversionState {
-            sort_time: s.time,
-            first_seen: s.time,
-            event_time: None,
-            value: None,
-            currency: None,
-            order_id: None,
-            sources: String::new(),
-            summary_key: String::new(),
-        });
+        let c = self
+            .state
+            .get_or_insert_with(|| ConversionState::first_seen_at(s.time));
         c.first_seen = c.first_seen.min(s.time);
         if let Some(summary) = s.conversion.as_ref().filter(|_| key > c.summary_key) {
             c.event_time = Some(summary.event_time);
@@ -250,10 +259,11 @@ impl<'a> Batch<'a> {
 /// counts none.
 pub(crate) type NewDuplicates = FxHashSet<(i32, i64)>;
 
-/// The rows that changed, and the rollups' deltas.
+/// The rows that changed, as cells for `tables::CONVERSIONS` and
+/// `tables::PLATFORMS`, and the rollups' deltas.
 struct Changes<'a> {
-    conversions: Vec<(ConversionKey<'a>, &'a ConversionState)>,
-    platforms: Vec<(ConversionKey<'a>, &'a str, &'a PlatformState)>,
+    conversions: Vec<[Cell<'a>; 11]>,
+    platforms: Vec<[Cell<'a>; 18]>,
     rollups: Rollups<'a>,
 }
 
@@ -278,11 +288,15 @@ impl<'a> Changes<'a> {
                 .as_ref()
                 .filter(|s| old.state.as_ref() != Some(*s))
             {
-                changes.conversions.push((key, state));
+                changes
+                    .conversions
+                    .push(tables::conversion_cells(key, state));
             }
             for (platform, p) in &new.platforms {
                 if old.platforms.get(platform) != Some(p) {
-                    changes.platforms.push((key, platform.as_str(), p));
+                    changes
+                        .platforms
+                        .push(tables::platform_cells(key, platform, p));
                 }
             }
         }

@@ -42,16 +42,8 @@ pub(crate) async fn write(
     let new_duplicates = insert_history(tx, rows).await?;
     let after = batch.folded(&before, new_duplicates);
     let changes = Changes::between(&batch, &before, &after);
-    let conversions = changes
-        .conversions
-        .iter()
-        .map(|(k, c)| tables::conversion_cells(*k, c));
-    execute(tx, &tables::CONVERSIONS, conversions).await?;
-    let platforms = changes
-        .platforms
-        .iter()
-        .map(|(k, platform, p)| tables::platform_cells(*k, platform, p));
-    execute(tx, &tables::PLATFORMS, platforms).await?;
+    execute(tx, &tables::CONVERSIONS, changes.conversions.into_iter()).await?;
+    execute(tx, &tables::PLATFORMS, changes.platforms.into_iter()).await?;
     let click_ids = batch.click_ids();
     execute(
         tx,
@@ -195,9 +187,8 @@ async fn insert_history(
     let mut inserted = NewDuplicates::default();
     for chunk in duplicates.chunks(CHUNK) {
         let cells: Vec<_> = chunk.iter().map(|r| tables::history_cells(r)).collect();
-        let cells: Vec<&[Cell<'_>]> = cells.iter().map(|r| r.as_slice()).collect();
         for row in sqlx::query(&returning)
-            .bind(json(&cells)?)
+            .bind(json_rows(&cells)?)
             .fetch_all(&mut **tx)
             .await?
         {
@@ -246,13 +237,18 @@ async fn execute<'a, const N: usize>(
     let rows: Vec<[Cell<'a>; N]> = rows.collect();
     let sql = insert_sql(table);
     for chunk in rows.chunks(CHUNK) {
-        let chunk: Vec<&[Cell<'a>]> = chunk.iter().map(|r| r.as_slice()).collect();
         sqlx::query(&sql)
-            .bind(json(&chunk)?)
+            .bind(json_rows(chunk)?)
             .execute(&mut **tx)
             .await?;
     }
     Ok(())
+}
+
+/// Rows of cells as `$1` for `JSON_ROWS`: an array of arrays.
+fn json_rows<const N: usize>(rows: &[[Cell<'_>; N]]) -> Result<String, sqlx::Error> {
+    let rows: Vec<&[Cell<'_>]> = rows.iter().map(|r| r.as_slice()).collect();
+    json(&rows)
 }
 
 fn json(value: &(impl Serialize + ?Sized)) -> Result<String, sqlx::Error> {

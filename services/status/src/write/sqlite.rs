@@ -139,16 +139,8 @@ fn write(tx: &Transaction<'_>, rows: &[StatusRow]) -> Result<(), rusqlite::Error
     let new_duplicates = insert_history(tx, rows)?;
     let after = batch.folded(&before, new_duplicates);
     let changes = Changes::between(&batch, &before, &after);
-    let conversions = changes
-        .conversions
-        .iter()
-        .map(|(k, c)| tables::conversion_cells(*k, c));
-    insert(tx, &tables::CONVERSIONS, conversions)?;
-    let platforms = changes
-        .platforms
-        .iter()
-        .map(|(k, platform, p)| tables::platform_cells(*k, platform, p));
-    insert(tx, &tables::PLATFORMS, platforms)?;
+    insert(tx, &tables::CONVERSIONS, changes.conversions.into_iter())?;
+    insert(tx, &tables::PLATFORMS, changes.platforms.into_iter())?;
     let click_ids = batch.click_ids();
     insert(
         tx,

@@ -319,16 +319,7 @@ mod tests {
     #[test]
     fn every_row_has_a_cell_for_each_column() {
         let key = ("t", "Purchase", "e");
-        let c = ConversionState {
-            sort_time: 1,
-            first_seen: 1,
-            event_time: None,
-            value: None,
-            currency: None,
-            order_id: None,
-            sources: String::new(),
-            summary_key: String::new(),
-        };
+        let c = ConversionState::first_seen_at(1);
         assert_eq!(conversion_cells(key, &c).len(), CONVERSIONS.columns.len());
         let p = PlatformState::new();
         assert_eq!(
