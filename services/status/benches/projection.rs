@@ -7,7 +7,8 @@
 //!   cargo bench -p postback-status --bench projection
 //!
 //! POSTBACK_BENCH_STORES=sqlite (or postgres) times only that store,
-//! POSTBACK_BENCH_BATCH another batch size.
+//! POSTBACK_BENCH_BATCH another batch size, POSTBACK_BENCH_IDS=ordered
+//! event ids that sort as they come (`event_id`).
 //!
 //! PostgreSQL is the testkit's (a private server, or
 //! POSTBACK_TEST_DATABASE_URL).
@@ -31,6 +32,33 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const PLATFORMS: [&str; 3] = ["meta", "google_ads", "tiktok"];
 const T0: i64 = 1_790_000_000_000;
 
+/// The n-th conversion's event id: what the page gave the pixels, often a
+/// random UUID, so ids in a batch are scattered over the key space
+/// (POSTBACK_BENCH_IDS=ordered for order numbers, `ord-<n>`, which sort as
+/// they come). Random but the same every run: n through SplitMix64.
+fn event_id(n: usize) -> String {
+    if std::env::var("POSTBACK_BENCH_IDS").as_deref() == Ok("ordered") {
+        return format!("ord-{n}");
+    }
+    let mix = |mut z: u64| {
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let (a, b) = (
+        mix((n as u64).wrapping_add(0x9e37_79b9_7f4a_7c15)),
+        mix(n as u64),
+    );
+    format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xfff,
+        ((b >> 48) & 0x3fff) | 0x8000,
+        b & 0xffff_ffff_ffff
+    )
+}
+
 fn record(
     n: usize,
     platform: &str,
@@ -40,7 +68,7 @@ fn record(
 ) -> DeliveryStatus {
     DeliveryStatus {
         tenant: "acme".into(),
-        event_id: format!("ord-{n}"),
+        event_id: event_id(n),
         event_name: "Purchase".into(),
         platform: platform.into(),
         stage: if summary {
@@ -235,7 +263,7 @@ async fn bench(name: &str, store: Store, conversions: usize) {
         let store = store.clone();
         async move {
             store
-                .detail("acme", "Purchase", &format!("ord-{}", i * step))
+                .detail("acme", "Purchase", &event_id(i * step))
                 .await
                 .expect("detail")
                 .expect("found");

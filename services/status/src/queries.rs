@@ -212,8 +212,8 @@ impl Store {
         after: Option<&Cursor>,
     ) -> Result<Page, StoreError> {
         let mut sql = Sql::new(
-            "SELECT c.event_id, c.event_name, c.sort_time, c.first_seen, c.event_time, c.value,
-                c.currency, c.order_id, c.sources FROM conversions c WHERE c.tenant = ",
+            "SELECT c.id, c.event_id, c.event_name, c.sort_time, c.first_seen, c.event_time,
+                c.value, c.currency, c.order_id, c.sources FROM conversions c WHERE c.tenant = ",
         );
         sql.text(tenant);
         conversion_filters(&mut sql, tenant, filter);
@@ -242,8 +242,10 @@ impl Store {
         let rows = sql.query().fetch_all(self.pool()).await?;
         let mut conversions = Vec::with_capacity(rows.len());
         let mut sort_times = Vec::with_capacity(rows.len());
+        let mut ids = Vec::with_capacity(rows.len());
         for row in rows.iter().take(limit as usize) {
             sort_times.push(row.try_get::<i64, _>("sort_time")?);
+            ids.push(row.try_get::<i64, _>("id")?);
             conversions.push(conversion_view(row)?);
         }
         let next_cursor = (rows.len() > limit as usize)
@@ -257,49 +259,37 @@ impl Store {
                 }
                 .encode()
             });
-        self.attach_platforms(tenant, &mut conversions).await?;
+        self.attach_platforms(&ids, &mut conversions).await?;
         Ok(Page {
             conversions,
             next_cursor,
         })
     }
 
-    /// The platforms' current states of a page of conversions, in one query.
+    /// The platforms' current states of a page of conversions (`ids`,
+    /// their numbers, in the same order; read from the tenant's own
+    /// `conversions` rows), in one query.
     async fn attach_platforms(
         &self,
-        tenant: &str,
+        ids: &[i64],
         conversions: &mut [ConversionView],
     ) -> Result<(), StoreError> {
-        if conversions.is_empty() {
+        if ids.is_empty() {
             return Ok(());
         }
-        // A row-value IN list: both databases look each pair up in the
-        // primary key (a chain of ORs makes SQLite scan).
-        let mut sql = Sql::new("SELECT * FROM platform_states WHERE tenant = ");
-        sql.text(tenant)
-            .push(" AND (event_name, event_id) IN (VALUES ");
-        for (i, c) in conversions.iter().enumerate() {
+        let mut sql = Sql::new("SELECT * FROM platform_states WHERE conversion_id IN (");
+        for (i, id) in ids.iter().enumerate() {
             if i > 0 {
                 sql.push(", ");
             }
-            sql.push("(")
-                .text(&c.event_name)
-                .push(", ")
-                .text(&c.event_id)
-                .push(")");
+            sql.int(*id);
         }
         sql.push(")");
         let rows = sql.query().fetch_all(self.pool()).await?;
-        let mut index: BTreeMap<(String, String), usize> = BTreeMap::new();
-        for (i, c) in conversions.iter().enumerate() {
-            index.insert((c.event_name.clone(), c.event_id.clone()), i);
-        }
+        let index: BTreeMap<i64, usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
         for row in rows {
-            let key = (
-                row.try_get::<String, _>("event_name")?,
-                row.try_get::<String, _>("event_id")?,
-            );
-            if let Some(i) = index.get(&key) {
+            let id = row.try_get::<i64, _>("conversion_id")?;
+            if let Some(i) = index.get(&id) {
                 let platform = row.try_get::<String, _>("platform")?;
                 conversions[*i]
                     .platforms
@@ -317,8 +307,8 @@ impl Store {
         event_id: &str,
     ) -> Result<Option<Detail>, StoreError> {
         let mut sql = Sql::new(
-            "SELECT event_id, event_name, sort_time, first_seen, event_time, value, currency,
-                order_id, sources FROM conversions WHERE tenant = ",
+            "SELECT id, event_id, event_name, sort_time, first_seen, event_time, value,
+                currency, order_id, sources FROM conversions WHERE tenant = ",
         );
         sql.text(tenant)
             .push(" AND event_name = ")
@@ -328,15 +318,12 @@ impl Store {
         let Some(row) = sql.query().fetch_optional(self.pool()).await? else {
             return Ok(None);
         };
+        let id = row.try_get::<i64, _>("id")?;
         let mut conversion = [conversion_view(&row)?];
-        self.attach_platforms(tenant, &mut conversion).await?;
+        self.attach_platforms(&[id], &mut conversion).await?;
         let [conversion] = conversion;
-        let mut sql = Sql::new("SELECT * FROM status_history WHERE tenant = ");
-        sql.text(tenant)
-            .push(" AND event_name = ")
-            .text(event_name)
-            .push(" AND event_id = ")
-            .text(event_id)
+        let mut sql = Sql::new("SELECT * FROM status_history WHERE conversion_id = ");
+        sql.int(id)
             .push(" ORDER BY status_time, src_partition, src_offset");
         let history = sql
             .query()
@@ -448,8 +435,7 @@ impl Store {
         let mut sql = Sql::new(
             "SELECT p.platform, p.server_side, p.reason, p.front_end_rank, p.latency_bucket,
                     COUNT(*) AS n, CAST(SUM(p.duplicates) AS BIGINT) AS duplicates
-             FROM conversions c JOIN platform_states p ON p.tenant = c.tenant
-               AND p.event_name = c.event_name AND p.event_id = c.event_id
+             FROM conversions c JOIN platform_states p ON p.conversion_id = c.id
              WHERE c.tenant = ",
         );
         sql.text(tenant);
@@ -593,7 +579,7 @@ fn conversion_filters(sql: &mut Sql, tenant: &str, f: &ListFilter) {
     }
     if let Some(v) = &f.click_id_hash {
         // Driven from the click id's own rows, not probed per conversion.
-        sql.push(" AND (c.event_name, c.event_id) IN (SELECT k.event_name, k.event_id FROM click_ids k WHERE k.tenant = ")
+        sql.push(" AND c.id IN (SELECT k.conversion_id FROM click_ids k WHERE k.tenant = ")
             .text(tenant)
             .push(" AND k.click_id_hash = ")
             .text(v)
@@ -604,9 +590,7 @@ fn conversion_filters(sql: &mut Sql, tenant: &str, f: &ListFilter) {
         || f.server_side.is_some()
         || f.reason.is_some()
     {
-        sql.push(" AND EXISTS (SELECT 1 FROM platform_states p WHERE p.tenant = ")
-            .text(tenant)
-            .push(" AND p.event_name = c.event_name AND p.event_id = c.event_id");
+        sql.push(" AND EXISTS (SELECT 1 FROM platform_states p WHERE p.conversion_id = c.id");
         if let Some(v) = &f.platform {
             sql.push(" AND p.platform = ").text(v);
         }

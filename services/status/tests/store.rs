@@ -260,6 +260,25 @@ async fn filters_and_searches_find_what_they_name(store: Store) {
         .await
         .unwrap()
         .is_none());
+    // The same event id under two tenants is two conversions, each with
+    // only its own records and platforms.
+    let theirs = store
+        .detail("other", "Purchase", "ord-0")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(theirs.history.len(), 1);
+    assert_eq!(
+        theirs.conversion.platforms.keys().collect::<Vec<_>>(),
+        ["meta"]
+    );
+    let ours = store
+        .detail("acme", "Purchase", "ord-0")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ours.history.len(), 6);
+    assert_eq!(ours.conversion.platforms.len(), 2);
     assert!(store
         .detail("nobody", "Purchase", "ord-1")
         .await

@@ -9,8 +9,10 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
 use super::tables::{self, Cell, Column, Table};
-use super::{Batch, Changes, Conversion, ConversionState, NewDuplicates, PlatformState};
-use crate::store::{int, text, StatusRow};
+use super::{
+    numbers, unnumbered, Batch, Changes, Conversion, ConversionState, NewDuplicates, PlatformState,
+};
+use crate::store::{int, text, StatusRow, StoreError};
 
 /// Rows per statement: one JSON value of a few hundred kilobytes at most.
 const CHUNK: usize = 1000;
@@ -29,7 +31,7 @@ pub(crate) const RECORDS_PER_TRANSACTION: usize = 1000;
 pub(crate) async fn write(
     tx: &mut Transaction<'_, Any>,
     rows: &[StatusRow],
-) -> Result<(), sqlx::Error> {
+) -> Result<(), StoreError> {
     let batch = Batch::new(rows);
     // sqlx prepares each statement once; after five runs PostgreSQL may
     // keep a generic plan made while the tables were small (a sequential
@@ -39,12 +41,13 @@ pub(crate) async fn write(
         .await?;
     lock(tx, &batch).await?;
     let before = load(tx, &batch).await?;
-    let new_duplicates = insert_history(tx, rows).await?;
+    let ids = number(tx, &before).await?;
+    let new_duplicates = insert_history(tx, &batch, &ids).await?;
     let after = batch.folded(&before, new_duplicates);
-    let changes = Changes::between(&batch, &before, &after);
+    let changes = Changes::between(&batch, &ids, &before, &after);
     execute(tx, &tables::CONVERSIONS, changes.conversions.into_iter()).await?;
     execute(tx, &tables::PLATFORMS, changes.platforms.into_iter()).await?;
-    let click_ids = batch.click_ids();
+    let click_ids = batch.click_ids(&ids);
     execute(
         tx,
         &tables::CLICK_IDS,
@@ -53,7 +56,7 @@ pub(crate) async fn write(
     .await?;
     // Last: replicas on one PostgreSQL update the same rollup rows, and a
     // row's lock is held until the commit that follows.
-    execute(tx, &tables::ROLLUPS, changes.rollups.rows()).await
+    Ok(execute(tx, &tables::ROLLUPS, changes.rollups.rows()).await?)
 }
 
 /// One advisory lock per conversion, for the transaction, in the order of
@@ -87,44 +90,72 @@ async fn load(
     tx: &mut Transaction<'_, Any>,
     batch: &Batch<'_>,
 ) -> Result<Vec<Conversion>, sqlx::Error> {
-    let mut stored: BTreeMap<StoredKey, Conversion> = BTreeMap::new();
-    // The rows of `table` whose conversion is one of `$1`'s.
-    let of_keys = |table: &str| {
-        format!(
-            "SELECT c.* FROM {JSON_ROWS} CROSS JOIN {table} c WHERE c.tenant = r.value ->> 0
-               AND c.event_name = r.value ->> 1 AND c.event_id = r.value ->> 2"
-        )
-    };
-    let (conversions, platforms) = (of_keys("conversions"), of_keys("platform_states"));
+    const CONVERSIONS: &str = "SELECT c.* FROM jsonb_array_elements($1::jsonb) AS r(value)
+         CROSS JOIN conversions c WHERE c.tenant = r.value ->> 0
+           AND c.event_name = r.value ->> 1 AND c.event_id = r.value ->> 2";
+    const PLATFORMS: &str = "SELECT p.* FROM jsonb_array_elements($1::jsonb) AS r(value)
+         JOIN platform_states p ON p.conversion_id = (r.value #>> '{}')::bigint";
+    let mut numbers: BTreeMap<StoredKey, i64> = BTreeMap::new();
+    let mut stored: BTreeMap<i64, Conversion> = BTreeMap::new();
     let keys: Vec<_> = batch.conversions().collect();
     for chunk in keys.chunks(CHUNK) {
-        let keys = json(chunk)?;
-        for row in sqlx::query(&conversions)
-            .bind(&keys)
+        let rows = sqlx::query(CONVERSIONS)
+            .bind(json(chunk)?)
             .fetch_all(&mut **tx)
-            .await?
-        {
-            stored.entry(stored_key(&row)?).or_default().state = Some(conversion_state(&row)?);
+            .await?;
+        let mut ids = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: i64 = row.try_get("id")?;
+            numbers.insert(stored_key(&row)?, id);
+            let conversion = Conversion {
+                id: Some(id),
+                state: Some(conversion_state(&row)?),
+                ..Conversion::default()
+            };
+            stored.insert(id, conversion);
+            ids.push(id);
         }
-        for row in sqlx::query(&platforms)
-            .bind(&keys)
+        for row in sqlx::query(PLATFORMS)
+            .bind(json(&ids)?)
             .fetch_all(&mut **tx)
             .await?
         {
-            let platform = row.try_get::<String, _>("platform")?;
-            let state = platform_state(&row)?;
-            stored
-                .entry(stored_key(&row)?)
-                .or_default()
-                .platforms
-                .insert(platform, state);
+            let id: i64 = row.try_get("conversion_id")?;
+            if let Some(conversion) = stored.get_mut(&id) {
+                let platform = row.try_get::<String, _>("platform")?;
+                conversion.platforms.insert(platform, platform_state(&row)?);
+            }
         }
     }
     let in_order = keys.iter().map(|(t, n, i)| {
         let key = (t.to_string(), n.to_string(), i.to_string());
-        stored.remove(&key).unwrap_or_default()
+        let id = numbers.get(&key);
+        id.and_then(|id| stored.remove(id)).unwrap_or_default()
     });
     Ok(in_order.collect())
+}
+
+/// Numbers the batch's new conversions from the identity's sequence,
+/// which replicas share: numbers are unique, and nearly in the order
+/// conversions were first seen.
+async fn number(
+    tx: &mut Transaction<'_, Any>,
+    before: &[Conversion],
+) -> Result<Vec<i64>, StoreError> {
+    const SQL: &str = "SELECT nextval(pg_get_serial_sequence('conversions', 'id')) AS id
+         FROM generate_series(1, $1) ORDER BY id";
+    let wanted = unnumbered(before);
+    let mut fresh = Vec::with_capacity(wanted);
+    if wanted > 0 {
+        let rows = sqlx::query(SQL)
+            .bind(wanted as i64)
+            .fetch_all(&mut **tx)
+            .await?;
+        for row in rows {
+            fresh.push(row.try_get::<i64, _>("id")?);
+        }
+    }
+    Ok(numbers(before, fresh)?)
 }
 
 /// A conversion's key as read from the database.
@@ -174,19 +205,30 @@ fn platform_state(row: &AnyRow) -> Result<PlatformState, sqlx::Error> {
 /// `duplicate` records among them.
 async fn insert_history(
     tx: &mut Transaction<'_, Any>,
-    rows: &[StatusRow],
+    batch: &Batch<'_>,
+    ids: &[i64],
 ) -> Result<NewDuplicates, sqlx::Error> {
-    let (duplicates, others): (Vec<&StatusRow>, Vec<&StatusRow>) =
-        rows.iter().partition(|r| tables::is_duplicate(r));
+    let (duplicates, others): (Vec<_>, Vec<_>) = batch
+        .numbered(ids)
+        .partition(|(_, r)| tables::is_duplicate(r));
     let history = &tables::HISTORY;
-    execute(tx, history, others.into_iter().map(tables::history_cells)).await?;
+    let others = others.into_iter();
+    execute(
+        tx,
+        history,
+        others.map(|(id, r)| tables::history_cells(id, r)),
+    )
+    .await?;
     let returning = format!(
         "{} RETURNING src_partition, src_offset",
         insert_sql(history)
     );
     let mut inserted = NewDuplicates::default();
     for chunk in duplicates.chunks(CHUNK) {
-        let cells: Vec<_> = chunk.iter().map(|r| tables::history_cells(r)).collect();
+        let cells: Vec<_> = chunk
+            .iter()
+            .map(|(id, r)| tables::history_cells(*id, r))
+            .collect();
         for row in sqlx::query(&returning)
             .bind(json_rows(&cells)?)
             .fetch_all(&mut **tx)

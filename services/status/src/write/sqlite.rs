@@ -16,8 +16,10 @@ use std::time::Duration;
 
 use rusqlite::{params_from_iter, Connection, OpenFlags, OptionalExtension, Transaction};
 
-use super::tables::{self, Cell, Table};
-use super::{Batch, Changes, Conversion, ConversionState, NewDuplicates, PlatformState};
+use super::tables::{self, Cell, Column, Table};
+use super::{
+    numbers, unnumbered, Batch, Changes, Conversion, ConversionState, NewDuplicates, PlatformState,
+};
 use crate::store::{StatusRow, StoreError};
 
 /// SQLite plans by its statistics table, which nothing fills unless asked:
@@ -83,12 +85,11 @@ impl SqliteWriter {
         })
         .await
         .map_err(StoreError::WriterStopped)?
-        .map_err(StoreError::from)
     }
 }
 
 impl Writer {
-    fn apply(&mut self, rows: &[StatusRow]) -> Result<(), rusqlite::Error> {
+    fn apply(&mut self, rows: &[StatusRow]) -> Result<(), StoreError> {
         // IMMEDIATE: take the write lock first, so the rows read are the
         // rows written over.
         let tx = self
@@ -133,15 +134,16 @@ fn refresh_statistics(conn: &Connection) -> Result<(), rusqlite::Error> {
     conn.execute_batch("PRAGMA analysis_limit = 1000; ANALYZE;")
 }
 
-fn write(tx: &Transaction<'_>, rows: &[StatusRow]) -> Result<(), rusqlite::Error> {
+fn write(tx: &Transaction<'_>, rows: &[StatusRow]) -> Result<(), StoreError> {
     let batch = Batch::new(rows);
     let before = load(tx, &batch)?;
-    let new_duplicates = insert_history(tx, rows)?;
+    let ids = number(tx, &before)?;
+    let new_duplicates = insert_history(tx, &batch, &ids)?;
     let after = batch.folded(&before, new_duplicates);
-    let changes = Changes::between(&batch, &before, &after);
+    let changes = Changes::between(&batch, &ids, &before, &after);
     insert(tx, &tables::CONVERSIONS, changes.conversions.into_iter())?;
     insert(tx, &tables::PLATFORMS, changes.platforms.into_iter())?;
-    let click_ids = batch.click_ids();
+    let click_ids = batch.click_ids(&ids);
     insert(
         tx,
         &tables::CLICK_IDS,
@@ -151,12 +153,16 @@ fn write(tx: &Transaction<'_>, rows: &[StatusRow]) -> Result<(), rusqlite::Error
     Ok(())
 }
 
-/// `SELECT <the columns after the conversion's key> FROM table WHERE <the
-/// conversion's key>`: the columns in `table`'s order, read by place.
-fn select_of_conversion(table: &Table) -> String {
-    let names: Vec<&str> = table.columns[3..].iter().map(|c| c.name()).collect();
+/// `SELECT <columns> FROM table WHERE <filter>`: columns of `table` in
+/// its order, read by place.
+fn select<'c>(
+    columns: impl IntoIterator<Item = &'c Column>,
+    table: &Table,
+    filter: &str,
+) -> String {
+    let names: Vec<&str> = columns.into_iter().map(|c| c.name()).collect();
     format!(
-        "SELECT {} FROM {} WHERE tenant = ?1 AND event_name = ?2 AND event_id = ?3",
+        "SELECT {} FROM {} WHERE {filter}",
         names.join(", "),
         table.name
     )
@@ -165,16 +171,25 @@ fn select_of_conversion(table: &Table) -> String {
 /// The stored rows of the batch's conversions, in its order; a conversion
 /// not stored yet is there, empty.
 fn load(tx: &Transaction<'_>, batch: &Batch<'_>) -> Result<Vec<Conversion>, rusqlite::Error> {
-    let mut conversions = tx.prepare_cached(&select_of_conversion(&tables::CONVERSIONS))?;
-    let mut platforms = tx.prepare_cached(&select_of_conversion(&tables::PLATFORMS))?;
+    let (c, p) = (&tables::CONVERSIONS, &tables::PLATFORMS);
+    // The number, then what follows the key.
+    let number_and_state = c.columns[..1].iter().chain(&c.columns[4..]);
+    let by_key = "tenant = ?1 AND event_name = ?2 AND event_id = ?3";
+    let mut conversions = tx.prepare_cached(&select(number_and_state, c, by_key))?;
+    let mut platforms = tx.prepare_cached(&select(&p.columns[1..], p, "conversion_id = ?1"))?;
     let mut out = Vec::with_capacity(batch.conversions().len());
     for (tenant, event_name, event_id) in batch.conversions() {
         let key = [tenant, event_name, event_id];
+        let Some((id, state)) = conversions.query_row(key, conversion_state).optional()? else {
+            out.push(Conversion::default());
+            continue;
+        };
         let mut conversion = Conversion {
-            state: conversions.query_row(key, conversion_state).optional()?,
+            id: Some(id),
+            state: Some(state),
             ..Conversion::default()
         };
-        let mut rows = platforms.query(key)?;
+        let mut rows = platforms.query([id])?;
         while let Some(row) = rows.next()? {
             conversion
                 .platforms
@@ -185,23 +200,36 @@ fn load(tx: &Transaction<'_>, batch: &Batch<'_>) -> Result<Vec<Conversion>, rusq
     Ok(out)
 }
 
-/// A `conversions` row, its columns in `tables::CONVERSIONS`' order after
-/// the key.
-fn conversion_state(row: &rusqlite::Row<'_>) -> Result<ConversionState, rusqlite::Error> {
-    Ok(ConversionState {
-        sort_time: row.get(0)?,
-        first_seen: row.get(1)?,
-        event_time: row.get(2)?,
-        value: row.get(3)?,
-        currency: row.get(4)?,
-        order_id: row.get(5)?,
-        sources: row.get(6)?,
-        summary_key: row.get(7)?,
-    })
+/// Numbers the batch's new conversions after the highest stored: this
+/// connection is the only writer, and holds the write lock.
+fn number(tx: &Transaction<'_>, before: &[Conversion]) -> Result<Vec<i64>, StoreError> {
+    let highest: i64 = match unnumbered(before) {
+        0 => 0,
+        _ => tx.query_row("SELECT COALESCE(MAX(id), 0) FROM conversions", [], |r| {
+            r.get(0)
+        })?,
+    };
+    Ok(numbers(before, highest + 1..)?)
+}
+
+/// A `conversions` row: its number, then its columns in
+/// `tables::CONVERSIONS`' order after the key.
+fn conversion_state(row: &rusqlite::Row<'_>) -> Result<(i64, ConversionState), rusqlite::Error> {
+    let state = ConversionState {
+        sort_time: row.get(1)?,
+        first_seen: row.get(2)?,
+        event_time: row.get(3)?,
+        value: row.get(4)?,
+        currency: row.get(5)?,
+        order_id: row.get(6)?,
+        sources: row.get(7)?,
+        summary_key: row.get(8)?,
+    };
+    Ok((row.get(0)?, state))
 }
 
 /// A `platform_states` row, its columns in `tables::PLATFORMS`' order
-/// after the conversion's key (the platform first).
+/// after the conversion's number (the platform first).
 fn platform_state(row: &rusqlite::Row<'_>) -> Result<PlatformState, rusqlite::Error> {
     Ok(PlatformState {
         front_end_rank: row.get(1)?,
@@ -225,12 +253,14 @@ fn platform_state(row: &rusqlite::Row<'_>) -> Result<PlatformState, rusqlite::Er
 /// `duplicate` records among them.
 fn insert_history(
     tx: &Transaction<'_>,
-    rows: &[StatusRow],
+    batch: &Batch<'_>,
+    ids: &[i64],
 ) -> Result<NewDuplicates, rusqlite::Error> {
     let mut statement = tx.prepare_cached(&insert_sql(&tables::HISTORY))?;
     let mut new_duplicates = NewDuplicates::default();
-    for row in rows {
-        let inserted = statement.execute(params_from_iter(tables::history_cells(row).iter()))?;
+    for (id, row) in batch.numbered(ids) {
+        let cells = tables::history_cells(id, row);
+        let inserted = statement.execute(params_from_iter(cells.iter()))?;
         if inserted > 0 && tables::is_duplicate(row) {
             new_duplicates.insert((row.partition, row.offset));
         }
@@ -271,15 +301,22 @@ mod tests {
     fn rows_are_bound_by_place_and_read_by_place() {
         assert_eq!(
             insert_sql(&tables::CLICK_IDS),
-            "INSERT INTO click_ids (tenant, click_id_hash, event_name, event_id) \
-             VALUES (?1, ?2, ?3, ?4) ON CONFLICT (tenant, click_id_hash, event_name, event_id) DO NOTHING"
+            "INSERT INTO click_ids (tenant, click_id_hash, conversion_id) \
+             VALUES (?1, ?2, ?3) ON CONFLICT (tenant, click_id_hash, conversion_id) DO NOTHING"
         );
+        let c = &tables::CONVERSIONS;
         assert_eq!(
-            select_of_conversion(&tables::CONVERSIONS),
-            "SELECT sort_time, first_seen, event_time, value, currency, order_id, sources, \
-             summary_key FROM conversions WHERE tenant = ?1 AND event_name = ?2 AND event_id = ?3"
+            select(c.columns[..1].iter().chain(&c.columns[4..]), c, "id = ?1"),
+            "SELECT id, sort_time, first_seen, event_time, value, currency, order_id, sources, \
+             summary_key FROM conversions WHERE id = ?1"
         );
-        assert!(select_of_conversion(&tables::PLATFORMS)
-            .starts_with("SELECT platform, front_end_rank, server_side, "));
+        let p = &tables::PLATFORMS;
+        assert_eq!(
+            select(&p.columns[1..], p, "conversion_id = ?1")
+                .split(", ")
+                .take(3)
+                .collect::<Vec<_>>(),
+            ["SELECT platform", "front_end_rank", "server_side"]
+        );
     }
 }

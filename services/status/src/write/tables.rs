@@ -63,9 +63,9 @@ fn text(v: &str) -> Cell<'_> {
 pub(crate) enum OnConflict {
     /// Keeps the stored row: the history and the click ids never change.
     Keep,
-    /// Replaces every column but the key: the row was folded in memory
-    /// from the stored one.
-    Replace,
+    /// Replaces every column but the key and these, which only the
+    /// insert writes: the row was folded in memory from the stored one.
+    Replace(&'static [&'static str]),
     /// Adds these columns to the stored ones: the rollups' counts.
     Add(&'static [&'static str]),
 }
@@ -83,11 +83,11 @@ impl Table {
     pub fn conflict_clause(&self) -> String {
         let set: Vec<String> = match self.on_conflict {
             OnConflict::Keep => return format!("ON CONFLICT ({}) DO NOTHING", self.key),
-            OnConflict::Replace => self
+            OnConflict::Replace(fixed) => self
                 .columns
                 .iter()
                 .map(|c| c.name())
-                .filter(|c| !self.key.split(", ").any(|k| k == *c))
+                .filter(|c| !self.key.split(", ").any(|k| k == *c) && !fixed.contains(c))
                 .map(|c| format!("{c} = excluded.{c}"))
                 .collect(),
             OnConflict::Add(columns) => columns
@@ -112,13 +112,11 @@ use Column::{Int, Text};
 
 pub(crate) const HISTORY: Table = Table {
     name: "status_history",
-    key: "tenant, event_name, event_id, src_partition, src_offset",
+    key: "conversion_id, src_partition, src_offset",
     columns: &[
+        Int("conversion_id"),
         Int("src_partition"),
         Int("src_offset"),
-        Text("tenant"),
-        Text("event_name"),
-        Text("event_id"),
         Text("platform"),
         Text("stage"),
         Text("server_side"),
@@ -134,14 +132,12 @@ pub(crate) const HISTORY: Table = Table {
     on_conflict: OnConflict::Keep,
 };
 
-pub(crate) fn history_cells(row: &StatusRow) -> [Cell<'_>; 16] {
+pub(crate) fn history_cells(conversion: i64, row: &StatusRow) -> [Cell<'_>; 14] {
     let s = &row.status;
     [
+        int(conversion),
         int(row.partition),
         int(row.offset),
-        text(&s.tenant),
-        text(&s.event_name),
-        text(&s.event_id),
         text(&s.platform),
         text(&s.stage),
         text(fold::server_side_name(s.server_side)),
@@ -167,8 +163,9 @@ pub(crate) fn is_duplicate(row: &StatusRow) -> bool {
 
 pub(crate) const CONVERSIONS: Table = Table {
     name: "conversions",
-    key: "tenant, event_name, event_id",
+    key: "id",
     columns: &[
+        Int("id"),
         Text("tenant"),
         Text("event_name"),
         Text("event_id"),
@@ -181,14 +178,17 @@ pub(crate) const CONVERSIONS: Table = Table {
         Text("sources"),
         Text("summary_key"),
     ],
-    on_conflict: OnConflict::Replace,
+    // A number stands for one key for ever: its index stays as it is.
+    on_conflict: OnConflict::Replace(&["tenant", "event_name", "event_id"]),
 };
 
 pub(crate) fn conversion_cells<'a>(
+    id: i64,
     (tenant, event_name, event_id): ConversionKey<'a>,
     c: &'a ConversionState,
-) -> [Cell<'a>; 11] {
+) -> [Cell<'a>; 12] {
     [
+        int(id),
         text(tenant),
         text(event_name),
         text(event_id),
@@ -205,11 +205,9 @@ pub(crate) fn conversion_cells<'a>(
 
 pub(crate) const PLATFORMS: Table = Table {
     name: "platform_states",
-    key: "tenant, event_name, event_id, platform",
+    key: "conversion_id, platform",
     columns: &[
-        Text("tenant"),
-        Text("event_name"),
-        Text("event_id"),
+        Int("conversion_id"),
         Text("platform"),
         Int("front_end_rank"),
         Text("server_side"),
@@ -226,18 +224,16 @@ pub(crate) const PLATFORMS: Table = Table {
         Text("match_keys_key"),
         Int("duplicates"),
     ],
-    on_conflict: OnConflict::Replace,
+    on_conflict: OnConflict::Replace(&[]),
 };
 
 pub(crate) fn platform_cells<'a>(
-    (tenant, event_name, event_id): ConversionKey<'a>,
+    conversion: i64,
     platform: &'a str,
     p: &'a PlatformState,
-) -> [Cell<'a>; 18] {
+) -> [Cell<'a>; 16] {
     [
-        text(tenant),
-        text(event_name),
-        text(event_id),
+        int(conversion),
         text(platform),
         int(p.front_end_rank),
         text(&p.server_side),
@@ -258,21 +254,16 @@ pub(crate) fn platform_cells<'a>(
 
 pub(crate) const CLICK_IDS: Table = Table {
     name: "click_ids",
-    key: "tenant, click_id_hash, event_name, event_id",
-    columns: &[
-        Text("tenant"),
-        Text("click_id_hash"),
-        Text("event_name"),
-        Text("event_id"),
-    ],
+    key: "tenant, click_id_hash, conversion_id",
+    columns: &[Text("tenant"), Text("click_id_hash"), Int("conversion_id")],
     on_conflict: OnConflict::Keep,
 };
 
-/// A hashed click id of a conversion: tenant, hash, event name, event id.
-pub(crate) type ClickId<'a> = (&'a str, &'a str, &'a str, &'a str);
+/// A hashed click id of a conversion: tenant, hash, conversion's number.
+pub(crate) type ClickId<'a> = (&'a str, &'a str, i64);
 
-pub(crate) fn click_id_cells<'a>((t, h, n, i): &ClickId<'a>) -> [Cell<'a>; 4] {
-    [text(t), text(h), text(n), text(i)]
+pub(crate) fn click_id_cells<'a>((t, h, id): &ClickId<'a>) -> [Cell<'a>; 3] {
+    [text(t), text(h), int(*id)]
 }
 
 pub(crate) const ROLLUPS: Table = Table {
@@ -302,13 +293,17 @@ mod tests {
     fn each_table_says_what_a_conflict_does() {
         assert_eq!(
             HISTORY.conflict_clause(),
-            "ON CONFLICT (tenant, event_name, event_id, src_partition, src_offset) DO NOTHING"
+            "ON CONFLICT (conversion_id, src_partition, src_offset) DO NOTHING"
         );
         let replace = CONVERSIONS.conflict_clause();
-        assert!(replace.starts_with(
-            "ON CONFLICT (tenant, event_name, event_id) DO UPDATE SET sort_time = excluded.sort_time, "
-        ));
+        assert!(
+            replace.starts_with("ON CONFLICT (id) DO UPDATE SET sort_time = excluded.sort_time, ")
+        );
         assert!(!replace.contains("tenant = "), "{replace}");
+        assert!(!replace.contains("event_id = "), "{replace}");
+        assert!(PLATFORMS
+            .conflict_clause()
+            .starts_with("ON CONFLICT (conversion_id, platform) DO UPDATE SET front_end_rank = "));
         assert!(replace.ends_with("summary_key = excluded.summary_key"));
         assert!(ROLLUPS.conflict_clause().ends_with(
             "DO UPDATE SET n = summary_rollups.n + excluded.n, \
@@ -320,17 +315,17 @@ mod tests {
     fn every_row_has_a_cell_for_each_column() {
         let key = ("t", "Purchase", "e");
         let c = ConversionState::first_seen_at(1);
-        assert_eq!(conversion_cells(key, &c).len(), CONVERSIONS.columns.len());
-        let p = PlatformState::new();
         assert_eq!(
-            platform_cells(key, "meta", &p).len(),
-            PLATFORMS.columns.len()
+            conversion_cells(1, key, &c).len(),
+            CONVERSIONS.columns.len()
         );
+        let p = PlatformState::new();
+        assert_eq!(platform_cells(1, "meta", &p).len(), PLATFORMS.columns.len());
         assert_eq!(
-            click_id_cells(&("t", "h", "n", "i")).len(),
+            click_id_cells(&("t", "h", 1)).len(),
             CLICK_IDS.columns.len()
         );
-        assert_eq!(HISTORY.columns.len(), 16);
+        assert_eq!(HISTORY.columns.len(), 14);
         assert_eq!(ROLLUPS.columns.len(), 11);
     }
 
