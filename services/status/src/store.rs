@@ -55,6 +55,8 @@ pub enum StoreError {
     SqlitePath(String),
     #[error("status store: {0}")]
     Numbering(#[from] crate::write::TooFewNumbers),
+    #[error("the status store holds layout {found}, newer than this build's {want}: run the newer build, or point this one at another database (a projection of its own)")]
+    NewerLayout { found: u32, want: u32 },
     #[error("the status store cannot be an in-memory SQLite database: its writer and its readers are separate connections; give a file")]
     InMemory,
 }
@@ -204,12 +206,13 @@ const SCHEMA_VERSION: &str = "4";
 /// Layout 4 keys the tables by a conversion's number instead of its text
 /// key. Event ids are the site's (often random UUIDs): keyed by them,
 /// every record landed on its own page of each table and index, and a
-/// batch rewrote a page per record. At a million conversions with random
-/// ids, layout 3 folded 23,700 records/s against 70,500 with ordered ids
-/// (`benches/projection.rs`). Numbered as first seen, a batch's records
-/// touch the few pages where their conversions are; only `conversions`'
-/// unique key and the click ids still take a random place, once per
-/// conversion. SQLite assigns the next number itself (one writer);
+/// batch rewrote a page per record. At 500,000 conversions with random
+/// ids, layout 3 folded 21,000-23,000 records/s against 64,000 for
+/// layout 4 on the same machine (`benches/projection.rs`). Numbered as
+/// first seen, a batch's records touch the few pages where their
+/// conversions are; only the indexes on what the site chose
+/// (`conversions`' unique key, its order ids, the click ids) still take a
+/// random place, once per conversion. SQLite assigns the next number itself (one writer);
 /// PostgreSQL's replicas take theirs from the identity's sequence.
 const CONVERSION_ID: &str = "{CONVERSION_ID}";
 
@@ -227,6 +230,16 @@ const TABLES: &[&str] = &[
     "summary_rollups",
     "projection",
 ];
+
+/// The layout a database holds, when it is newer than this build's.
+fn newer_layout(found: Option<&str>) -> Option<u32> {
+    let found = layout_number(found?)?;
+    (found > layout_number(SCHEMA_VERSION)?).then_some(found)
+}
+
+fn layout_number(version: &str) -> Option<u32> {
+    version.parse().ok()
+}
 
 impl Store {
     /// Opens the database of `config.url` (creating an SQLite file and its
@@ -285,6 +298,15 @@ impl Store {
                 "schema" => version = Some(row.try_get::<String, _>("id")?),
                 _ => {}
             }
+        }
+        if let Some(found) = newer_layout(version.as_deref()) {
+            // An older build beside a newer one (a rolling update, a
+            // rollback) must not drop the newer build's tables, which it
+            // would then drop back.
+            return Err(StoreError::NewerLayout {
+                found,
+                want: layout_number(SCHEMA_VERSION).unwrap_or(0),
+            });
         }
         if made && version.as_deref() != Some(SCHEMA_VERSION) {
             tracing::warn!(

@@ -417,6 +417,37 @@ async fn the_rollups_agree_with_a_scan_over_any_range(store: Store) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_writing_the_same_conversions_at_once_keep_the_rollups_exact() {
     let (db, a) = postgres().await;
+    replicas_write_the_same_conversions_at_once(db, a).await;
+}
+
+/// The same, on a server whose transactions default to REPEATABLE READ: a
+/// replica that waited for the other's lock must still see the
+/// conversion the other numbered, not number it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_number_a_conversion_once_whatever_the_default_isolation() {
+    let db = TestDatabase::create().await.unwrap();
+    let name = db.url.rsplit('/').next().unwrap().to_string();
+    use sqlx::Connection;
+    let mut admin = sqlx::postgres::PgConnection::connect(&db.url)
+        .await
+        .unwrap();
+    sqlx::query(&format!(
+        "ALTER DATABASE \"{name}\" SET default_transaction_isolation = 'repeatable read'"
+    ))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    admin.close().await.unwrap();
+    let a = Store::open(&StoreConfig {
+        url: db.url.clone(),
+        ..StoreConfig::default()
+    })
+    .await
+    .unwrap();
+    replicas_write_the_same_conversions_at_once(db, a).await;
+}
+
+async fn replicas_write_the_same_conversions_at_once(db: TestDatabase, a: Store) {
     let b = Store::open(&StoreConfig {
         url: db.url.clone(),
         ..StoreConfig::default()
@@ -546,6 +577,38 @@ async fn a_store_of_another_layout_is_rebuilt_under_a_new_name() {
     assert_ne!(store.projection_id().await.unwrap(), before);
     store.apply(history()).await.unwrap();
     assert_eq!(store.history_len().await.unwrap(), history().len() as i64);
+}
+
+/// A build older than the store's layout (a rollback, an old replica in
+/// a rolling update) refuses it and leaves its tables alone: dropping
+/// them would have the newer build drop them back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_of_a_newer_layout_is_refused_and_kept() {
+    let (dir, store) = sqlite().await;
+    store.apply(history()).await.unwrap();
+    drop(store);
+    let file = dir.path().join("nested/status.db");
+    rusqlite::Connection::open(&file)
+        .unwrap()
+        .execute("UPDATE projection SET id = '99' WHERE name = 'schema'", [])
+        .unwrap();
+    let config = StoreConfig {
+        url: format!("sqlite://{}", file.display()),
+        ..StoreConfig::default()
+    };
+    let refused = Store::open(&config)
+        .await
+        .err()
+        .expect("a newer layout is refused");
+    assert!(
+        refused.to_string().contains("layout 99, newer than"),
+        "{refused}"
+    );
+    let kept: i64 = rusqlite::Connection::open(&file)
+        .unwrap()
+        .query_row("SELECT COUNT(*) FROM status_history", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(kept, history().len() as i64);
 }
 
 macro_rules! both {

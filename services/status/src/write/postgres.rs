@@ -33,6 +33,13 @@ pub(crate) async fn write(
     rows: &[StatusRow],
 ) -> Result<(), StoreError> {
     let batch = Batch::new(rows);
+    // `lock` then `load`: each statement must see what the replica it
+    // waited for committed, or it numbers that replica's new conversion a
+    // second time. A server whose default is REPEATABLE READ would give
+    // the whole transaction the snapshot from before the wait.
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        .execute(&mut **tx)
+        .await?;
     // sqlx prepares each statement once; after five runs PostgreSQL may
     // keep a generic plan made while the tables were small (a sequential
     // scan), 50-150 ms per batch at 200,000 conversions instead of 1 ms.
