@@ -201,7 +201,7 @@ const SCHEMA: &[&str] = &[
 /// The tables' layout. A database of another layout is dropped and made
 /// again at open: it is a projection, and its new name (`projection_id`)
 /// reads the topic from its start to fill it.
-const SCHEMA_VERSION: &str = "4";
+const SCHEMA_VERSION: u32 = 4;
 
 /// Layout 4 keys the tables by a conversion's number instead of its text
 /// key. Event ids are the site's (often random UUIDs): keyed by them,
@@ -230,16 +230,6 @@ const TABLES: &[&str] = &[
     "summary_rollups",
     "projection",
 ];
-
-/// The layout a database holds, when it is newer than this build's.
-fn newer_layout(found: Option<&str>) -> Option<u32> {
-    let found = layout_number(found?)?;
-    (found > layout_number(SCHEMA_VERSION)?).then_some(found)
-}
-
-fn layout_number(version: &str) -> Option<u32> {
-    version.parse().ok()
-}
 
 impl Store {
     /// Opens the database of `config.url` (creating an SQLite file and its
@@ -299,16 +289,17 @@ impl Store {
                 _ => {}
             }
         }
-        if let Some(found) = newer_layout(version.as_deref()) {
+        let layout: Option<u32> = version.as_deref().and_then(|v| v.parse().ok());
+        if let Some(found) = layout.filter(|&found| found > SCHEMA_VERSION) {
             // An older build beside a newer one (a rolling update, a
             // rollback) must not drop the newer build's tables, which it
             // would then drop back.
             return Err(StoreError::NewerLayout {
                 found,
-                want: layout_number(SCHEMA_VERSION).unwrap_or(0),
+                want: SCHEMA_VERSION,
             });
         }
-        if made && version.as_deref() != Some(SCHEMA_VERSION) {
+        if made && layout != Some(SCHEMA_VERSION) {
             tracing::warn!(
                 found = version.as_deref().unwrap_or("1"),
                 want = SCHEMA_VERSION,
@@ -333,7 +324,7 @@ impl Store {
         sqlx::query(
             "INSERT INTO projection (name, id) VALUES ('schema', $1) ON CONFLICT (name) DO NOTHING",
         )
-        .bind(SCHEMA_VERSION)
+        .bind(SCHEMA_VERSION.to_string())
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -97,16 +97,19 @@ async fn load(
     tx: &mut Transaction<'_, Any>,
     batch: &Batch<'_>,
 ) -> Result<Vec<Conversion>, sqlx::Error> {
-    const CONVERSIONS: &str = "SELECT c.* FROM jsonb_array_elements($1::jsonb) AS r(value)
-         CROSS JOIN conversions c WHERE c.tenant = r.value ->> 0
-           AND c.event_name = r.value ->> 1 AND c.event_id = r.value ->> 2";
-    const PLATFORMS: &str = "SELECT p.* FROM jsonb_array_elements($1::jsonb) AS r(value)
-         JOIN platform_states p ON p.conversion_id = (r.value #>> '{}')::bigint";
+    let conversions = format!(
+        "SELECT c.* FROM {JSON_ROWS} CROSS JOIN conversions c WHERE c.tenant = r.value ->> 0
+           AND c.event_name = r.value ->> 1 AND c.event_id = r.value ->> 2"
+    );
+    let platforms = format!(
+        "SELECT p.* FROM {JSON_ROWS}
+           JOIN platform_states p ON p.conversion_id = (r.value #>> '{{}}')::bigint"
+    );
     let mut numbers: BTreeMap<StoredKey, i64> = BTreeMap::new();
     let mut stored: BTreeMap<i64, Conversion> = BTreeMap::new();
     let keys: Vec<_> = batch.conversions().collect();
     for chunk in keys.chunks(CHUNK) {
-        let rows = sqlx::query(CONVERSIONS)
+        let rows = sqlx::query(&conversions)
             .bind(json(chunk)?)
             .fetch_all(&mut **tx)
             .await?;
@@ -122,7 +125,7 @@ async fn load(
             stored.insert(id, conversion);
             ids.push(id);
         }
-        for row in sqlx::query(PLATFORMS)
+        for row in sqlx::query(&platforms)
             .bind(json(&ids)?)
             .fetch_all(&mut **tx)
             .await?
@@ -151,17 +154,16 @@ async fn number(
 ) -> Result<Vec<i64>, StoreError> {
     const SQL: &str = "SELECT nextval(pg_get_serial_sequence('conversions', 'id')) AS id
          FROM generate_series(1, $1) ORDER BY id";
-    let wanted = unnumbered(before);
-    let mut fresh = Vec::with_capacity(wanted);
-    if wanted > 0 {
-        let rows = sqlx::query(SQL)
+    let fresh = match unnumbered(before) {
+        0 => Vec::new(),
+        wanted => sqlx::query(SQL)
             .bind(wanted as i64)
             .fetch_all(&mut **tx)
-            .await?;
-        for row in rows {
-            fresh.push(row.try_get::<i64, _>("id")?);
-        }
-    }
+            .await?
+            .iter()
+            .map(|row| row.try_get::<i64, _>("id"))
+            .collect::<Result<_, _>>()?,
+    };
     Ok(numbers(before, fresh)?)
 }
 
