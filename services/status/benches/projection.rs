@@ -7,6 +7,8 @@
 //!   cargo bench -p postback-status --bench projection
 //!
 //! POSTBACK_BENCH_STORES=sqlite (or postgres) times only that store,
+//! POSTBACK_BENCH_SHARDS the embedded store's numbers of files (`1,2`;
+//! by default one and one per core, `shards.rs`),
 //! POSTBACK_BENCH_BATCH another batch size, POSTBACK_BENCH_IDS=ordered
 //! event ids that sort as they come (`event_id`).
 //!
@@ -182,6 +184,21 @@ fn batch_size() -> usize {
         .unwrap_or(<StatusSections as Stage>::MAX_BATCH)
 }
 
+/// The embedded store's numbers of files to time: POSTBACK_BENCH_SHARDS
+/// (a list, `1,4`), else one file and the default for this machine (one
+/// per core), so the gain of more writers is a ratio within one run.
+fn shard_counts() -> Vec<usize> {
+    if let Ok(list) = std::env::var("POSTBACK_BENCH_SHARDS") {
+        return list
+            .split(',')
+            .filter_map(|n| n.trim().parse().ok())
+            .collect();
+    }
+    let mut counts = vec![1, postback_status::shards::default_count()];
+    counts.dedup();
+    counts
+}
+
 /// The records in batches the store takes as they are, as the service's
 /// handler hands over the batch it collected.
 fn batches(conversions: usize) -> (usize, Vec<Arc<[StatusRow]>>) {
@@ -298,14 +315,21 @@ async fn main() {
     let stores =
         std::env::var("POSTBACK_BENCH_STORES").unwrap_or_else(|_| "sqlite,postgres".into());
     let dir = tempfile::tempdir().expect("tempdir");
-    if stores.contains("sqlite") {
+    for shards in shard_counts()
+        .into_iter()
+        .filter(|_| stores.contains("sqlite"))
+    {
         let sqlite = Store::open(&StoreConfig {
-            url: format!("sqlite://{}", dir.path().join("bench.db").display()),
+            url: format!(
+                "sqlite://{}",
+                dir.path().join(format!("bench-{shards}.db")).display()
+            ),
+            shards: shards as u32,
             ..StoreConfig::default()
         })
         .await
         .expect("sqlite");
-        bench("sqlite", sqlite, conversions).await;
+        bench(&format!("sqlite/{shards}"), sqlite, conversions).await;
     }
     if !stores.contains("postgres") {
         return;

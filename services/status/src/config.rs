@@ -63,6 +63,11 @@ pub struct StoreConfig {
     /// Seconds a write may keep failing (the database restarting) before
     /// the service stops; the batch is read again after a restart.
     pub write_retry_secs: u64,
+    /// SQLite only: how many files the conversions spread over, each with
+    /// a writer thread of its own (`shards.rs`); 0 = one per core, at
+    /// most 8, for a new store, and an existing store's own number.
+    /// Another number than the store's rebuilds it from the topic.
+    pub shards: u32,
 }
 
 impl std::fmt::Debug for StoreConfig {
@@ -71,6 +76,7 @@ impl std::fmt::Debug for StoreConfig {
             .field("url", &redacted_url(&self.url))
             .field("max_connections", &self.max_connections)
             .field("write_retry_secs", &self.write_retry_secs)
+            .field("shards", &self.shards)
             .finish()
     }
 }
@@ -81,6 +87,7 @@ impl Default for StoreConfig {
             url: "sqlite://.postback/status.db".into(),
             max_connections: 8,
             write_retry_secs: 60,
+            shards: 0,
         }
     }
 }
@@ -112,6 +119,18 @@ impl Validate for StatusSections {
             return Err(ConfigError::invalid(
                 "store.max_connections",
                 "must be at least 1",
+            ));
+        }
+        if self.store.shards > crate::shards::MAX_SHARDS {
+            return Err(ConfigError::invalid(
+                "store.shards",
+                format!("must be at most {}", crate::shards::MAX_SHARDS),
+            ));
+        }
+        if self.store.shards > 1 && !self.store.url.starts_with("sqlite:") {
+            return Err(ConfigError::invalid(
+                "store.shards",
+                "applies to SQLite only: PostgreSQL's replicas share the writing",
             ));
         }
         if self.http.max_page == 0 || self.http.max_page > 10_000 {
@@ -177,6 +196,11 @@ mod tests {
             ("[store]\nwrite_retry_secs = -1\n", "store.write_retry_secs"),
             ("[store]\nmax_connections = 0\n", "store.max_connections"),
             ("[store]\nurl = \"mysql://x\"\n", "store.url"),
+            ("[store]\nshards = 65\n", "store.shards"),
+            (
+                "[store]\nurl = \"postgres://db/x\"\nshards = 2\n",
+                "store.shards",
+            ),
         ] {
             let err = postback_core::config::load_toml::<StatusConfig>(text, vec![])
                 .and_then(|c| c.validate().map(|()| c))

@@ -19,6 +19,7 @@ pub mod panel;
 pub mod params;
 pub mod queries;
 pub mod rollups;
+pub mod shards;
 pub mod store;
 pub mod write;
 

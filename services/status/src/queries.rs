@@ -9,11 +9,11 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use sqlx::any::AnyArguments;
 use sqlx::query::Query;
-use sqlx::{Any, Row};
+use sqlx::{Any, AnyPool, Row};
 
 use crate::fold;
 use crate::legend::meaning;
-use crate::rollups;
+use crate::rollups::{self, SlotRange};
 use crate::store::{int, text, Store, StoreError};
 
 /// What the list is narrowed to; every field optional.
@@ -153,6 +153,21 @@ pub struct PlatformSummary {
     pub delivered_latency_ms_p95: Option<i64>,
 }
 
+/// A conversion of a list's page and where it is stored.
+struct Listed {
+    shard: usize,
+    id: i64,
+    sort_time: i64,
+    view: ConversionView,
+}
+
+impl Listed {
+    /// The list's order (newest first is this, descending).
+    fn order(&self) -> (i64, &str, &str) {
+        (self.sort_time, &self.view.event_name, &self.view.event_id)
+    }
+}
+
 /// SQL with numbered placeholders, built clause by clause.
 #[derive(Default)]
 struct Sql {
@@ -239,26 +254,19 @@ impl Store {
             " ORDER BY c.sort_time DESC, c.event_name DESC, c.event_id DESC LIMIT "
         };
         sql.push(order).int(i64::from(limit) + 1);
-        let rows = sql.query().fetch_all(self.pool()).await?;
-        let mut conversions = Vec::with_capacity(rows.len());
-        let mut sort_times = Vec::with_capacity(rows.len());
-        let mut ids = Vec::with_capacity(rows.len());
-        for row in rows.iter().take(limit as usize) {
-            sort_times.push(row.try_get::<i64, _>("sort_time")?);
-            ids.push(row.try_get::<i64, _>("id")?);
-            conversions.push(conversion_view(row)?);
-        }
-        let next_cursor = (rows.len() > limit as usize)
-            .then(|| conversions.last().zip(sort_times.last()))
-            .flatten()
-            .map(|(c, t)| {
-                Cursor {
-                    sort_time: *t,
-                    event_name: c.event_name.clone(),
-                    event_id: c.event_id.clone(),
-                }
-                .encode()
-            });
+        let mut listed = self.list_in_every_file(&sql).await?;
+        let more = listed.len() > limit as usize;
+        listed.truncate(limit as usize);
+        let next_cursor = listed.last().filter(|_| more).map(|last| {
+            Cursor {
+                sort_time: last.sort_time,
+                event_name: last.view.event_name.clone(),
+                event_id: last.view.event_id.clone(),
+            }
+            .encode()
+        });
+        let ids: Vec<(usize, i64)> = listed.iter().map(|l| (l.shard, l.id)).collect();
+        let mut conversions: Vec<ConversionView> = listed.into_iter().map(|l| l.view).collect();
         self.attach_platforms(&ids, &mut conversions).await?;
         Ok(Page {
             conversions,
@@ -266,34 +274,68 @@ impl Store {
         })
     }
 
-    /// The platforms' current states of a page of conversions (`ids`,
-    /// their numbers, in the same order; read from the tenant's own
-    /// `conversions` rows), in one query.
+    /// `sql`'s page in each of the store's files at once, merged newest
+    /// first: each file's rows come in the list's order, so the first
+    /// rows of the merge are the first of the whole store.
+    async fn list_in_every_file(&self, sql: &Sql) -> Result<Vec<Listed>, StoreError> {
+        let queries = self
+            .shards()
+            .iter()
+            .enumerate()
+            .map(|(shard, s)| async move {
+                let rows = sql.query().fetch_all(&s.pool).await?;
+                rows.iter()
+                    .map(|row| {
+                        Ok(Listed {
+                            shard,
+                            id: row.try_get::<i64, _>("id")?,
+                            sort_time: row.try_get::<i64, _>("sort_time")?,
+                            view: conversion_view(row)?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, sqlx::Error>>()
+            });
+        let mut listed: Vec<Listed> = futures::future::try_join_all(queries)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
+        if self.shards().len() > 1 {
+            // SQLite's order of text is its bytes', as Rust's is.
+            listed.sort_by(|a, b| b.order().cmp(&a.order()));
+        }
+        Ok(listed)
+    }
+
+    /// The platforms' current states of a page of conversions (`ids`:
+    /// their files and numbers, in the same order; read from the tenant's
+    /// own `conversions` rows), in one query per file.
     async fn attach_platforms(
         &self,
-        ids: &[i64],
+        ids: &[(usize, i64)],
         conversions: &mut [ConversionView],
     ) -> Result<(), StoreError> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let mut sql = Sql::new("SELECT * FROM platform_states WHERE conversion_id IN (");
-        for (i, id) in ids.iter().enumerate() {
-            if i > 0 {
-                sql.push(", ");
+        let place: BTreeMap<(usize, i64), usize> =
+            ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+        for (shard, s) in self.shards().iter().enumerate() {
+            let mut numbers = ids.iter().filter(|(f, _)| *f == shard).map(|(_, id)| *id);
+            let Some(first) = numbers.next() else {
+                continue;
+            };
+            let mut sql = Sql::new("SELECT * FROM platform_states WHERE conversion_id IN (");
+            sql.int(first);
+            for id in numbers {
+                sql.push(", ").int(id);
             }
-            sql.int(*id);
-        }
-        sql.push(")");
-        let rows = sql.query().fetch_all(self.pool()).await?;
-        let index: BTreeMap<i64, usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
-        for row in rows {
-            let id = row.try_get::<i64, _>("conversion_id")?;
-            if let Some(i) = index.get(&id) {
-                let platform = row.try_get::<String, _>("platform")?;
-                conversions[*i]
-                    .platforms
-                    .insert(platform, platform_view(&row)?);
+            sql.push(")");
+            for row in sql.query().fetch_all(&s.pool).await? {
+                let id = row.try_get::<i64, _>("conversion_id")?;
+                if let Some(i) = place.get(&(shard, id)) {
+                    let platform = row.try_get::<String, _>("platform")?;
+                    conversions[*i]
+                        .platforms
+                        .insert(platform, platform_view(&row)?);
+                }
             }
         }
         Ok(())
@@ -315,19 +357,22 @@ impl Store {
             .text(event_name)
             .push(" AND event_id = ")
             .text(event_id);
-        let Some(row) = sql.query().fetch_optional(self.pool()).await? else {
+        let shard = self.shard_of(tenant, event_name, event_id);
+        let pool = &self.shards()[shard].pool;
+        let Some(row) = sql.query().fetch_optional(pool).await? else {
             return Ok(None);
         };
         let id = row.try_get::<i64, _>("id")?;
         let mut conversion = [conversion_view(&row)?];
-        self.attach_platforms(&[id], &mut conversion).await?;
+        self.attach_platforms(&[(shard, id)], &mut conversion)
+            .await?;
         let [conversion] = conversion;
         let mut sql = Sql::new("SELECT * FROM status_history WHERE conversion_id = ");
         sql.int(id)
             .push(" ORDER BY status_time, src_partition, src_offset");
         let history = sql
             .query()
-            .fetch_all(self.pool())
+            .fetch_all(pool)
             .await?
             .iter()
             .map(history_entry)
@@ -344,12 +389,13 @@ impl Store {
     pub async fn summary(&self, tenant: &str, from: i64, to: i64) -> Result<Summary, StoreError> {
         let (slots, scans) = rollups::cover(from, to);
         let mut counts = SummaryCounts::default();
-        for (width, start, end) in slots {
-            self.count_rollups(tenant, width, start, end, &mut counts)
-                .await?;
-        }
-        for (start, end) in scans {
-            self.count_by_scan(tenant, start, end, &mut counts).await?;
+        for shard in self.shards() {
+            for &(width, start, end) in &slots {
+                count_rollups(&shard.pool, tenant, (width, start, end), &mut counts).await?;
+            }
+            for &(start, end) in &scans {
+                count_by_scan(&shard.pool, tenant, start, end, &mut counts).await?;
+            }
         }
         Ok(counts.finish())
     }
@@ -363,101 +409,99 @@ impl Store {
         to: i64,
     ) -> Result<Summary, StoreError> {
         let mut counts = SummaryCounts::default();
-        self.count_by_scan(tenant, from, to, &mut counts).await?;
+        for shard in self.shards() {
+            count_by_scan(&shard.pool, tenant, from, to, &mut counts).await?;
+        }
         Ok(counts.finish())
     }
+}
 
-    async fn count_rollups(
-        &self,
-        tenant: &str,
-        width: i64,
-        from: i64,
-        to: i64,
-        counts: &mut SummaryCounts,
-    ) -> Result<(), StoreError> {
-        let mut sql = Sql::new(
-            // SUMs cast back to BIGINT: PostgreSQL's of bigints is a
-            // numeric, which sqlx's `Any` driver does not read.
-            "SELECT platform, server_side, reason, front_end_fired, latency, merged,
+/// Adds up one file's rollups of one width over slots `[from, to)`.
+async fn count_rollups(
+    pool: &AnyPool,
+    tenant: &str,
+    (width, from, to): SlotRange,
+    counts: &mut SummaryCounts,
+) -> Result<(), StoreError> {
+    let mut sql = Sql::new(
+        // SUMs cast back to BIGINT: PostgreSQL's of bigints is a
+        // numeric, which sqlx's `Any` driver does not read.
+        "SELECT platform, server_side, reason, front_end_fired, latency, merged,
                     CAST(SUM(n) AS BIGINT) AS n,
                     CAST(SUM(duplicates) AS BIGINT) AS duplicates
              FROM summary_rollups WHERE tenant = ",
-        );
-        sql.text(tenant)
-            .push(" AND width = ")
-            .int(width)
-            .push(" AND slot >= ")
-            .int(from)
-            .push(" AND slot < ")
-            .int(to)
-            .push(" GROUP BY platform, server_side, reason, front_end_fired, latency, merged");
-        for row in sql.query().fetch_all(self.pool()).await? {
-            let n = row.try_get::<i64, _>("n")?;
-            let platform = row.try_get::<String, _>("platform")?;
-            if platform.is_empty() {
-                counts.conversion(row.try_get::<i64, _>("merged")? == 1, n);
-                continue;
-            }
-            let latency = row.try_get::<i64, _>("latency")?;
-            counts.platform(PlatformCount {
-                platform,
-                server_side: row.try_get("server_side")?,
-                reason: row.try_get("reason")?,
-                fired: row.try_get::<i64, _>("front_end_fired")? == 1,
-                latency: (latency >= 0).then_some(latency),
-                n,
-                duplicates: row.try_get::<i64, _>("duplicates")?,
-            });
+    );
+    sql.text(tenant)
+        .push(" AND width = ")
+        .int(width)
+        .push(" AND slot >= ")
+        .int(from)
+        .push(" AND slot < ")
+        .int(to)
+        .push(" GROUP BY platform, server_side, reason, front_end_fired, latency, merged");
+    for row in sql.query().fetch_all(pool).await? {
+        let n = row.try_get::<i64, _>("n")?;
+        let platform = row.try_get::<String, _>("platform")?;
+        if platform.is_empty() {
+            counts.conversion(row.try_get::<i64, _>("merged")? == 1, n);
+            continue;
         }
-        Ok(())
+        let latency = row.try_get::<i64, _>("latency")?;
+        counts.platform(PlatformCount {
+            platform,
+            server_side: row.try_get("server_side")?,
+            reason: row.try_get("reason")?,
+            fired: row.try_get::<i64, _>("front_end_fired")? == 1,
+            latency: (latency >= 0).then_some(latency),
+            n,
+            duplicates: row.try_get::<i64, _>("duplicates")?,
+        });
     }
+    Ok(())
+}
 
-    /// Counts the conversions of `[from, to)` from their rows.
-    async fn count_by_scan(
-        &self,
-        tenant: &str,
-        from: i64,
-        to: i64,
-        counts: &mut SummaryCounts,
-    ) -> Result<(), StoreError> {
-        if from >= to {
-            return Ok(());
-        }
-        let mut sql =
-            Sql::new("SELECT c.sources, COUNT(*) AS n FROM conversions c WHERE c.tenant = ");
-        sql.text(tenant);
-        time_range(&mut sql, from, to);
-        sql.push(" GROUP BY c.sources");
-        for row in sql.query().fetch_all(self.pool()).await? {
-            let sources = row.try_get::<String, _>("sources")?;
-            counts.conversion(rollups::merged(&sources), row.try_get::<i64, _>("n")?);
-        }
-        let mut sql = Sql::new(
-            "SELECT p.platform, p.server_side, p.reason, p.front_end_rank, p.latency_bucket,
+/// Counts one file's conversions of `[from, to)` from their rows.
+async fn count_by_scan(
+    pool: &AnyPool,
+    tenant: &str,
+    from: i64,
+    to: i64,
+    counts: &mut SummaryCounts,
+) -> Result<(), StoreError> {
+    if from >= to {
+        return Ok(());
+    }
+    let mut sql = Sql::new("SELECT c.sources, COUNT(*) AS n FROM conversions c WHERE c.tenant = ");
+    sql.text(tenant);
+    time_range(&mut sql, from, to);
+    sql.push(" GROUP BY c.sources");
+    for row in sql.query().fetch_all(pool).await? {
+        let sources = row.try_get::<String, _>("sources")?;
+        counts.conversion(rollups::merged(&sources), row.try_get::<i64, _>("n")?);
+    }
+    let mut sql = Sql::new(
+        "SELECT p.platform, p.server_side, p.reason, p.front_end_rank, p.latency_bucket,
                     COUNT(*) AS n, CAST(SUM(p.duplicates) AS BIGINT) AS duplicates
              FROM conversions c JOIN platform_states p ON p.conversion_id = c.id
              WHERE c.tenant = ",
-        );
-        sql.text(tenant);
-        time_range(&mut sql, from, to);
-        sql.push(
-            " GROUP BY p.platform, p.server_side, p.reason, p.front_end_rank, p.latency_bucket",
-        );
-        for row in sql.query().fetch_all(self.pool()).await? {
-            let server_side = row.try_get::<String, _>("server_side")?;
-            let reason = text(&row, "reason")?;
-            counts.platform(PlatformCount {
-                platform: row.try_get("platform")?,
-                reason: rollups::counted_reason(&server_side, reason.as_deref()).into(),
-                server_side,
-                fired: fold::fired(row.try_get::<i64, _>("front_end_rank")?),
-                latency: int(&row, "latency_bucket")?,
-                n: row.try_get::<i64, _>("n")?,
-                duplicates: row.try_get::<i64, _>("duplicates")?,
-            });
-        }
-        Ok(())
+    );
+    sql.text(tenant);
+    time_range(&mut sql, from, to);
+    sql.push(" GROUP BY p.platform, p.server_side, p.reason, p.front_end_rank, p.latency_bucket");
+    for row in sql.query().fetch_all(pool).await? {
+        let server_side = row.try_get::<String, _>("server_side")?;
+        let reason = text(&row, "reason")?;
+        counts.platform(PlatformCount {
+            platform: row.try_get("platform")?,
+            reason: rollups::counted_reason(&server_side, reason.as_deref()).into(),
+            server_side,
+            fired: fold::fired(row.try_get::<i64, _>("front_end_rank")?),
+            latency: int(&row, "latency_bucket")?,
+            n: row.try_get::<i64, _>("n")?,
+            duplicates: row.try_get::<i64, _>("duplicates")?,
+        });
     }
+    Ok(())
 }
 
 /// One group of a summary's counts: platform rows of one state.

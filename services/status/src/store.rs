@@ -27,6 +27,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
 use crate::config::{redacted_url, StoreConfig};
+use crate::shards;
 use crate::write::sqlite::SqliteWriter;
 
 #[derive(Debug, thiserror::Error)]
@@ -110,11 +111,18 @@ pub enum Backend {
 
 #[derive(Clone)]
 pub struct Store {
-    /// Every read, the tables' creation, and PostgreSQL's writes.
-    pool: AnyPool,
+    /// The database's files (`shards.rs`): one for PostgreSQL, where
+    /// replicas share the writing instead.
+    shards: Arc<[Shard]>,
     backend: Backend,
+}
+
+/// One file of the store, or the PostgreSQL database.
+pub(crate) struct Shard {
+    /// Every read, the tables' creation, and PostgreSQL's writes.
+    pub pool: AnyPool,
     /// SQLite's writes (`write/sqlite.rs`).
-    sqlite_writer: Option<SqliteWriter>,
+    writer: Option<SqliteWriter>,
 }
 
 /// Names of this projection: its id, and the tables' layout.
@@ -201,7 +209,11 @@ const SCHEMA: &[&str] = &[
 /// The tables' layout. A database of another layout is dropped and made
 /// again at open: it is a projection, and its new name (`projection_id`)
 /// reads the topic from its start to fill it.
-const SCHEMA_VERSION: u32 = 4;
+///
+/// Layout 5 spreads SQLite's conversions over files (`shards.rs`), each
+/// with the tables below and numbering its conversions itself; the number
+/// of files is in `projection` beside the layout.
+const SCHEMA_VERSION: u32 = 5;
 
 /// Layout 4 keys the tables by a conversion's number instead of its text
 /// key. Event ids are the site's (often random UUIDs): keyed by them,
@@ -237,97 +249,51 @@ impl Store {
     pub async fn open(config: &StoreConfig) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let (url, sqlite_file) = prepare_url(&config.url)?;
-        let backend = match sqlite_file {
-            Some(_) => Backend::Sqlite,
-            None => Backend::Postgres,
+        let Some(file) = sqlite_file else {
+            let pool = connect(config, &url, config.max_connections).await?;
+            migrate(&pool, Backend::Postgres, 1).await?;
+            return Ok(Store {
+                shards: Arc::new([Shard { pool, writer: None }]),
+                backend: Backend::Postgres,
+            });
         };
-        let pool = AnyPoolOptions::new()
-            .max_connections(match backend {
-                // One writer at a time anyway; readers share the rest.
-                Backend::Sqlite => config.max_connections.max(2),
-                Backend::Postgres => config.max_connections,
-            })
-            .acquire_timeout(Duration::from_secs(10))
-            .connect(&url)
-            .await
-            .map_err(|source| StoreError::Open {
-                url: redacted_url(&config.url),
-                source,
-            })?;
-        let mut store = Store {
-            pool,
-            backend,
-            sqlite_writer: None,
+        // The rest of the URL (its options) after the file's name.
+        let options = &url["sqlite://".len() + file.as_os_str().len()..];
+        let first =
+            connect_sqlite(config, &format!("sqlite://{}{options}", file.display())).await?;
+        let stored = StoredLayout::read(&first).await?;
+        // Before any file is removed: a newer build's files are its own.
+        stored.refuse_newer()?;
+        let count = match config.shards {
+            0 => stored
+                .shards_of_this_layout()
+                .unwrap_or_else(shards::default_count),
+            n => n as usize,
         };
-        if backend == Backend::Sqlite {
-            // Readers never wait for the writer, nor the writer for them.
-            sqlx::query("PRAGMA journal_mode=WAL")
-                .execute(&store.pool)
-                .await?;
-        }
-        store.migrate().await?;
-        if let Some(file) = sqlite_file {
+        remove_files_past(&file, count)?;
+        let mut opened = Vec::with_capacity(count);
+        for index in 0..count {
+            let path = shards::shard_path(&file, index);
+            let pool = match index {
+                0 => first.clone(),
+                _ => {
+                    connect_sqlite(config, &format!("sqlite://{}{options}", path.display())).await?
+                }
+            };
+            migrate(&pool, Backend::Sqlite, count).await?;
             // Opening runs ANALYZE: file work, off the async threads.
-            let writer = tokio::task::spawn_blocking(move || SqliteWriter::open(&file));
-            store.sqlite_writer = Some(writer.await.map_err(StoreError::WriterStopped)??);
-        }
-        Ok(store)
-    }
-
-    /// Creates the tables, first dropping those of another layout.
-    async fn migrate(&self) -> Result<(), StoreError> {
-        sqlx::query(PROJECTION_TABLE).execute(&self.pool).await?;
-        let rows = sqlx::query("SELECT name, id FROM projection")
-            .fetch_all(&self.pool)
-            .await?;
-        let mut made = false;
-        let mut version = None;
-        for row in &rows {
-            match row.try_get::<String, _>("name")?.as_str() {
-                "status" => made = true,
-                "schema" => version = Some(row.try_get::<String, _>("id")?),
-                _ => {}
-            }
-        }
-        let layout: Option<u32> = version.as_deref().and_then(|v| v.parse().ok());
-        if let Some(found) = layout.filter(|&found| found > SCHEMA_VERSION) {
-            // An older build beside a newer one (a rolling update, a
-            // rollback) must not drop the newer build's tables, which it
-            // would then drop back.
-            return Err(StoreError::NewerLayout {
-                found,
-                want: SCHEMA_VERSION,
+            let writer =
+                tokio::task::spawn_blocking(move || SqliteWriter::open(&path, index, count));
+            let writer = writer.await.map_err(StoreError::WriterStopped)??;
+            opened.push(Shard {
+                pool,
+                writer: Some(writer),
             });
         }
-        if made && layout != Some(SCHEMA_VERSION) {
-            tracing::warn!(
-                found = version.as_deref().unwrap_or("1"),
-                want = SCHEMA_VERSION,
-                "the status store has another layout; rebuilding it from the topic"
-            );
-            for table in TABLES {
-                sqlx::query(&format!("DROP TABLE IF EXISTS {table}"))
-                    .execute(&self.pool)
-                    .await?;
-            }
-        }
-        let (clustered, conversion_id) = match self.backend {
-            Backend::Sqlite => ("WITHOUT ROWID", "INTEGER"),
-            Backend::Postgres => ("", "BIGINT GENERATED BY DEFAULT AS IDENTITY"),
-        };
-        for statement in SCHEMA {
-            let statement = statement
-                .replace(CLUSTERED, clustered)
-                .replace(CONVERSION_ID, conversion_id);
-            sqlx::query(&statement).execute(&self.pool).await?;
-        }
-        sqlx::query(
-            "INSERT INTO projection (name, id) VALUES ('schema', $1) ON CONFLICT (name) DO NOTHING",
-        )
-        .bind(SCHEMA_VERSION.to_string())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        Ok(Store {
+            shards: opened.into(),
+            backend: Backend::Sqlite,
+        })
     }
 
     /// This database's name among projections, made when its tables are:
@@ -347,10 +313,10 @@ impl Store {
             "INSERT INTO projection (name, id) VALUES ('status', $1) ON CONFLICT (name) DO NOTHING",
         )
         .bind(&candidate)
-        .execute(&self.pool)
+        .execute(self.first())
         .await?;
         let row = sqlx::query("SELECT id FROM projection WHERE name = 'status'")
-            .fetch_one(&self.pool)
+            .fetch_one(self.first())
             .await?;
         Ok(row.try_get::<String, _>("id")?)
     }
@@ -359,8 +325,21 @@ impl Store {
         self.backend
     }
 
-    pub(crate) fn pool(&self) -> &AnyPool {
-        &self.pool
+    /// The database's files, in their order (`shards::shard_of`).
+    pub(crate) fn shards(&self) -> &[Shard] {
+        &self.shards
+    }
+
+    /// The place in `shards()` of the file of the conversion (tenant,
+    /// event name, event id).
+    pub(crate) fn shard_of(&self, tenant: &str, event_name: &str, event_id: &str) -> usize {
+        shards::shard_of(tenant, event_name, event_id, self.shards.len())
+    }
+
+    /// The first file: the one `store.url` names, which holds the
+    /// projection's name.
+    fn first(&self) -> &AnyPool {
+        &self.shards[0].pool
     }
 
     /// Writes `rows` in one transaction, trying again for `retry_for` while
@@ -383,18 +362,26 @@ impl Store {
             .await
     }
 
-    /// Folds `rows` into the projection: in one transaction on SQLite, in
-    /// transactions of at most 1,000 records on PostgreSQL (its advisory
-    /// locks, `write/postgres.rs`). Shared, not borrowed: SQLite's writer
-    /// takes them to its own thread, and a batch's retries take them
-    /// again.
+    /// Folds `rows` into the projection: on SQLite in one transaction per
+    /// file, the files' writers at once; on PostgreSQL in transactions of
+    /// at most 1,000 records (its advisory locks, `write/postgres.rs`).
+    /// Shared, not borrowed: SQLite's writers take them to their own
+    /// threads, and a batch's retries take them again.
+    ///
+    /// A batch whose write failed in one file may have committed in
+    /// another: its retry writes it again there, which the fold makes a
+    /// no-op (`write/`), and its offsets are committed only once every
+    /// file has it.
     pub async fn apply(&self, rows: impl Into<Arc<[StatusRow]>>) -> Result<(), StoreError> {
         let rows = rows.into();
-        if let Some(writer) = &self.sqlite_writer {
-            return writer.apply(rows).await;
+        if self.backend == Backend::Sqlite {
+            let writers = self.shards.iter().filter_map(|s| s.writer.as_ref());
+            let writes = writers.map(|w| w.apply(rows.clone()));
+            futures::future::try_join_all(writes).await?;
+            return Ok(());
         }
         for part in rows.chunks(crate::write::POSTGRES_RECORDS_PER_TRANSACTION) {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.first().begin().await?;
             crate::write::write_postgres(&mut tx, part).await?;
             tx.commit().await?;
         }
@@ -403,11 +390,174 @@ impl Store {
 
     /// Records in the history: how far the projection got (tests, metrics).
     pub async fn history_len(&self) -> Result<i64, StoreError> {
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM status_history")
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(row.try_get::<i64, _>("n")?)
+        let mut total = 0;
+        for shard in self.shards.iter() {
+            let row = sqlx::query("SELECT COUNT(*) AS n FROM status_history")
+                .fetch_one(&shard.pool)
+                .await?;
+            total += row.try_get::<i64, _>("n")?;
+        }
+        Ok(total)
     }
+}
+
+async fn connect(config: &StoreConfig, url: &str, connections: u32) -> Result<AnyPool, StoreError> {
+    AnyPoolOptions::new()
+        .max_connections(connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(url)
+        .await
+        .map_err(|source| StoreError::Open {
+            url: redacted_url(&config.url),
+            source,
+        })
+}
+
+/// A pool on one SQLite file. Readers share it: a file's writer is a
+/// connection of its own, and in WAL mode readers never wait for it, nor
+/// it for them.
+async fn connect_sqlite(config: &StoreConfig, url: &str) -> Result<AnyPool, StoreError> {
+    let pool = connect(config, url, config.max_connections.max(2)).await?;
+    sqlx::query("PRAGMA journal_mode=WAL")
+        .execute(&pool)
+        .await?;
+    Ok(pool)
+}
+
+/// What the `projection` table says of the tables' layout.
+#[derive(Debug, Default)]
+struct StoredLayout {
+    /// A projection id was made: the tables have been written.
+    made: bool,
+    /// `SCHEMA_VERSION` when they were made (none before layout 2).
+    version: Option<String>,
+    /// How many files (`shards.rs`) SQLite's conversions spread over (one
+    /// before layout 5). A row of its own: builds of layout 4 read
+    /// `schema` as a number, and refuse a greater one.
+    shards: Option<usize>,
+}
+
+impl StoredLayout {
+    async fn read(pool: &AnyPool) -> Result<StoredLayout, StoreError> {
+        sqlx::query(PROJECTION_TABLE).execute(pool).await?;
+        let rows = sqlx::query("SELECT name, id FROM projection")
+            .fetch_all(pool)
+            .await?;
+        let mut stored = StoredLayout::default();
+        for row in &rows {
+            let id = row.try_get::<String, _>("id")?;
+            match row.try_get::<String, _>("name")?.as_str() {
+                "status" => stored.made = true,
+                "schema" => stored.version = Some(id),
+                "shards" => stored.shards = id.parse().ok(),
+                _ => {}
+            }
+        }
+        Ok(stored)
+    }
+
+    fn layout(&self) -> Option<u32> {
+        self.version.as_deref().and_then(|v| v.parse().ok())
+    }
+
+    /// An older build beside a newer one (a rolling update, a rollback)
+    /// must not drop the newer build's tables, which it would then drop
+    /// back.
+    fn refuse_newer(&self) -> Result<(), StoreError> {
+        match self.layout().filter(|&found| found > SCHEMA_VERSION) {
+            Some(found) => Err(StoreError::NewerLayout {
+                found,
+                want: SCHEMA_VERSION,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// How many files the store was made with, if it is of this layout:
+    /// `store.shards = 0` keeps that number.
+    fn shards_of_this_layout(&self) -> Option<usize> {
+        self.shards
+            .filter(|_| self.layout() == Some(SCHEMA_VERSION))
+    }
+
+    /// Whether tables of this layout, spread over `shards` files, are
+    /// these.
+    fn is(&self, shards: usize) -> bool {
+        self.layout() == Some(SCHEMA_VERSION) && self.shards.unwrap_or(1) == shards
+    }
+}
+
+/// Removes the files an earlier, larger number of shards left past
+/// `count` (with their logs): their conversions belong to other files
+/// now, which are rebuilt from the topic.
+fn remove_files_past(file: &Path, count: usize) -> Result<(), StoreError> {
+    for index in count.. {
+        let path = shards::shard_path(file, index);
+        if !path.exists() {
+            return Ok(());
+        }
+        tracing::warn!(file = %path.display(), "removing a status store file of an earlier number of shards");
+        for suffix in ["", "-wal", "-shm"] {
+            let mut name = path.as_os_str().to_owned();
+            name.push(suffix);
+            match std::fs::remove_file(&name) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(StoreError::Directory {
+                        path: path.display().to_string(),
+                        source: e,
+                    })
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Creates the tables, first dropping those of another layout or another
+/// number of files: a conversion's rows are in the file its key hashes to
+/// among that number.
+async fn migrate(pool: &AnyPool, backend: Backend, shards: usize) -> Result<(), StoreError> {
+    let stored = StoredLayout::read(pool).await?;
+    stored.refuse_newer()?;
+    if (stored.made || stored.version.is_some()) && !stored.is(shards) {
+        tracing::warn!(
+            found = stored.version.as_deref().unwrap_or("1"),
+            found_shards = stored.shards.unwrap_or(1),
+            want = SCHEMA_VERSION,
+            want_shards = shards,
+            "the status store has another layout or number of files; rebuilding it from the topic"
+        );
+        for table in TABLES {
+            sqlx::query(&format!("DROP TABLE IF EXISTS {table}"))
+                .execute(pool)
+                .await?;
+        }
+    }
+    let (clustered, conversion_id) = match backend {
+        Backend::Sqlite => ("WITHOUT ROWID", "INTEGER"),
+        Backend::Postgres => ("", "BIGINT GENERATED BY DEFAULT AS IDENTITY"),
+    };
+    for statement in SCHEMA {
+        let statement = statement
+            .replace(CLUSTERED, clustered)
+            .replace(CONVERSION_ID, conversion_id);
+        sqlx::query(&statement).execute(pool).await?;
+    }
+    for (name, id) in [
+        ("schema", SCHEMA_VERSION.to_string()),
+        ("shards", shards.to_string()),
+    ] {
+        sqlx::query(
+            "INSERT INTO projection (name, id) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET id = excluded.id",
+        )
+        .bind(name)
+        .bind(id)
+        .execute(pool)
+        .await?;
+    }
+    Ok(())
 }
 
 /// The sqlx URL for `url`, and the SQLite file it names (None for

@@ -203,7 +203,7 @@ pub(crate) struct Batch<'a> {
 }
 
 impl<'a> Batch<'a> {
-    pub fn new(rows: &'a [StatusRow]) -> Batch<'a> {
+    pub fn new(rows: impl IntoIterator<Item = &'a StatusRow>) -> Batch<'a> {
         let mut by_conversion: BTreeMap<ConversionKey<'a>, Vec<&'a StatusRow>> = BTreeMap::new();
         for row in rows {
             let s = &row.status;
@@ -213,6 +213,14 @@ impl<'a> Batch<'a> {
                 .push(row);
         }
         Batch { by_conversion }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_conversion.is_empty()
+    }
+
+    pub fn records(&self) -> usize {
+        self.by_conversion.values().map(Vec::len).sum()
     }
 
     pub fn conversions(&self) -> impl ExactSizeIterator<Item = ConversionKey<'a>> + '_ {

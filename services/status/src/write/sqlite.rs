@@ -20,6 +20,7 @@ use super::tables::{self, Cell, Column, Table};
 use super::{
     numbers, unnumbered, Batch, Changes, Conversion, ConversionState, NewDuplicates, PlatformState,
 };
+use crate::shards;
 use crate::store::{StatusRow, StoreError};
 
 /// SQLite plans by its statistics table, which nothing fills unless asked:
@@ -44,13 +45,17 @@ pub(crate) struct SqliteWriter {
 struct Writer {
     conn: Connection,
     records_since_analyze: usize,
+    /// This file's place among the store's and their number: the
+    /// conversions whose key hashes to it are its (`shards.rs`).
+    shard: (usize, usize),
 }
 
 impl SqliteWriter {
-    /// Opens the database at `path`, whose tables exist. SQLite's page
-    /// cache stays at its default (2 MiB): the kernel's holds the file,
-    /// and 64 or 256 MiB folded no faster at a million conversions.
-    pub fn open(path: &Path) -> Result<SqliteWriter, StoreError> {
+    /// Opens the database at `path`, whose tables exist, the `index`-th of
+    /// the store's `count` files. SQLite's page cache stays at its default
+    /// (2 MiB): the kernel's holds the file, and 64 or 256 MiB folded no
+    /// faster at a million conversions.
+    pub fn open(path: &Path, index: usize, count: usize) -> Result<SqliteWriter, StoreError> {
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -67,14 +72,15 @@ impl SqliteWriter {
             inner: Arc::new(Mutex::new(Writer {
                 conn,
                 records_since_analyze: 0,
+                shard: (index, count),
             })),
         };
         spawn_checkpointer(path, Arc::downgrade(&writer.inner))?;
         Ok(writer)
     }
 
-    /// Folds `rows` into the tables, in one transaction, off the async
-    /// threads.
+    /// Folds this file's conversions' records among `rows` into its
+    /// tables, in one transaction, off the async threads.
     pub async fn apply(&self, rows: Arc<[StatusRow]>) -> Result<(), StoreError> {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
@@ -90,14 +96,22 @@ impl SqliteWriter {
 
 impl Writer {
     fn apply(&mut self, rows: &[StatusRow]) -> Result<(), StoreError> {
+        let (index, count) = self.shard;
+        let batch = Batch::new(rows.iter().filter(|row| {
+            let s = &row.status;
+            shards::shard_of(&s.tenant, &s.event_name, &s.event_id, count) == index
+        }));
+        if batch.is_empty() {
+            return Ok(());
+        }
         // IMMEDIATE: take the write lock first, so the rows read are the
         // rows written over.
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        write(&tx, rows)?;
+        let records = write(&tx, &batch)?;
         tx.commit()?;
-        self.records_since_analyze += rows.len();
+        self.records_since_analyze += records;
         if self.records_since_analyze >= ANALYZE_EVERY_RECORDS {
             refresh_statistics(&self.conn)?;
             self.records_since_analyze = 0;
@@ -134,13 +148,13 @@ fn refresh_statistics(conn: &Connection) -> Result<(), rusqlite::Error> {
     conn.execute_batch("PRAGMA analysis_limit = 1000; ANALYZE;")
 }
 
-fn write(tx: &Transaction<'_>, rows: &[StatusRow]) -> Result<(), StoreError> {
-    let batch = Batch::new(rows);
-    let before = load(tx, &batch)?;
+/// Writes `batch`, and answers how many records it held.
+fn write(tx: &Transaction<'_>, batch: &Batch<'_>) -> Result<usize, StoreError> {
+    let before = load(tx, batch)?;
     let ids = number(tx, &before)?;
-    let new_duplicates = insert_history(tx, &batch, &ids)?;
+    let new_duplicates = insert_history(tx, batch, &ids)?;
     let after = batch.folded(&before, new_duplicates);
-    let changes = Changes::between(&batch, &ids, &before, &after);
+    let changes = Changes::between(batch, &ids, &before, &after);
     insert(tx, &tables::CONVERSIONS, changes.conversions.into_iter())?;
     insert(tx, &tables::PLATFORMS, changes.platforms.into_iter())?;
     let click_ids = batch.click_ids(&ids);
@@ -150,7 +164,7 @@ fn write(tx: &Transaction<'_>, rows: &[StatusRow]) -> Result<(), StoreError> {
         click_ids.iter().map(tables::click_id_cells),
     )?;
     insert(tx, &tables::ROLLUPS, changes.rollups.rows())?;
-    Ok(())
+    Ok(batch.records())
 }
 
 /// `SELECT <columns> FROM table WHERE <filter>`: columns of `table` in
