@@ -23,8 +23,13 @@ use std::path::{Path, PathBuf};
 pub const MAX_SHARDS: u32 = 64;
 
 /// `store.shards = 0`: a new store takes one file per core the machine
-/// gives the process, up to eight (past that the readers' fan-out costs
-/// more than the writers gain); an existing one keeps its number.
+/// gives the process, up to eight; an existing one keeps its number. At a
+/// million conversions on two cores: 52,300-53,500 records/s in one file,
+/// 84,600 in two, 87,300 in four; at 300,000: 67,500 in one, 96,600 in
+/// two, 110,900 in four, 103,500 in eight. More files than cores gain
+/// little (a writer's fsync lets another use the core), and the list asks
+/// every file: a filtered page took 2 ms in one file, 6 ms in two, 13 ms
+/// in four and 27 ms in eight.
 pub fn default_count() -> usize {
     std::thread::available_parallelism()
         .map(usize::from)
