@@ -259,8 +259,8 @@ impl Store {
         };
         // The rest of the URL (its options) after the file's name.
         let options = &url["sqlite://".len() + file.as_os_str().len()..];
-        let first =
-            connect_sqlite(config, &format!("sqlite://{}{options}", file.display())).await?;
+        let url_of = |path: &Path| format!("sqlite://{}{options}", path.display());
+        let first = connect_sqlite(config, &url_of(&file)).await?;
         let stored = StoredLayout::read(&first).await?;
         // Before any file is removed: a newer build's files are its own.
         stored.refuse_newer()?;
@@ -276,14 +276,11 @@ impl Store {
             let path = shards::shard_path(&file, index);
             let pool = match index {
                 0 => first.clone(),
-                _ => {
-                    connect_sqlite(config, &format!("sqlite://{}{options}", path.display())).await?
-                }
+                _ => connect_sqlite(config, &url_of(&path)).await?,
             };
             migrate(&pool, Backend::Sqlite, count).await?;
             // Opening runs ANALYZE: file work, off the async threads.
-            let writer =
-                tokio::task::spawn_blocking(move || SqliteWriter::open(&path, index, count));
+            let writer = tokio::task::spawn_blocking(move || SqliteWriter::open(&path));
             let writer = writer.await.map_err(StoreError::WriterStopped)??;
             opened.push(Shard {
                 pool,
@@ -336,6 +333,16 @@ impl Store {
         shards::shard_of(tenant, event_name, event_id, self.shards.len())
     }
 
+    /// The places in `rows` of each file's records, in file order.
+    fn records_by_file(&self, rows: &[StatusRow]) -> Vec<Vec<usize>> {
+        let mut by_file = vec![Vec::new(); self.shards.len()];
+        for (i, row) in rows.iter().enumerate() {
+            let s = &row.status;
+            by_file[self.shard_of(&s.tenant, &s.event_name, &s.event_id)].push(i);
+        }
+        by_file
+    }
+
     /// The first file: the one `store.url` names, which holds the
     /// projection's name.
     fn first(&self) -> &AnyPool {
@@ -375,8 +382,12 @@ impl Store {
     pub async fn apply(&self, rows: impl Into<Arc<[StatusRow]>>) -> Result<(), StoreError> {
         let rows = rows.into();
         if self.backend == Backend::Sqlite {
-            let writers = self.shards.iter().filter_map(|s| s.writer.as_ref());
-            let writes = writers.map(|w| w.apply(rows.clone()));
+            let mut writes = Vec::with_capacity(self.shards.len());
+            for (shard, mine) in self.shards.iter().zip(self.records_by_file(&rows)) {
+                if let Some(writer) = shard.writer.as_ref().filter(|_| !mine.is_empty()) {
+                    writes.push(writer.apply(rows.clone(), mine));
+                }
+            }
             futures::future::try_join_all(writes).await?;
             return Ok(());
         }

@@ -215,10 +215,6 @@ impl<'a> Batch<'a> {
         Batch { by_conversion }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.by_conversion.is_empty()
-    }
-
     pub fn records(&self) -> usize {
         self.by_conversion.values().map(Vec::len).sum()
     }

@@ -20,7 +20,6 @@ use super::tables::{self, Cell, Column, Table};
 use super::{
     numbers, unnumbered, Batch, Changes, Conversion, ConversionState, NewDuplicates, PlatformState,
 };
-use crate::shards;
 use crate::store::{StatusRow, StoreError};
 
 /// SQLite plans by its statistics table, which nothing fills unless asked:
@@ -45,17 +44,13 @@ pub(crate) struct SqliteWriter {
 struct Writer {
     conn: Connection,
     records_since_analyze: usize,
-    /// This file's place among the store's and their number: the
-    /// conversions whose key hashes to it are its (`shards.rs`).
-    shard: (usize, usize),
 }
 
 impl SqliteWriter {
-    /// Opens the database at `path`, whose tables exist, the `index`-th of
-    /// the store's `count` files. SQLite's page cache stays at its default
-    /// (2 MiB): the kernel's holds the file, and 64 or 256 MiB folded no
-    /// faster at a million conversions.
-    pub fn open(path: &Path, index: usize, count: usize) -> Result<SqliteWriter, StoreError> {
+    /// Opens the database at `path`, whose tables exist. SQLite's page
+    /// cache stays at its default (2 MiB): the kernel's holds the file,
+    /// and 64 or 256 MiB folded no faster at a million conversions.
+    pub fn open(path: &Path) -> Result<SqliteWriter, StoreError> {
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -72,22 +67,22 @@ impl SqliteWriter {
             inner: Arc::new(Mutex::new(Writer {
                 conn,
                 records_since_analyze: 0,
-                shard: (index, count),
             })),
         };
         spawn_checkpointer(path, Arc::downgrade(&writer.inner))?;
         Ok(writer)
     }
 
-    /// Folds this file's conversions' records among `rows` into its
-    /// tables, in one transaction, off the async threads.
-    pub async fn apply(&self, rows: Arc<[StatusRow]>) -> Result<(), StoreError> {
+    /// Folds the records of `rows` at the places `mine` (this file's
+    /// conversions', `shards.rs`) into its tables, in one transaction,
+    /// off the async threads.
+    pub async fn apply(&self, rows: Arc<[StatusRow]>, mine: Vec<usize>) -> Result<(), StoreError> {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
             // A panic mid-batch dropped its transaction, which rolled
             // back: the connection is as good as before.
             let mut writer = inner.lock().unwrap_or_else(PoisonError::into_inner);
-            writer.apply(&rows)
+            writer.apply(Batch::new(mine.iter().filter_map(|&i| rows.get(i))))
         })
         .await
         .map_err(StoreError::WriterStopped)?
@@ -95,15 +90,7 @@ impl SqliteWriter {
 }
 
 impl Writer {
-    fn apply(&mut self, rows: &[StatusRow]) -> Result<(), StoreError> {
-        let (index, count) = self.shard;
-        let batch = Batch::new(rows.iter().filter(|row| {
-            let s = &row.status;
-            shards::shard_of(&s.tenant, &s.event_name, &s.event_id, count) == index
-        }));
-        if batch.is_empty() {
-            return Ok(());
-        }
+    fn apply(&mut self, batch: Batch<'_>) -> Result<(), StoreError> {
         // IMMEDIATE: take the write lock first, so the rows read are the
         // rows written over.
         let tx = self
