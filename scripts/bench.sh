@@ -25,3 +25,5 @@ cargo bench --workspace --bench dedup_throughput
 POSTBACK_LOG=warn cargo bench --workspace --bench dispatch_throughput
 # The status store alone (SQLite and PostgreSQL; POSTBACK_BENCH_CONVERSIONS).
 cargo bench --workspace --bench projection
+# The status service's binary over a filled topic, through the broker.
+cargo bench --workspace --bench status_throughput

@@ -389,6 +389,7 @@ mod tests {
             ("[own]\nlimit = \"x\"", "own.limit"),
             ("[own]\nlimit = 11", "own.limit"),
             ("[consumer]\nmax_batch = 0", "consumer.max_batch"),
+            ("[consumer]\nmax_batch = 10001", "consumer.max_batch"),
             ("[topics]\nraw = \"a b\"", "topics.raw"),
             ("[platforms]\nmeta_dayz = 1", "platforms.meta_dayz"),
             (

@@ -95,6 +95,12 @@ impl ConsumerConfig {
     /// Most stages' batch: a transaction of their outputs every 1,000
     /// records keeps a batch's outputs and its latency small.
     pub const DEFAULT_MAX_BATCH: usize = 1000;
+
+    /// The largest `max_batch` a stage accepts unless it says otherwise
+    /// ([`Stage::LARGEST_MAX_BATCH`](super::Stage::LARGEST_MAX_BATCH)):
+    /// a batch is one transaction, and its records and outputs are held in
+    /// memory until it commits.
+    pub const LARGEST_MAX_BATCH: usize = 10_000;
 }
 
 impl Default for ConsumerConfig {
@@ -134,6 +140,13 @@ impl ConsumerConfig {
 
 impl Validate for ConsumerConfig {
     fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_with_largest_batch(Self::LARGEST_MAX_BATCH)
+    }
+}
+
+impl ConsumerConfig {
+    /// As `validate`, with `largest` the most `max_batch` may be.
+    pub fn validate_with_largest_batch(&self, largest: usize) -> Result<(), ConfigError> {
         if self
             .group_id
             .as_deref()
@@ -144,10 +157,10 @@ impl Validate for ConsumerConfig {
                 "must not be empty",
             ));
         }
-        if self.max_batch == 0 || self.max_batch > 10_000 {
+        if self.max_batch == 0 || self.max_batch > largest {
             return Err(ConfigError::invalid(
                 "consumer.max_batch",
-                "must be between 1 and 10000",
+                format!("must be between 1 and {largest}"),
             ));
         }
         if self.linger_ms > 10_000 {

@@ -29,6 +29,9 @@ pub trait Stage: DeserializeOwned + Validate {
 
     /// `consumer.max_batch` unless set: the records handled as one unit.
     const MAX_BATCH: usize = ConsumerConfig::DEFAULT_MAX_BATCH;
+
+    /// The most `consumer.max_batch` may be set to.
+    const LARGEST_MAX_BATCH: usize = ConsumerConfig::LARGEST_MAX_BATCH;
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -125,7 +128,8 @@ impl<S: Stage> Validate for StageConfig<S> {
     fn validate(&self) -> Result<(), ConfigError> {
         self.kafka.validate()?;
         self.topics.validate()?;
-        self.consumer.validate()?;
+        self.consumer
+            .validate_with_largest_batch(S::LARGEST_MAX_BATCH)?;
         self.platforms.validate()?;
         self.stage.validate()
     }

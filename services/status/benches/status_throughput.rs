@@ -1,0 +1,266 @@
+//! The status service as it runs: its release binary folds a
+//! conversions.status topic filled beforehand, through the broker, so the
+//! figure includes fetching, decoding and committing offsets as well as the
+//! store. A topic filled beforehand is a backlog, which is what a
+//! projection behind the pipeline's peak has, and batches fill to
+//! `consumer.max_batch` as they would then. Prints status records/s from
+//! the first stored batch to the last (start-up and the group's join left
+//! out) and the process's peak resident memory. Asserts nothing.
+//!
+//!   cargo bench -p postback-status --bench status_throughput
+//!
+//! POSTBACK_BENCH_CONVERSIONS (default 200,000; 6.3 records each),
+//! POSTBACK_BENCH_BATCH (`consumer.max_batch`, a list: `10000,100000`;
+//! default the service's), POSTBACK_BENCH_STORES=sqlite (or postgres),
+//! POSTBACK_BENCH_SHARDS (`store.shards`; default the service's, one file
+//! per core). The broker is the testkit's (`scripts/bench.sh` starts one,
+//! or KAFKA_BOOTSTRAP_SERVERS).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use postback_core::model::{conversion_key, DeliveryStatus};
+use postback_core::{Codec, SchemaKind};
+use postback_testkit::bench::fill;
+use postback_testkit::{free_port, kafka_toml, unique, Broker, TestDatabase};
+
+mod support;
+
+/// The stored-records counter the service exports.
+const STORED: &str = "postback_status_records_total{outcome=\"stored\"}";
+
+/// The seconds the service spent in the store's writes.
+const WRITING: &str = "postback_status_store_write_duration_seconds_sum ";
+
+/// How long the count may stand still before the run is called stuck.
+const STALL: Duration = Duration::from_secs(120);
+
+/// The service's binary as a child process, killed when dropped, so a
+/// failed run leaves nothing behind.
+struct Service {
+    child: Child,
+    ops: String,
+    log: PathBuf,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Service {
+    fn start(config: &str, dir: &Path, name: &str, ops_port: u16) -> anyhow::Result<Service> {
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(&path, config)?;
+        let log = dir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log)?;
+        let mut command = Command::new(env!("CARGO_BIN_EXE_postback-status"));
+        // The configuration is strict: this bench's own POSTBACK_BENCH_*
+        // variables would be read as unknown keys.
+        for (var, _) in std::env::vars_os() {
+            if var.to_string_lossy().starts_with("POSTBACK_") {
+                command.env_remove(var);
+            }
+        }
+        let child = command
+            .arg("--config")
+            .arg(&path)
+            .stdout(Stdio::from(file.try_clone()?))
+            .stderr(Stdio::from(file))
+            .spawn()?;
+        Ok(Service {
+            child,
+            ops: format!("http://127.0.0.1:{ops_port}/metrics"),
+            log,
+        })
+    }
+
+    /// A sample's value; None while the service does not answer.
+    async fn metric(&self, sample: &str) -> Option<f64> {
+        let text = reqwest::get(&self.ops).await.ok()?.text().await.ok()?;
+        Some(
+            text.lines()
+                .find_map(|l| l.strip_prefix(sample)?.trim().parse::<f64>().ok())
+                .unwrap_or(0.0),
+        )
+    }
+
+    /// Records stored so far, and the seconds spent writing them.
+    async fn stored(&self) -> Option<(u64, f64)> {
+        let records = self.metric(STORED).await? as u64;
+        Some((records, self.metric(WRITING).await?))
+    }
+
+    /// VmHWM: the most memory the process held at once, in MiB.
+    fn peak_memory_mib(&self) -> f64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
+
+/// One run of the service over the whole topic.
+struct Run<'a> {
+    broker: &'a Broker,
+    topic: &'a str,
+    records: u64,
+    dir: &'a Path,
+}
+
+impl Run<'_> {
+    async fn time(&self, label: &str, store: &str, max_batch: Option<usize>) -> anyhow::Result<()> {
+        let (ops_port, http_port) = (free_port(), free_port());
+        let mut config = format!(
+            "{kafka}\n[topics]\nstatus = \"{topic}\"\nrejected = \"{rejected}\"\n\
+             [ops]\nlisten = \"127.0.0.1:{ops_port}\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n\
+             [log]\nlevel = \"warn\"\n{store}\n",
+            kafka = kafka_toml(&self.broker.kafka_config()),
+            topic = self.topic,
+            rejected = unique("bench.status.rejected"),
+        );
+        if let Some(n) = max_batch {
+            config.push_str(&format!("[consumer]\nmax_batch = {n}\n"));
+        }
+        let mut service = Service::start(&config, self.dir, &unique("status"), ops_port)?;
+        let (first, last) = self.watch(&mut service).await?;
+        let took = last.at.duration_since(first.at).as_secs_f64();
+        let rate = (last.stored - first.stored) as f64 / took;
+        println!(
+            "{label:<34} {rate:>9.0} records/s ({:>6.0} conversions/s) over {took:.1} s after the first batch, {:.0}% of it in the store's writes; peak memory {:.0} MiB",
+            rate / 6.3,
+            100.0 * (last.writing - first.writing) / took,
+            service.peak_memory_mib()
+        );
+        Ok(())
+    }
+
+    /// Polls the stored count until it reaches the topic's records: the
+    /// first and the last sample seen.
+    async fn watch(&self, service: &mut Service) -> anyhow::Result<(Sample, Sample)> {
+        let mut first: Option<Sample> = None;
+        let mut progress = (0, Instant::now());
+        loop {
+            if let Some(status) = service.exited() {
+                anyhow::bail!("the service exited ({status}):\n{}", service.log_tail());
+            }
+            let at = Instant::now();
+            let (stored, writing) = service.stored().await.unwrap_or((0, 0.0));
+            let sample = Sample {
+                stored,
+                at,
+                writing,
+            };
+            if stored > 0 && first.is_none() {
+                first = Some(sample);
+            }
+            if stored >= self.records {
+                let first = first.unwrap_or(sample);
+                anyhow::ensure!(
+                    stored > first.stored,
+                    "one batch held the whole topic: nothing to time"
+                );
+                return Ok((first, sample));
+            }
+            if stored > progress.0 {
+                progress = (stored, at);
+            } else if at.duration_since(progress.1) > STALL {
+                anyhow::bail!(
+                    "stuck at {stored} of {} records:\n{}",
+                    self.records,
+                    service.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The service's progress at one moment.
+#[derive(Clone, Copy)]
+struct Sample {
+    stored: u64,
+    at: Instant,
+    /// Seconds spent in the store's writes so far.
+    writing: f64,
+}
+
+fn list(var: &str) -> Vec<Option<usize>> {
+    match std::env::var(var) {
+        Ok(v) => v.split(',').map(|n| n.trim().parse().ok()).collect(),
+        Err(_) => vec![None],
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let conversions: usize = std::env::var("POSTBACK_BENCH_CONVERSIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let stores =
+        std::env::var("POSTBACK_BENCH_STORES").unwrap_or_else(|_| "sqlite,postgres".into());
+    let broker = Broker::shared().await?;
+    let topic = unique("bench.status");
+    broker.create_topic(&topic, 6).await?;
+    let codec = Codec::<DeliveryStatus>::new(SchemaKind::DeliveryStatus);
+    let records: Vec<(Vec<u8>, Vec<u8>)> = support::records(conversions)
+        .into_iter()
+        .map(|row| {
+            let key = conversion_key(&row.status.tenant, &row.status.event_id);
+            Ok((key, codec.encode(&row.status)?))
+        })
+        .collect::<Result<_, postback_core::CodecError>>()?;
+    let started = Instant::now();
+    fill(&broker, &topic, &records).await?;
+    println!(
+        "status service through the broker: {} records ({conversions} conversions x 3 platforms) in {topic}, filled in {:.1} s",
+        records.len(),
+        started.elapsed().as_secs_f64()
+    );
+    let dir = tempfile::tempdir()?;
+    let run = Run {
+        broker: &broker,
+        topic: &topic,
+        records: records.len() as u64,
+        dir: dir.path(),
+    };
+    drop(records);
+    for max_batch in list("POSTBACK_BENCH_BATCH") {
+        let batch = max_batch.map_or("default".to_string(), |n| n.to_string());
+        if stores.contains("sqlite") {
+            for shards in list("POSTBACK_BENCH_SHARDS") {
+                let db = dir.path().join(format!("{}.db", unique("status")));
+                let mut store = format!("[store]\nurl = \"sqlite://{}\"\n", db.display());
+                if let Some(n) = shards {
+                    store.push_str(&format!("shards = {n}\n"));
+                }
+                let files = shards.map_or("default".to_string(), |n| n.to_string());
+                let label = format!("sqlite/{files}, max_batch {batch}:");
+                run.time(&label, &store, max_batch).await?;
+            }
+        }
+        if stores.contains("postgres") {
+            let db = TestDatabase::create().await?;
+            let store = format!("[store]\nurl = \"{}\"\n", db.url);
+            run.time(&format!("postgres, max_batch {batch}:"), &store, max_batch)
+                .await?;
+        }
+    }
+    Ok(())
+}
