@@ -22,3 +22,16 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     }
     path
 }
+
+/// The service binary at `path` as a command without this process's
+/// POSTBACK_* variables: a service's configuration is strict, and a test's
+/// or a bench's own variables would be read as (unknown) keys.
+pub fn service_command(path: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut command = Command::new(path);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("POSTBACK_") {
+            command.env_remove(name);
+        }
+    }
+    command
+}

@@ -14,7 +14,7 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub use binaries::workspace_binary;
+pub use binaries::{service_command, workspace_binary};
 pub use broker::Broker;
 pub use browser::browser_tools;
 pub use kafka_process::SaslSslListener;

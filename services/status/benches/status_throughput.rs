@@ -17,13 +17,13 @@
 //! or KAFKA_BOOTSTRAP_SERVERS).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use postback_core::model::{conversion_key, DeliveryStatus};
 use postback_core::{Codec, SchemaKind};
 use postback_testkit::bench::fill;
-use postback_testkit::{free_port, kafka_toml, unique, Broker, TestDatabase};
+use postback_testkit::{free_port, kafka_toml, service_command, unique, Broker, TestDatabase};
 
 mod support;
 
@@ -57,15 +57,8 @@ impl Service {
         std::fs::write(&path, config)?;
         let log = dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log)?;
-        let mut command = Command::new(env!("CARGO_BIN_EXE_postback-status"));
-        // The configuration is strict: this bench's own POSTBACK_BENCH_*
-        // variables would be read as unknown keys.
-        for (var, _) in std::env::vars_os() {
-            if var.to_string_lossy().starts_with("POSTBACK_") {
-                command.env_remove(var);
-            }
-        }
-        let child = command
+        // Without this bench's own POSTBACK_BENCH_* variables.
+        let child = service_command(env!("CARGO_BIN_EXE_postback-status"))
             .arg("--config")
             .arg(&path)
             .stdout(Stdio::from(file.try_clone()?))

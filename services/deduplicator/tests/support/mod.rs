@@ -242,15 +242,7 @@ impl Process {
         std::fs::write(&path, toml_of(config, port))?;
         let log = dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log)?;
-        let mut command = Command::new(env!("CARGO_BIN_EXE_postback-deduplicator"));
-        // The configuration is strict: the test's own POSTBACK_* variables
-        // would be read as (unknown) configuration keys.
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("POSTBACK_") {
-                command.env_remove(name);
-            }
-        }
-        let child = command
+        let child = postback_testkit::service_command(env!("CARGO_BIN_EXE_postback-deduplicator"))
             .arg("--config")
             .arg(&path)
             .stdout(Stdio::from(file.try_clone()?))
