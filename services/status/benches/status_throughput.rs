@@ -71,20 +71,16 @@ impl Service {
         })
     }
 
-    /// A sample's value; None while the service does not answer.
-    async fn metric(&self, sample: &str) -> Option<f64> {
+    /// Records stored so far, and the seconds spent writing them, from
+    /// one scrape; None while the service does not answer.
+    async fn stored(&self) -> Option<(u64, f64)> {
         let text = reqwest::get(&self.ops).await.ok()?.text().await.ok()?;
-        Some(
+        let value = |sample: &str| {
             text.lines()
                 .find_map(|l| l.strip_prefix(sample)?.trim().parse::<f64>().ok())
-                .unwrap_or(0.0),
-        )
-    }
-
-    /// Records stored so far, and the seconds spent writing them.
-    async fn stored(&self) -> Option<(u64, f64)> {
-        let records = self.metric(STORED).await? as u64;
-        Some((records, self.metric(WRITING).await?))
+                .unwrap_or(0.0)
+        };
+        Some((value(STORED) as u64, value(WRITING)))
     }
 
     /// VmHWM: the most memory the process held at once, in MiB.
