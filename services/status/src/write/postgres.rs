@@ -12,6 +12,7 @@ use super::tables::{self, Cell, Column, Table};
 use super::{
     numbers, unnumbered, Batch, Changes, Conversion, ConversionState, NewDuplicates, PlatformState,
 };
+use crate::fold::{self, StatusKey};
 use crate::store::{int, text, StatusRow, StoreError};
 
 /// Rows per statement: one JSON value of a few hundred kilobytes at most.
@@ -178,6 +179,10 @@ fn stored_key(row: &AnyRow) -> Result<StoredKey, sqlx::Error> {
     ))
 }
 
+fn key(row: &AnyRow, column: &str) -> Result<StatusKey, sqlx::Error> {
+    Ok(StatusKey::from_stored(&row.try_get::<String, _>(column)?))
+}
+
 fn conversion_state(row: &AnyRow) -> Result<ConversionState, sqlx::Error> {
     Ok(ConversionState {
         sort_time: row.try_get("sort_time")?,
@@ -187,25 +192,25 @@ fn conversion_state(row: &AnyRow) -> Result<ConversionState, sqlx::Error> {
         currency: text(row, "currency")?,
         order_id: text(row, "order_id")?,
         sources: row.try_get("sources")?,
-        summary_key: row.try_get("summary_key")?,
+        summary_key: key(row, "summary_key")?,
     })
 }
 
 fn platform_state(row: &AnyRow) -> Result<PlatformState, sqlx::Error> {
     Ok(PlatformState {
         front_end_rank: row.try_get("front_end_rank")?,
-        server_side: row.try_get("server_side")?,
+        server_side: fold::server_side_named(&row.try_get::<String, _>("server_side")?),
         stage: text(row, "stage")?,
         reason: text(row, "reason")?,
         attempt: int(row, "attempt")?,
         next_attempt_at: int(row, "next_attempt_at")?,
         platform_request_id: text(row, "platform_request_id")?,
         status_time: int(row, "status_time")?,
-        status_key: row.try_get("status_key")?,
+        status_key: key(row, "status_key")?,
         delivered_at: int(row, "delivered_at")?,
         latency_bucket: int(row, "latency_bucket")?,
         match_keys: row.try_get("match_keys")?,
-        match_keys_key: row.try_get("match_keys_key")?,
+        match_keys_key: key(row, "match_keys_key")?,
         duplicates: row.try_get("duplicates")?,
     })
 }

@@ -20,6 +20,7 @@ use super::tables::{self, Cell, Column, Table};
 use super::{
     numbers, unnumbered, Batch, Changes, Conversion, ConversionState, NewDuplicates, PlatformState,
 };
+use crate::fold::{self, StatusKey};
 use crate::store::{StatusRow, StoreError};
 
 /// SQLite plans by its statistics table, which nothing fills unless asked:
@@ -224,7 +225,7 @@ fn conversion_state(row: &rusqlite::Row<'_>) -> Result<(i64, ConversionState), r
         currency: row.get(5)?,
         order_id: row.get(6)?,
         sources: row.get(7)?,
-        summary_key: row.get(8)?,
+        summary_key: stored_key(row, 8)?,
     };
     Ok((row.get(0)?, state))
 }
@@ -234,20 +235,25 @@ fn conversion_state(row: &rusqlite::Row<'_>) -> Result<(i64, ConversionState), r
 fn platform_state(row: &rusqlite::Row<'_>) -> Result<PlatformState, rusqlite::Error> {
     Ok(PlatformState {
         front_end_rank: row.get(1)?,
-        server_side: row.get(2)?,
+        server_side: fold::server_side_named(row.get_ref(2)?.as_str()?),
         stage: row.get(3)?,
         reason: row.get(4)?,
         attempt: row.get(5)?,
         next_attempt_at: row.get(6)?,
         platform_request_id: row.get(7)?,
         status_time: row.get(8)?,
-        status_key: row.get(9)?,
+        status_key: stored_key(row, 9)?,
         delivered_at: row.get(10)?,
         latency_bucket: row.get(11)?,
         match_keys: row.get(12)?,
-        match_keys_key: row.get(13)?,
+        match_keys_key: stored_key(row, 13)?,
         duplicates: row.get(14)?,
     })
+}
+
+/// A key column (`fold::StatusKey`), read without a String between.
+fn stored_key(row: &rusqlite::Row<'_>, i: usize) -> Result<StatusKey, rusqlite::Error> {
+    Ok(StatusKey::from_stored(row.get_ref(i)?.as_str()?))
 }
 
 /// Inserts the records the history does not hold yet, and answers the

@@ -199,7 +199,7 @@ pub(crate) fn conversion_cells<'a>(
         Cell::Text(c.currency.as_deref()),
         Cell::Text(c.order_id.as_deref()),
         text(&c.sources),
-        text(&c.summary_key),
+        text(c.summary_key.as_str()),
     ]
 }
 
@@ -236,18 +236,18 @@ pub(crate) fn platform_cells<'a>(
         int(conversion),
         text(platform),
         int(p.front_end_rank),
-        text(&p.server_side),
+        text(p.server_side),
         Cell::Text(p.stage.as_deref()),
         Cell::Text(p.reason.as_deref()),
         Cell::Int(p.attempt),
         Cell::Int(p.next_attempt_at),
         Cell::Text(p.platform_request_id.as_deref()),
         Cell::Int(p.status_time),
-        text(&p.status_key),
+        text(p.status_key.as_str()),
         Cell::Int(p.delivered_at),
         Cell::Int(p.latency_bucket),
         text(&p.match_keys),
-        text(&p.match_keys_key),
+        text(p.match_keys_key.as_str()),
         int(p.duplicates),
     ]
 }
