@@ -179,7 +179,8 @@ fn stored_key(row: &AnyRow) -> Result<StoredKey, sqlx::Error> {
     ))
 }
 
-fn key(row: &AnyRow, column: &str) -> Result<StatusKey, sqlx::Error> {
+/// A key column (`fold::StatusKey`).
+fn read_status_key(row: &AnyRow, column: &str) -> Result<StatusKey, sqlx::Error> {
     Ok(StatusKey::from_stored(&row.try_get::<String, _>(column)?))
 }
 
@@ -192,7 +193,7 @@ fn conversion_state(row: &AnyRow) -> Result<ConversionState, sqlx::Error> {
         currency: text(row, "currency")?,
         order_id: text(row, "order_id")?,
         sources: row.try_get("sources")?,
-        summary_key: key(row, "summary_key")?,
+        summary_key: read_status_key(row, "summary_key")?,
     })
 }
 
@@ -206,11 +207,11 @@ fn platform_state(row: &AnyRow) -> Result<PlatformState, sqlx::Error> {
         next_attempt_at: int(row, "next_attempt_at")?,
         platform_request_id: text(row, "platform_request_id")?,
         status_time: int(row, "status_time")?,
-        status_key: key(row, "status_key")?,
+        status_key: read_status_key(row, "status_key")?,
         delivered_at: int(row, "delivered_at")?,
         latency_bucket: int(row, "latency_bucket")?,
         match_keys: row.try_get("match_keys")?,
-        match_keys_key: key(row, "match_keys_key")?,
+        match_keys_key: read_status_key(row, "match_keys_key")?,
         duplicates: row.try_get("duplicates")?,
     })
 }

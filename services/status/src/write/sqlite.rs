@@ -225,7 +225,7 @@ fn conversion_state(row: &rusqlite::Row<'_>) -> Result<(i64, ConversionState), r
         currency: row.get(5)?,
         order_id: row.get(6)?,
         sources: row.get(7)?,
-        summary_key: stored_key(row, 8)?,
+        summary_key: read_status_key(row, 8)?,
     };
     Ok((row.get(0)?, state))
 }
@@ -242,17 +242,17 @@ fn platform_state(row: &rusqlite::Row<'_>) -> Result<PlatformState, rusqlite::Er
         next_attempt_at: row.get(6)?,
         platform_request_id: row.get(7)?,
         status_time: row.get(8)?,
-        status_key: stored_key(row, 9)?,
+        status_key: read_status_key(row, 9)?,
         delivered_at: row.get(10)?,
         latency_bucket: row.get(11)?,
         match_keys: row.get(12)?,
-        match_keys_key: stored_key(row, 13)?,
+        match_keys_key: read_status_key(row, 13)?,
         duplicates: row.get(14)?,
     })
 }
 
 /// A key column (`fold::StatusKey`), read without a String between.
-fn stored_key(row: &rusqlite::Row<'_>, i: usize) -> Result<StatusKey, rusqlite::Error> {
+fn read_status_key(row: &rusqlite::Row<'_>, i: usize) -> Result<StatusKey, rusqlite::Error> {
     Ok(StatusKey::from_stored(row.get_ref(i)?.as_str()?))
 }
 
