@@ -84,12 +84,12 @@ fn shard_counts() -> Vec<usize> {
 
 /// The records in batches the store takes as they are, as the service's
 /// handler hands over the batch it collected.
-fn batches(conversions: usize) -> (usize, Vec<Arc<[StatusRow]>>) {
+fn batches(conversions: usize) -> (usize, Vec<Arc<Vec<StatusRow>>>) {
     let mut rows = records(conversions).into_iter().peekable();
     let (total, size) = (rows.len(), batch_size());
     let mut out = Vec::new();
     while rows.peek().is_some() {
-        out.push(rows.by_ref().take(size).collect());
+        out.push(Arc::new(rows.by_ref().take(size).collect()));
     }
     (total, out)
 }

@@ -353,7 +353,7 @@ impl Store {
     /// the database's errors are transient.
     pub async fn apply_with_retry(
         &self,
-        rows: impl Into<Arc<[StatusRow]>>,
+        rows: impl Into<Arc<Vec<StatusRow>>>,
         retry_for: Duration,
     ) -> Result<(), StoreError> {
         let rows = rows.into();
@@ -379,7 +379,10 @@ impl Store {
     /// another: its retry writes it again there, which the fold makes a
     /// no-op (`write/`), and its offsets are committed only once every
     /// file has it.
-    pub async fn apply(&self, rows: impl Into<Arc<[StatusRow]>>) -> Result<(), StoreError> {
+    ///
+    /// A vector, not a slice: the caller gets its buffer back once the
+    /// write is done (`Arc::try_unwrap`), where a slice would be a copy.
+    pub async fn apply(&self, rows: impl Into<Arc<Vec<StatusRow>>>) -> Result<(), StoreError> {
         let rows = rows.into();
         if self.backend == Backend::Sqlite {
             let mut writes = Vec::with_capacity(self.shards.len());

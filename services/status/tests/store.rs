@@ -88,8 +88,8 @@ async fn out_of_order_and_repeated_records_fold_to_the_same_state(store: Store, 
     }
     let rows = shuffled(history(), 42);
     for batch in rows.chunks(7) {
-        store.apply(batch).await.unwrap();
-        store.apply(batch).await.unwrap();
+        store.apply(batch.to_vec()).await.unwrap();
+        store.apply(batch.to_vec()).await.unwrap();
     }
     assert_eq!(store.history_len().await.unwrap(), history().len() as i64);
     for tenant in ["acme", "other"] {
@@ -390,8 +390,8 @@ fn history_over_a_day() -> Vec<StatusRow> {
 async fn the_rollups_agree_with_a_scan_over_any_range(store: Store) {
     let rows = shuffled(history_over_a_day(), 7);
     for batch in rows.chunks(5) {
-        store.apply(batch).await.unwrap();
-        store.apply(batch).await.unwrap();
+        store.apply(batch.to_vec()).await.unwrap();
+        store.apply(batch.to_vec()).await.unwrap();
     }
     const HOUR: i64 = 3_600_000;
     let day = T0 - T0 % HOUR;

@@ -77,7 +77,11 @@ impl SqliteWriter {
     /// Folds the records of `rows` at the places `mine` (this file's
     /// conversions', `shards.rs`) into its tables, in one transaction,
     /// off the async threads.
-    pub async fn apply(&self, rows: Arc<[StatusRow]>, mine: Vec<usize>) -> Result<(), StoreError> {
+    pub async fn apply(
+        &self,
+        rows: Arc<Vec<StatusRow>>,
+        mine: Vec<usize>,
+    ) -> Result<(), StoreError> {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
             // A panic mid-batch dropped its transaction, which rolled
