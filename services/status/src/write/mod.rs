@@ -37,9 +37,9 @@ pub(crate) use postgres::{
     write as write_postgres, RECORDS_PER_TRANSACTION as POSTGRES_RECORDS_PER_TRANSACTION,
 };
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
-use rustc_hash::FxHashSet;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use postback_core::model::{DeliveryStatus, ServerSideStatus};
 
@@ -262,36 +262,44 @@ fn take_status(p: &mut PlatformState, s: &DeliveryStatus, key: StatusKey) {
 /// answers in, and the order rows are written in (so two PostgreSQL
 /// writers lock rows in the same order).
 pub(crate) struct Batch<'a> {
-    by_conversion: BTreeMap<ConversionKey<'a>, Vec<&'a StatusRow>>,
+    by_conversion: Vec<(ConversionKey<'a>, Vec<&'a StatusRow>)>,
 }
 
 impl<'a> Batch<'a> {
+    /// Grouped in a hash map and sorted once: a BTreeMap compared each
+    /// record's key with a dozen others on the way in, a fifth of the
+    /// time the writers spent outside SQLite.
     pub fn new(rows: impl IntoIterator<Item = &'a StatusRow>) -> Batch<'a> {
-        let mut by_conversion: BTreeMap<ConversionKey<'a>, Vec<&'a StatusRow>> = BTreeMap::new();
+        let mut groups: FxHashMap<ConversionKey<'a>, Vec<&'a StatusRow>> = FxHashMap::default();
         for row in rows {
             let s = &row.status;
-            by_conversion
+            groups
                 .entry((&s.tenant, &s.event_name, &s.event_id))
                 .or_default()
                 .push(row);
         }
+        let mut by_conversion: Vec<_> = groups.into_iter().collect();
+        by_conversion.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         Batch { by_conversion }
     }
 
+    fn groups(&self) -> impl Iterator<Item = &Vec<&'a StatusRow>> + '_ {
+        self.by_conversion.iter().map(|(_, rows)| rows)
+    }
+
     pub fn records(&self) -> usize {
-        self.by_conversion.values().map(Vec::len).sum()
+        self.groups().map(Vec::len).sum()
     }
 
     pub fn conversions(&self) -> impl ExactSizeIterator<Item = ConversionKey<'a>> + '_ {
-        self.by_conversion.keys().copied()
+        self.by_conversion.iter().map(|(key, _)| *key)
     }
 
     /// The conversions' rows with the batch's records folded in (`before`
     /// in `conversions()`' order), each newly stored duplicate counted
     /// once, even if the batch held it twice.
     fn folded(&self, before: &[Conversion], mut new_duplicates: NewDuplicates) -> Vec<Conversion> {
-        let records = self.by_conversion.values();
-        let folded = records.zip(before).map(|(records, stored)| {
+        let folded = self.groups().zip(before).map(|(records, stored)| {
             let mut c = stored.clone();
             for row in records {
                 c.fold(row);
@@ -310,7 +318,7 @@ impl<'a> Batch<'a> {
     /// The batch's records, each with its conversion's number (`ids` in
     /// `conversions()`' order).
     fn numbered<'b>(&'b self, ids: &'b [i64]) -> impl Iterator<Item = (i64, &'a StatusRow)> + 'b {
-        let groups = self.by_conversion.values().zip(ids);
+        let groups = self.groups().zip(ids);
         groups.flat_map(|(rows, id)| rows.iter().map(move |row| (*id, *row)))
     }
 
@@ -368,9 +376,11 @@ impl<'a> Changes<'a> {
         before: &'a [Conversion],
         after: &'a [Conversion],
     ) -> Changes<'a> {
+        // Sized for every row changing (most do): grown by doubling, the
+        // cells' copies and first touches were two fifths of this step.
         let mut changes = Changes {
-            conversions: Vec::new(),
-            platforms: Vec::new(),
+            conversions: Vec::with_capacity(after.len()),
+            platforms: Vec::with_capacity(after.iter().map(|c| c.platforms.len()).sum()),
             rollups: Rollups::default(),
         };
         let conversions = batch.conversions().zip(ids);
