@@ -238,15 +238,19 @@ impl ConsumerLoop {
         let mut next_tick = tokio::time::Instant::now() + tick_interval.unwrap_or_default();
         let mut outputs: Vec<OutboundRecord> = Vec::new();
         loop {
-            let Some(batch) = self
+            let Some(mut batch) = self
                 .next_batch(handler, next_tick, tick_interval, shutdown)
                 .await?
             else {
                 break;
             };
             outputs.clear();
-            for record in &batch.records {
+            for record in &mut batch.records {
                 handler.handle(record, &mut outputs);
+                // From here on only its place counts (offsets, rewinds):
+                // a stage that holds its batch while a store writes it
+                // would hold every payload twice.
+                record.shed_contents();
             }
             if let Some(interval) = tick_interval {
                 if tokio::time::Instant::now() >= next_tick {

@@ -48,6 +48,14 @@ impl InboundRecord {
         }
     }
 
+    /// Frees the key, the value and the headers, keeping the record's
+    /// place (topic, partition, offset) and timestamp.
+    pub fn shed_contents(&mut self) {
+        self.key = None;
+        self.payload = None;
+        self.headers = Vec::new();
+    }
+
     /// The value of header `name`, if the record has it.
     pub fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers
