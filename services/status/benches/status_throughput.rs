@@ -15,6 +15,13 @@
 //! POSTBACK_BENCH_SHARDS (`store.shards`; default the service's, one file
 //! per core). The broker is the testkit's (`scripts/bench.sh` starts one,
 //! or KAFKA_BOOTSTRAP_SERVERS).
+//!
+//! POSTBACK_BENCH_BINARIES (a list of paths to other builds of the
+//! service; default this build's) runs each of them in turn on every
+//! setting, over the same topic: this machine's speed drifts by a fifth
+//! within an hour, so two builds compare only run against run. Each line
+//! also gives the service's CPU-seconds (`/proc/<pid>/stat`), steadier
+//! than the rate when both cores are busy.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -32,6 +39,9 @@ const STORED: &str = "postback_status_records_total{outcome=\"stored\"}";
 
 /// The seconds the service spent in the store's writes.
 const WRITING: &str = "postback_status_store_write_duration_seconds_sum ";
+
+/// Linux's USER_HZ, the unit of `/proc/<pid>/stat`'s CPU times.
+const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
 
 /// How long the count may stand still before the run is called stuck.
 const STALL: Duration = Duration::from_secs(120);
@@ -52,13 +62,19 @@ impl Drop for Service {
 }
 
 impl Service {
-    fn start(config: &str, dir: &Path, name: &str, ops_port: u16) -> anyhow::Result<Service> {
+    fn start(
+        binary: &Path,
+        config: &str,
+        dir: &Path,
+        name: &str,
+        ops_port: u16,
+    ) -> anyhow::Result<Service> {
         let path = dir.join(format!("{name}.toml"));
         std::fs::write(&path, config)?;
         let log = dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log)?;
         // Without this bench's own POSTBACK_BENCH_* variables.
-        let child = service_command(env!("CARGO_BIN_EXE_postback-status"))
+        let child = service_command(binary)
             .arg("--config")
             .arg(&path)
             .stdout(Stdio::from(file.try_clone()?))
@@ -93,6 +109,21 @@ impl Service {
             .map_or(0.0, |kb| kb / 1024.0)
     }
 
+    /// User and system CPU-seconds the process has used so far.
+    fn cpu_seconds(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields 14 and 15, counted after the command's closing parenthesis.
+        let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let ticks: Vec<f64> = after_name
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .filter_map(|t| t.parse().ok())
+            .collect();
+        ticks.iter().sum::<f64>() / CLOCK_TICKS_PER_SECOND
+    }
+
     fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
@@ -113,7 +144,13 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
-    async fn time(&self, label: &str, store: &str, max_batch: Option<usize>) -> anyhow::Result<()> {
+    async fn time(
+        &self,
+        binary: &Path,
+        label: &str,
+        store: &str,
+        max_batch: Option<usize>,
+    ) -> anyhow::Result<()> {
         let (ops_port, http_port) = (free_port(), free_port());
         let mut config = format!(
             "{kafka}\n[topics]\nstatus = \"{topic}\"\nrejected = \"{rejected}\"\n\
@@ -126,12 +163,13 @@ impl Run<'_> {
         if let Some(n) = max_batch {
             config.push_str(&format!("[consumer]\nmax_batch = {n}\n"));
         }
-        let mut service = Service::start(&config, self.dir, &unique("status"), ops_port)?;
+        let mut service = Service::start(binary, &config, self.dir, &unique("status"), ops_port)?;
         let (first, last) = self.watch(&mut service).await?;
+        let cpu = service.cpu_seconds();
         let took = last.at.duration_since(first.at).as_secs_f64();
         let rate = (last.stored - first.stored) as f64 / took;
         println!(
-            "{label:<34} {rate:>9.0} records/s ({:>6.0} conversions/s) over {took:.1} s after the first batch, {:.0}% of it in the store's writes; peak memory {:.0} MiB",
+            "{label:<34} {rate:>9.0} records/s ({:>6.0} conversions/s) over {took:.1} s after the first batch, {:.0}% of it in the store's writes; {cpu:.1} CPU-seconds in all; peak memory {:.0} MiB",
             rate / 6.3,
             100.0 * (last.writing - first.writing) / took,
             service.peak_memory_mib()
@@ -189,6 +227,28 @@ struct Sample {
     writing: f64,
 }
 
+/// The builds to run, each with its label's prefix: POSTBACK_BENCH_BINARIES
+/// in turn (named by file), or this build alone (unnamed).
+fn binaries() -> Vec<(PathBuf, String)> {
+    match std::env::var("POSTBACK_BENCH_BINARIES") {
+        Ok(paths) => paths
+            .split(',')
+            .map(|p| {
+                let path = PathBuf::from(p.trim());
+                let name = path.file_name().map_or_else(
+                    || p.trim().to_string(),
+                    |n| n.to_string_lossy().into_owned(),
+                );
+                (path, format!("{name} "))
+            })
+            .collect(),
+        Err(_) => vec![(
+            PathBuf::from(env!("CARGO_BIN_EXE_postback-status")),
+            String::new(),
+        )],
+    }
+}
+
 fn list(var: &str) -> Vec<Option<usize>> {
     match std::env::var(var) {
         Ok(v) => v.split(',').map(|n| n.trim().parse().ok()).collect(),
@@ -230,25 +290,28 @@ async fn main() -> anyhow::Result<()> {
         dir: dir.path(),
     };
     drop(records);
+    let binaries = binaries();
     for max_batch in list("POSTBACK_BENCH_BATCH") {
         let batch = max_batch.map_or("default".to_string(), |n| n.to_string());
-        if stores.contains("sqlite") {
-            for shards in list("POSTBACK_BENCH_SHARDS") {
-                let db = dir.path().join(format!("{}.db", unique("status")));
-                let mut store = format!("[store]\nurl = \"sqlite://{}\"\n", db.display());
-                if let Some(n) = shards {
-                    store.push_str(&format!("shards = {n}\n"));
+        for (binary, build) in &binaries {
+            if stores.contains("sqlite") {
+                for shards in list("POSTBACK_BENCH_SHARDS") {
+                    let db = dir.path().join(format!("{}.db", unique("status")));
+                    let mut store = format!("[store]\nurl = \"sqlite://{}\"\n", db.display());
+                    if let Some(n) = shards {
+                        store.push_str(&format!("shards = {n}\n"));
+                    }
+                    let files = shards.map_or("default".to_string(), |n| n.to_string());
+                    let label = format!("{build}sqlite/{files}, max_batch {batch}:");
+                    run.time(binary, &label, &store, max_batch).await?;
                 }
-                let files = shards.map_or("default".to_string(), |n| n.to_string());
-                let label = format!("sqlite/{files}, max_batch {batch}:");
-                run.time(&label, &store, max_batch).await?;
             }
-        }
-        if stores.contains("postgres") {
-            let db = TestDatabase::create().await?;
-            let store = format!("[store]\nurl = \"{}\"\n", db.url);
-            run.time(&format!("postgres, max_batch {batch}:"), &store, max_batch)
-                .await?;
+            if stores.contains("postgres") {
+                let db = TestDatabase::create().await?;
+                let store = format!("[store]\nurl = \"{}\"\n", db.url);
+                let label = format!("{build}postgres, max_batch {batch}:");
+                run.time(binary, &label, &store, max_batch).await?;
+            }
         }
     }
     Ok(())
