@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use postback_core::dead_letter::DeadLetters;
 use postback_core::kafka::{
-    ConsumerLoop, ConsumerLoopConfig, HandlerError, InboundRecord, OutboundRecord, RecordHandler,
-    TopicPartition, TopicSpec,
+    ConsumerLoop, ConsumerLoopConfig, HandlerError, InboundRecord, OutboundRecord, Persisted,
+    RecordHandler, TopicPartition, TopicSpec,
 };
 use postback_core::metrics::ServiceMetrics;
 use postback_core::model::DeadLetter;
@@ -560,4 +560,137 @@ async fn the_lag_gauge_follows_the_backlog_though_offsets_are_committed_in_trans
         "while records were left the gauge said {most_behind}"
     );
     println!("lag: at most {most_behind} of 1500 records behind, then 0 on every partition");
+}
+
+/// A store that commits when the loop says: `handle` stages each record's
+/// number, `persist` holds them until `hold_for` after the first
+/// (`Persisted::Held`), and `flush` makes them durable.
+#[derive(Clone)]
+struct Staging {
+    hold_for: Duration,
+    handled: Arc<Mutex<usize>>,
+    staged: Arc<Mutex<(Vec<u64>, Option<std::time::Instant>)>>,
+    durable: Arc<Mutex<Vec<u64>>>,
+}
+
+impl Staging {
+    fn new(hold_for: Duration) -> Staging {
+        Staging {
+            hold_for,
+            handled: Arc::default(),
+            staged: Arc::default(),
+            durable: Arc::default(),
+        }
+    }
+
+    fn handled(&self) -> usize {
+        *self.handled.lock().unwrap()
+    }
+
+    fn durable(&self) -> BTreeSet<u64> {
+        self.durable.lock().unwrap().iter().copied().collect()
+    }
+}
+
+impl RecordHandler for Staging {
+    fn handle(&mut self, record: &InboundRecord, _out: &mut Vec<OutboundRecord>) {
+        let n = String::from_utf8_lossy(record.payload.as_deref().unwrap_or_default())
+            .parse()
+            .unwrap_or(u64::MAX);
+        self.staged.lock().unwrap().0.push(n);
+        *self.handled.lock().unwrap() += 1;
+    }
+
+    async fn persist(&mut self) -> Result<Persisted, HandlerError> {
+        let mut staged = self.staged.lock().unwrap();
+        if staged.0.is_empty() {
+            return Ok(Persisted::Durable);
+        }
+        let since = *staged.1.get_or_insert_with(std::time::Instant::now);
+        Ok(Persisted::Held {
+            flush_by: since + self.hold_for,
+        })
+    }
+
+    async fn flush(&mut self) -> Result<(), HandlerError> {
+        let mut staged = self.staged.lock().unwrap();
+        self.durable.lock().unwrap().append(&mut staged.0);
+        staged.1 = None;
+        Ok(())
+    }
+}
+
+async fn committed_total(broker: &Broker, group: &str, topic: &str) -> i64 {
+    let committed = broker.committed(group, topic).await.unwrap();
+    committed.values().map(|o| (*o).max(0)).sum()
+}
+
+async fn wait_until(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !done().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_writes_commit_their_offsets_only_once_flushed() {
+    let broker = Broker::shared().await.unwrap();
+    for exactly_once in [true, false] {
+        let (input, _) = topics(&broker).await;
+        let group = unique("held.group");
+        let spawn = |name: &'static str, handler: Staging| {
+            let (broker, group, input) = (&broker, &group, &input);
+            async move {
+                let rejected = unique("held.dlq");
+                let metrics = &ServiceMetrics::new("test");
+                spawn_handler(
+                    broker,
+                    (name, group),
+                    input,
+                    exactly_once,
+                    &rejected,
+                    handler,
+                    metrics,
+                )
+                .await
+            }
+        };
+        fill(&broker, &input, 0, 1000).await;
+
+        // Held for a minute: handled, never flushed, so nothing committed.
+        let holding = Staging::new(Duration::from_secs(60));
+        let doomed = spawn("doomed", holding.clone()).await;
+        wait_until("the first instance handles every record", async || {
+            holding.handled() == 1000
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(committed_total(&broker, &group, &input).await, 0);
+        doomed.crash();
+
+        // Its successor reads all of them again, and an idle topic still
+        // commits them once the hold is over.
+        let brief = Staging::new(Duration::from_millis(300));
+        let survivor = spawn("survivor", brief.clone()).await;
+        wait_until("the survivor commits every record", async || {
+            committed_total(&broker, &group, &input).await == 1000
+        })
+        .await;
+        assert_eq!(brief.durable(), (0..1000).collect());
+        survivor.stop().await;
+
+        // A graceful stop flushes what it holds and commits it.
+        fill(&broker, &input, 1000, 1500).await;
+        let last = Staging::new(Duration::from_secs(60));
+        let stopping = spawn("stopping", last.clone()).await;
+        wait_until("the last instance handles the new records", async || {
+            last.handled() == 500
+        })
+        .await;
+        assert_eq!(committed_total(&broker, &group, &input).await, 1000);
+        stopping.stop().await;
+        assert_eq!(last.durable(), (1000..1500).collect());
+        assert_eq!(committed_total(&broker, &group, &input).await, 1500);
+    }
 }

@@ -75,6 +75,12 @@ pub struct StoreConfig {
     /// most 8, for a new store, and an existing store's own number.
     /// Another number than the store's rebuilds it from the topic.
     pub shards: u32,
+    /// SQLite only: a file's transaction stays open across the consumer's
+    /// batches until it holds this many records or is `commit_within_ms`
+    /// old, and the batches' offsets wait for its commit (`handler.rs`).
+    /// 0 commits every batch.
+    pub commit_every_records: usize,
+    pub commit_within_ms: u64,
 }
 
 impl std::fmt::Debug for StoreConfig {
@@ -84,6 +90,8 @@ impl std::fmt::Debug for StoreConfig {
             .field("max_connections", &self.max_connections)
             .field("write_retry_secs", &self.write_retry_secs)
             .field("shards", &self.shards)
+            .field("commit_every_records", &self.commit_every_records)
+            .field("commit_within_ms", &self.commit_within_ms)
             .finish()
     }
 }
@@ -95,6 +103,8 @@ impl Default for StoreConfig {
             max_connections: 8,
             write_retry_secs: 60,
             shards: 0,
+            commit_every_records: 100_000,
+            commit_within_ms: 1_000,
         }
     }
 }
@@ -138,6 +148,18 @@ impl Validate for StatusSections {
             return Err(ConfigError::invalid(
                 "store.shards",
                 "applies to SQLite only: PostgreSQL's replicas share the writing",
+            ));
+        }
+        if self.store.commit_within_ms > 60_000 {
+            return Err(ConfigError::invalid(
+                "store.commit_within_ms",
+                "must be at most 60000: the panel shows nothing newer than the last commit",
+            ));
+        }
+        if self.store.commit_every_records > 10_000_000 {
+            return Err(ConfigError::invalid(
+                "store.commit_every_records",
+                "must be at most 10000000",
             ));
         }
         if self.http.max_page == 0 || self.http.max_page > 10_000 {
@@ -224,6 +246,14 @@ mod tests {
             ("[store]\nmax_connections = 0\n", "store.max_connections"),
             ("[store]\nurl = \"mysql://x\"\n", "store.url"),
             ("[store]\nshards = 65\n", "store.shards"),
+            (
+                "[store]\ncommit_within_ms = 60001\n",
+                "store.commit_within_ms",
+            ),
+            (
+                "[store]\ncommit_every_records = 10000001\n",
+                "store.commit_every_records",
+            ),
             (
                 "[store]\nurl = \"postgres://db/x\"\nshards = 2\n",
                 "store.shards",

@@ -105,6 +105,10 @@ pub async fn run_with_listener(
         store.clone(),
         dead_letters,
         Duration::from_secs(config.stage.store.write_retry_secs),
+        handler::CommitPolicy {
+            every_records: config.stage.store.commit_every_records,
+            within: Duration::from_millis(config.stage.store.commit_within_ms),
+        },
         metrics.clone(),
     );
     let keys: HashMap<String, String> = config

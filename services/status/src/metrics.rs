@@ -10,6 +10,7 @@ pub struct StatusMetrics {
     pub records: IntCounterVec,
     pub batch_writes: IntCounter,
     pub write_seconds: Histogram,
+    pub commit_seconds: Histogram,
     /// API requests, per endpoint and status class.
     pub requests: IntCounterVec,
     pub request_seconds: prometheus::HistogramVec,
@@ -23,13 +24,15 @@ impl StatusMetrics {
                 "Status records read, by outcome (stored, dead_lettered).",
                 &["outcome"],
             ),
-            batch_writes: m.counter(
-                "store_writes_total",
-                "Batches written to the store (one transaction each).",
-            ),
+            batch_writes: m.counter("store_writes_total", "Batches written to the store."),
             write_seconds: m.histogram(
                 "store_write_duration_seconds",
                 "Time to write one batch to the store, retries included.",
+                postback_core::metrics::latency_buckets(),
+            ),
+            commit_seconds: m.histogram(
+                "store_commit_duration_seconds",
+                "Time to commit the writes of the batches a transaction held.",
                 postback_core::metrics::latency_buckets(),
             ),
             requests: m.counter_vec(

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
+use futures::FutureExt;
 use postback_core::model::DeliveryStatus;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
@@ -58,6 +59,14 @@ pub enum StoreError {
     Numbering(#[from] crate::write::TooFewNumbers),
     #[error("the status store holds layout {found}, newer than this build's {want}: run the newer build, or point this one at another database (a projection of its own)")]
     NewerLayout { found: u32, want: u32 },
+    #[error("the status store lost the writes of {records} records not committed yet, read again after a restart: {source}")]
+    HeldWritesLost {
+        records: usize,
+        #[source]
+        source: Box<StoreError>,
+    },
+    #[error("a status store write panicked")]
+    WriterPanicked,
     #[error("the status store cannot be an in-memory SQLite database: its writer and its readers are separate connections; give a file")]
     InMemory,
 }
@@ -92,6 +101,14 @@ impl StoreError {
             _ => false,
         }
     }
+}
+
+/// Whether a write commits its transaction, or leaves it open for the
+/// next (SQLite; PostgreSQL always commits, `Store::apply`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    Now,
+    Later,
 }
 
 /// One status record and its place on the topic.
@@ -349,31 +366,34 @@ impl Store {
         &self.shards[0].pool
     }
 
-    /// Writes `rows` in one transaction, trying again for `retry_for` while
-    /// the database's errors are transient.
-    pub async fn apply_with_retry(
+    /// Writes `rows` (`write`), trying again for `retry_for` while the
+    /// database's errors are transient.
+    pub async fn write_with_retry(
         &self,
         rows: impl Into<Arc<Vec<StatusRow>>>,
+        commit: Commit,
         retry_for: Duration,
     ) -> Result<(), StoreError> {
         let rows = rows.into();
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(100))
-            .with_max_delay(Duration::from_secs(5))
-            .with_total_delay(Some(retry_for))
-            .without_max_times();
-        (|| self.apply(rows.clone()))
-            .retry(backoff)
+        (|| self.write(rows.clone(), commit))
+            .retry(retry_backoff(retry_for))
             .when(StoreError::is_transient)
             .notify(|e, wait| tracing::warn!(error = %e, ?wait, "status store write failed; trying again"))
             .await
     }
 
-    /// Folds `rows` into the projection: on SQLite in one transaction per
-    /// file, the files' writers at once; on PostgreSQL in transactions of
-    /// at most 1,000 records (its advisory locks, `write/postgres.rs`).
-    /// Shared, not borrowed: SQLite's writers take them to their own
-    /// threads, and a batch's retries take them again.
+    /// Folds `rows` into the projection and commits, with whatever
+    /// earlier writes left uncommitted.
+    pub async fn apply(&self, rows: impl Into<Arc<Vec<StatusRow>>>) -> Result<(), StoreError> {
+        self.write(rows, Commit::Now).await
+    }
+
+    /// Folds `rows` into the projection: on SQLite in each file's open
+    /// transaction (or a new one), the files' writers at once, committed
+    /// if `commit` says so; on PostgreSQL in transactions of at most 1,000
+    /// records (its advisory locks, `write/postgres.rs`), always
+    /// committed. Shared, not borrowed: SQLite's writers take them to
+    /// their own threads, and a batch's retries take them again.
     ///
     /// A batch whose write failed in one file may have committed in
     /// another: its retry writes it again there, which the fold makes a
@@ -382,13 +402,22 @@ impl Store {
     ///
     /// A vector, not a slice: the caller gets its buffer back once the
     /// write is done (`Arc::try_unwrap`), where a slice would be a copy.
-    pub async fn apply(&self, rows: impl Into<Arc<Vec<StatusRow>>>) -> Result<(), StoreError> {
+    pub async fn write(
+        &self,
+        rows: impl Into<Arc<Vec<StatusRow>>>,
+        commit: Commit,
+    ) -> Result<(), StoreError> {
         let rows = rows.into();
         if self.backend == Backend::Sqlite {
             let mut writes = Vec::with_capacity(self.shards.len());
             for (shard, mine) in self.shards.iter().zip(self.records_by_file(&rows)) {
-                if let Some(writer) = shard.writer.as_ref().filter(|_| !mine.is_empty()) {
-                    writes.push(writer.apply(rows.clone(), mine));
+                let Some(writer) = shard.writer.as_ref() else {
+                    continue;
+                };
+                if !mine.is_empty() {
+                    writes.push(writer.apply(rows.clone(), mine, commit).boxed());
+                } else if commit == Commit::Now {
+                    writes.push(writer.commit().boxed());
                 }
             }
             futures::future::try_join_all(writes).await?;
@@ -402,6 +431,20 @@ impl Store {
         Ok(())
     }
 
+    /// Commits what writes left uncommitted (`Commit::Later`), in every
+    /// file at once.
+    pub async fn commit(&self) -> Result<(), StoreError> {
+        let writers = self.shards.iter().filter_map(|s| s.writer.as_ref());
+        futures::future::try_join_all(writers.map(SqliteWriter::commit)).await?;
+        Ok(())
+    }
+
+    /// Whether `Commit::Later` leaves anything uncommitted: SQLite's
+    /// writers keep their transactions open; PostgreSQL's commit always.
+    pub fn holds_writes(&self) -> bool {
+        self.backend == Backend::Sqlite
+    }
+
     /// Records in the history: how far the projection got (tests, metrics).
     pub async fn history_len(&self) -> Result<i64, StoreError> {
         let mut total = 0;
@@ -413,6 +456,16 @@ impl Store {
         }
         Ok(total)
     }
+}
+
+/// A transient error's retries: from 100 ms, doubling to 5 s, for
+/// `retry_for` in all.
+fn retry_backoff(retry_for: Duration) -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_total_delay(Some(retry_for))
+        .without_max_times()
 }
 
 async fn connect(config: &StoreConfig, url: &str, connections: u32) -> Result<AnyPool, StoreError> {

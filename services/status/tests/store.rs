@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use postback_core::model::click_id_hash;
 use postback_status::config::StoreConfig;
 use postback_status::queries::{Cursor, ListFilter};
-use postback_status::store::{StatusRow, Store};
+use postback_status::store::{Commit, StatusRow, Store, StoreError};
 use postback_testkit::TestDatabase;
 
 mod support;
@@ -468,7 +468,7 @@ async fn replicas_write_the_same_conversions_at_once(db: TestDatabase, a: Store)
     let write_all = |store: Store, batches: Vec<Vec<StatusRow>>| async move {
         for batch in batches {
             store
-                .apply_with_retry(batch, std::time::Duration::from_secs(30))
+                .write_with_retry(batch, Commit::Now, std::time::Duration::from_secs(30))
                 .await
                 .unwrap();
         }
@@ -560,6 +560,53 @@ async fn the_sqlite_log_is_checkpointed_beside_the_writer() {
     }
     let wal = std::fs::metadata(dir.path().join("nested/status.db-wal")).unwrap();
     assert!(wal.len() > 0, "the store writes through its log");
+}
+
+/// Writes left open (`Commit::Later`) are seen once committed; a write
+/// that fails rolls back the batches the transaction held before it too,
+/// and says so, where a first batch's failure is only its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_writes_show_once_committed_and_a_failure_loses_them_all_and_says_so() {
+    let (dir, store) = sqlite().await;
+    rusqlite::Connection::open(dir.path().join("nested/status.db"))
+        .unwrap()
+        .execute_batch(
+            "CREATE TRIGGER refuse BEFORE INSERT ON status_history \
+             WHEN NEW.platform = 'refused' BEGIN SELECT RAISE(ABORT, 'refused'); END",
+        )
+        .unwrap();
+    let n = history().len() as i64;
+    let later = |offset: i64| -> Vec<StatusRow> {
+        let mut rows = history();
+        for row in &mut rows {
+            row.offset += offset;
+        }
+        rows
+    };
+    let mut refused = history()[0].clone();
+    refused.offset += 9_000_000;
+    refused.status.platform = "refused".into();
+
+    store.write(history(), Commit::Later).await.unwrap();
+    assert_eq!(store.history_len().await.unwrap(), 0, "not committed yet");
+    store.commit().await.unwrap();
+    assert_eq!(store.history_len().await.unwrap(), n);
+
+    store.write(later(1_000_000), Commit::Later).await.unwrap();
+    match store.write(vec![refused.clone()], Commit::Later).await {
+        Err(StoreError::HeldWritesLost { records, .. }) => assert_eq!(records as i64, n),
+        other => panic!("expected the held writes lost, got {other:?}"),
+    }
+    store.commit().await.unwrap();
+    assert_eq!(store.history_len().await.unwrap(), n, "rolled back");
+
+    let alone = store.write(vec![refused], Commit::Later).await;
+    assert!(
+        matches!(alone, Err(StoreError::Sqlite(_))),
+        "nothing held, nothing else lost: {alone:?}"
+    );
+    store.apply(later(1_000_000)).await.unwrap();
+    assert_eq!(store.history_len().await.unwrap(), 2 * n);
 }
 
 /// A store of another layout (here: the one before the history was keyed

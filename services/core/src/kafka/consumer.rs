@@ -26,6 +26,15 @@
 //! becoming durable, with where they landed (state that mirrors a changelog
 //! is made durable there); and a transaction aborting (state changes that
 //! depended on it are forgotten, as its records are handled again).
+//!
+//! A stage that writes a store of its own may commit it less often than
+//! the loop takes batches (`Persisted::Held`): the loop then holds those
+//! batches' offsets, and commits them with the first batch the store says
+//! is durable, once the held batches' deadline passed (records arriving or
+//! not), before any output is written, and when the loop stops. A
+//! revoked partition's held offsets are given up, never committed: its
+//! new owner reads those records again, which the store's idempotent
+//! writes allow.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -42,7 +51,9 @@ use crate::kafka::batch_writer::{
     advance_past, count_by_topic, BatchWriter, WriterFailed, WriterMetrics, Written,
 };
 use crate::kafka::client_config::consumer_config;
-use crate::kafka::handler::{HandlerError, InboundRecord, RecordHandler, TopicPartition};
+use crate::kafka::handler::{
+    HandlerError, InboundRecord, Persisted, RecordHandler, TopicPartition,
+};
 use crate::kafka::producer::{Delivered, OutboundRecord, Producer};
 use crate::kafka::rebalance::{AssignmentChange, LoopContext};
 use crate::kafka::transaction::{TransactionError, TransactionalProducer};
@@ -154,12 +165,22 @@ pub struct ConsumerLoop {
     /// transaction of tick outputs alone is fenced if this instance lost
     /// its partitions.
     committed: Offsets,
+    /// Batches the handler wrote but did not make durable yet.
+    held: Option<Held>,
 }
 
 /// One cycle's input: the records collected, and whether the tick is due.
 struct Batch {
     records: Vec<InboundRecord>,
     started: Instant,
+}
+
+/// Handled batches whose store writes are not durable yet
+/// (`Persisted::Held`): their records' places in fetch order, committed
+/// as one batch with the first that is, and when the handler must flush.
+struct Held {
+    batch: Batch,
+    flush_by: Instant,
 }
 
 impl ConsumerLoop {
@@ -206,6 +227,7 @@ impl ConsumerLoop {
             config,
             metrics: LoopMetrics::new(metrics),
             committed: BTreeMap::new(),
+            held: None,
         })
     }
 
@@ -227,8 +249,9 @@ impl ConsumerLoop {
     }
 
     /// One cycle per batch: read it, let the handler turn it (and, when due,
-    /// its tick) into outputs, and commit those with the batch's offsets. A
-    /// tick's outputs ride in the same transaction as the batch's.
+    /// its tick) into outputs, and commit those with the batch's offsets
+    /// once its store writes are durable. A tick's outputs ride in the same
+    /// transaction as the batch's.
     async fn run_batches<H: RecordHandler>(
         &mut self,
         handler: &mut H,
@@ -242,6 +265,7 @@ impl ConsumerLoop {
                 .next_batch(handler, next_tick, tick_interval, shutdown)
                 .await?
             else {
+                self.flush_held(handler, &mut outputs, shutdown).await?;
                 break;
             };
             outputs.clear();
@@ -258,17 +282,57 @@ impl ConsumerLoop {
                     next_tick = tokio::time::Instant::now() + interval;
                 }
             }
+            let (batch, held_until) = self.after_held(batch);
             if batch.records.is_empty() && outputs.is_empty() {
                 continue;
             }
-            handler
-                .persist()
-                .await
-                .map_err(ConsumerLoopError::Handler)?;
+            let persisted = handler.persist().await;
+            match persisted.map_err(ConsumerLoopError::Handler)? {
+                Persisted::Held { flush_by } => {
+                    let flush_by = held_until.map_or(flush_by, |t| t.min(flush_by));
+                    if outputs.is_empty() && Instant::now() < flush_by {
+                        self.held = Some(Held { batch, flush_by });
+                        continue;
+                    }
+                    handler.flush().await.map_err(ConsumerLoopError::Handler)?;
+                }
+                Persisted::Durable => {}
+            }
             if !self.commit(handler, &batch, &mut outputs, shutdown).await? {
                 break;
             }
         }
+        Ok(())
+    }
+
+    /// `batch` after the held batches' records, as one batch, and the
+    /// held batches' deadline.
+    fn after_held(&mut self, batch: Batch) -> (Batch, Option<Instant>) {
+        match self.held.take() {
+            None => (batch, None),
+            Some(Held {
+                batch: mut held,
+                flush_by,
+            }) => {
+                held.records.extend(batch.records);
+                (held, Some(flush_by))
+            }
+        }
+    }
+
+    /// At the loop's end: the held batches made durable and committed.
+    async fn flush_held<H: RecordHandler>(
+        &mut self,
+        handler: &mut H,
+        outputs: &mut Vec<OutboundRecord>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), ConsumerLoopError> {
+        let Some(held) = self.held.take() else {
+            return Ok(());
+        };
+        handler.flush().await.map_err(ConsumerLoopError::Handler)?;
+        outputs.clear();
+        self.commit(handler, &held.batch, outputs, shutdown).await?;
         Ok(())
     }
 
@@ -282,10 +346,13 @@ impl ConsumerLoop {
         shutdown: &CancellationToken,
     ) -> Result<Option<Batch>, ConsumerLoopError> {
         let mut records = Vec::with_capacity(self.config.max_batch);
+        let flush_by = self.held.as_ref().map(|h| h.flush_by.into());
         let first = tokio::select! {
             biased;
             _ = shutdown.cancelled() => return Ok(None),
             _ = tokio::time::sleep_until(next_tick), if tick_interval.is_some() => None,
+            // The held batches' deadline: an idle topic still commits them.
+            _ = tokio::time::sleep_until(flush_by.unwrap_or(next_tick)), if flush_by.is_some() => None,
             m = self.consumer.recv() => Some(m),
         };
         let started = Instant::now();
@@ -503,18 +570,26 @@ impl ConsumerLoop {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    fn drop_revoked(&self, batch: &mut Vec<InboundRecord>) {
+    /// Drops the records of partitions no longer owned from `batch`, and
+    /// from the held batches: their offsets are the new owner's to commit.
+    fn drop_revoked(&mut self, batch: &mut Vec<InboundRecord>) {
+        let held = self.held.as_mut().map(|h| &mut h.batch.records);
         let owned = match self.consumer.assignment() {
             Ok(tpl) => tpl,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the assignment; dropping the batch");
                 self.metrics.dropped_revoked.inc_by(batch.len() as u64);
                 batch.clear();
+                // Handled already: read again, by whoever owns them.
+                self.held = None;
                 return;
             }
         };
         let before = batch.len();
         batch.retain(|r| owned.find_partition(&r.topic, r.partition).is_some());
+        if let Some(held) = held {
+            held.retain(|r| owned.find_partition(&r.topic, r.partition).is_some());
+        }
         self.metrics
             .dropped_revoked
             .inc_by((before - batch.len()) as u64);

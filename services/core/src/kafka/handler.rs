@@ -2,7 +2,7 @@
 //! input record into outputs, and the records it sees.
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::message::{Headers, Message};
 
@@ -118,14 +118,39 @@ pub trait RecordHandler: Send {
     /// handled again: forget what handling them changed.
     fn on_aborted(&mut self) {}
 
-    /// The batch's records are handled: make durable what they changed
-    /// outside Kafka (a projection's database) before their offsets move.
-    /// Runs after `handle` and `tick`, before the batch's outputs and
-    /// offsets are written. An error stops the loop without committing, so
-    /// the records are read again: what this writes must be idempotent.
-    fn persist(&mut self) -> impl Future<Output = Result<(), HandlerError>> + Send {
+    /// The batch's records are handled: write what they changed outside
+    /// Kafka (a projection's database) before their offsets move. Runs
+    /// after `handle` and `tick`, before the batch's outputs and offsets
+    /// are written. An error stops the loop without committing, so the
+    /// records are read again: what this writes must be idempotent.
+    ///
+    /// [`Persisted::Held`] lets a store commit less often than the loop
+    /// takes batches (Kafka Streams' record cache): the loop then holds
+    /// the batch's offsets, with those of the batches held before it,
+    /// until a later `persist` answers `Durable` or `flush` returns.
+    fn persist(&mut self) -> impl Future<Output = Result<Persisted, HandlerError>> + Send {
+        std::future::ready(Ok(Persisted::Durable))
+    }
+
+    /// Make durable what every `persist` since the last `Durable` wrote.
+    /// The loop calls it once the held batches' `flush_by` passed (records
+    /// arriving or not), before it writes any output (so outputs never
+    /// wait on a store, and a revoked partition never has held outputs),
+    /// and when it stops. An error stops the loop as `persist`'s does.
+    fn flush(&mut self) -> impl Future<Output = Result<(), HandlerError>> + Send {
         std::future::ready(Ok(()))
     }
+}
+
+/// What `persist` made of the batch's changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Persisted {
+    /// Durable, and so is everything written before: the offsets of this
+    /// batch and of those held may move.
+    Durable,
+    /// Written but not durable yet (a transaction left open): the loop
+    /// calls `flush` by `flush_by` at the latest.
+    Held { flush_by: Instant },
 }
 
 /// A handler that is a closure; handy for small stages and tests.

@@ -18,7 +18,7 @@ pub use admin::{
 pub use batch_writer::WriterFailed;
 pub use client_config::{consumer_config, producer_config, MAX_RECORD_BYTES};
 pub use consumer::{run_blocking, ConsumerLoop, ConsumerLoopConfig, ConsumerLoopError};
-pub use handler::{HandlerError, InboundRecord, RecordHandler, TopicPartition};
+pub use handler::{HandlerError, InboundRecord, Persisted, RecordHandler, TopicPartition};
 pub use lag::LagReporter;
 pub use producer::{Delivered, DeliveryError, OutboundRecord, Producer};
 pub use rdkafka::error::KafkaError;

@@ -9,19 +9,28 @@
 //! JSON was most of the time (24,000 records/s at a million conversions).
 //! SQLite has one writer anyway; readers (the API, through sqlx) never
 //! wait for it in WAL mode.
+//!
+//! A transaction may stay open across batches (`Commit::Later`), so a
+//! commit's cost (the log's pages written and synced, the checkpoint
+//! copying them) is paid once for many: the random indexes' pages were
+//! written again at every batch's commit. The consumer loop holds those
+//! batches' offsets until the commit (`handler.rs`); an error rolls back
+//! every batch the transaction held, and says so
+//! (`StoreError::HeldWritesLost`), since retrying the last batch alone
+//! would not bring the others back.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
-use rusqlite::{params_from_iter, Connection, OpenFlags, OptionalExtension, Transaction};
+use rusqlite::{params_from_iter, Connection, OpenFlags, OptionalExtension};
 
 use super::tables::{self, Cell, Column, Table};
 use super::{
     numbers, unnumbered, Batch, Changes, Conversion, ConversionState, NewDuplicates, PlatformState,
 };
 use crate::fold::{self, StatusKey};
-use crate::store::{StatusRow, StoreError};
+use crate::store::{Commit, StatusRow, StoreError};
 
 /// SQLite plans by its statistics table, which nothing fills unless asked:
 /// without it a search by order id walks the time index instead of the
@@ -45,6 +54,12 @@ pub(crate) struct SqliteWriter {
 struct Writer {
     conn: Connection,
     records_since_analyze: usize,
+    /// The records written in the open transaction; None when there is
+    /// none.
+    held: Option<usize>,
+    /// A batch's write began and did not end: it panicked, and the open
+    /// transaction holds half of it.
+    writing: bool,
 }
 
 impl SqliteWriter {
@@ -68,6 +83,8 @@ impl SqliteWriter {
             inner: Arc::new(Mutex::new(Writer {
                 conn,
                 records_since_analyze: 0,
+                held: None,
+                writing: false,
             })),
         };
         spawn_checkpointer(path, Arc::downgrade(&writer.inner))?;
@@ -75,19 +92,39 @@ impl SqliteWriter {
     }
 
     /// Folds the records of `rows` at the places `mine` (this file's
-    /// conversions', `shards.rs`) into its tables, in one transaction,
-    /// off the async threads.
+    /// conversions', `shards.rs`) into its tables, in the open
+    /// transaction (or a new one), off the async threads; `Commit::Now`
+    /// commits it.
     pub async fn apply(
         &self,
         rows: Arc<Vec<StatusRow>>,
         mine: Vec<usize>,
+        commit: Commit,
+    ) -> Result<(), StoreError> {
+        self.with_writer(move |writer| {
+            writer.apply(Batch::new(mine.iter().filter_map(|&i| rows.get(i))))?;
+            match commit {
+                Commit::Now => writer.commit(),
+                Commit::Later => Ok(()),
+            }
+        })
+        .await
+    }
+
+    /// Commits the open transaction, if there is one.
+    pub async fn commit(&self) -> Result<(), StoreError> {
+        self.with_writer(Writer::commit).await
+    }
+
+    async fn with_writer(
+        &self,
+        f: impl FnOnce(&mut Writer) -> Result<(), StoreError> + Send + 'static,
     ) -> Result<(), StoreError> {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
-            // A panic mid-batch dropped its transaction, which rolled
-            // back: the connection is as good as before.
             let mut writer = inner.lock().unwrap_or_else(PoisonError::into_inner);
-            writer.apply(Batch::new(mine.iter().filter_map(|&i| rows.get(i))))
+            writer.recover()?;
+            f(&mut writer)
         })
         .await
         .map_err(StoreError::WriterStopped)?
@@ -96,19 +133,73 @@ impl SqliteWriter {
 
 impl Writer {
     fn apply(&mut self, batch: Batch<'_>) -> Result<(), StoreError> {
-        // IMMEDIATE: take the write lock first, so the rows read are the
-        // rows written over.
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let records = write(&tx, &batch)?;
-        tx.commit()?;
+        if self.held.is_none() {
+            // IMMEDIATE: take the write lock first, so the rows read are
+            // the rows written over.
+            self.conn.execute_batch("BEGIN IMMEDIATE")?;
+            self.held = Some(0);
+        }
+        self.writing = true;
+        let written = write(&self.conn, &batch);
+        self.writing = false;
+        match written {
+            Ok(records) => {
+                *self.held.get_or_insert(0) += records;
+                Ok(())
+            }
+            Err(e) => Err(self.roll_back(e)),
+        }
+    }
+
+    fn commit(&mut self) -> Result<(), StoreError> {
+        let Some(records) = self.held else {
+            return Ok(());
+        };
+        if let Err(e) = self.conn.execute_batch("COMMIT") {
+            return Err(self.roll_back(e.into()));
+        }
+        self.held = None;
         self.records_since_analyze += records;
         if self.records_since_analyze >= ANALYZE_EVERY_RECORDS {
             refresh_statistics(&self.conn)?;
             self.records_since_analyze = 0;
         }
         Ok(())
+    }
+
+    /// Rolls the open transaction back after `error`. If it held batches
+    /// before the one that failed, those are gone too, and the error says
+    /// so: the failed batch's retry alone would not bring them back.
+    fn roll_back(&mut self, error: StoreError) -> StoreError {
+        let held = self.held.take().unwrap_or(0);
+        // SQLite rolls back itself after some errors (a full disk, I/O).
+        if !self.conn.is_autocommit() {
+            if let Err(e) = self.conn.execute_batch("ROLLBACK") {
+                tracing::warn!(error = %e, "status store rollback failed");
+            }
+        }
+        match held {
+            0 => error,
+            records => StoreError::HeldWritesLost {
+                records,
+                source: Box::new(error),
+            },
+        }
+    }
+
+    /// After a write that panicked: its half batch rolled back, with
+    /// what the transaction held before it.
+    fn recover(&mut self) -> Result<(), StoreError> {
+        if !std::mem::take(&mut self.writing) {
+            return Ok(());
+        }
+        let records = self.held.unwrap_or(0);
+        let lost = self.roll_back(StoreError::WriterPanicked);
+        tracing::error!(
+            records,
+            "a status store write panicked; its transaction rolled back"
+        );
+        Err(lost)
     }
 }
 
@@ -141,7 +232,7 @@ fn refresh_statistics(conn: &Connection) -> Result<(), rusqlite::Error> {
 }
 
 /// Writes `batch`, and answers how many records it held.
-fn write(tx: &Transaction<'_>, batch: &Batch<'_>) -> Result<usize, StoreError> {
+fn write(tx: &Connection, batch: &Batch<'_>) -> Result<usize, StoreError> {
     let before = load(tx, batch)?;
     let ids = number(tx, &before)?;
     let new_duplicates = insert_history(tx, batch, &ids)?;
@@ -176,7 +267,7 @@ fn select<'c>(
 
 /// The stored rows of the batch's conversions, in its order; a conversion
 /// not stored yet is there, empty.
-fn load(tx: &Transaction<'_>, batch: &Batch<'_>) -> Result<Vec<Conversion>, rusqlite::Error> {
+fn load(tx: &Connection, batch: &Batch<'_>) -> Result<Vec<Conversion>, rusqlite::Error> {
     let (c, p) = (&tables::CONVERSIONS, &tables::PLATFORMS);
     // The number, then what follows the key.
     let number_and_state = c.columns[..1].iter().chain(&c.columns[4..]);
@@ -208,7 +299,7 @@ fn load(tx: &Transaction<'_>, batch: &Batch<'_>) -> Result<Vec<Conversion>, rusq
 
 /// Numbers the batch's new conversions after the highest stored: this
 /// connection is the only writer, and holds the write lock.
-fn number(tx: &Transaction<'_>, before: &[Conversion]) -> Result<Vec<i64>, StoreError> {
+fn number(tx: &Connection, before: &[Conversion]) -> Result<Vec<i64>, StoreError> {
     let highest: i64 = match unnumbered(before) {
         0 => 0,
         _ => tx.query_row("SELECT COALESCE(MAX(id), 0) FROM conversions", [], |r| {
@@ -263,7 +354,7 @@ fn read_status_key(row: &rusqlite::Row<'_>, i: usize) -> Result<StatusKey, rusql
 /// Inserts the records the history does not hold yet, and answers the
 /// `duplicate` records among them.
 fn insert_history(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     batch: &Batch<'_>,
     ids: &[i64],
 ) -> Result<NewDuplicates, rusqlite::Error> {
@@ -292,7 +383,7 @@ fn insert_sql(table: &Table) -> String {
 }
 
 fn insert<'a, const N: usize>(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     table: &Table,
     rows: impl Iterator<Item = [Cell<'a>; N]>,
 ) -> Result<(), rusqlite::Error> {
