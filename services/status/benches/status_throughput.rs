@@ -21,7 +21,9 @@
 //! setting, over the same topic: this machine's speed drifts by a fifth
 //! within an hour, so two builds compare only run against run. Each line
 //! also gives the service's CPU-seconds (`/proc/<pid>/stat`), steadier
-//! than the rate when both cores are busy.
+//! than the rate when both cores are busy, and the bytes it wrote to disk
+//! (`/proc/<pid>/io`). A record counts once the loop committed its
+//! offset, so a store's write left uncommitted counts at its commit.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -34,11 +36,16 @@ use postback_testkit::{free_port, kafka_toml, service_command, unique, Broker, T
 
 mod support;
 
-/// The stored-records counter the service exports.
-const STORED: &str = "postback_status_records_total{outcome=\"stored\"}";
+/// The consumer loop's count of records whose offsets it committed, by
+/// topic: the store holds them for good (a write left uncommitted,
+/// `store.commit_every_records`, is not counted until its commit).
+const COMMITTED: &str = "postback_status_consumer_records_total{";
 
-/// The seconds the service spent in the store's writes.
-const WRITING: &str = "postback_status_store_write_duration_seconds_sum ";
+/// The seconds the service spent in the store's writes and commits.
+const WRITING: [&str; 2] = [
+    "postback_status_store_write_duration_seconds_sum ",
+    "postback_status_store_commit_duration_seconds_sum ",
+];
 
 /// Linux's USER_HZ, the unit of `/proc/<pid>/stat`'s CPU times.
 const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
@@ -87,16 +94,28 @@ impl Service {
         })
     }
 
-    /// Records stored so far, and the seconds spent writing them, from
-    /// one scrape; None while the service does not answer.
+    /// Records stored for good so far, and the seconds spent writing
+    /// them, from one scrape; None while the service does not answer.
     async fn stored(&self) -> Option<(u64, f64)> {
         let text = reqwest::get(&self.ops).await.ok()?.text().await.ok()?;
-        let value = |sample: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(sample)?.trim().parse::<f64>().ok())
-                .unwrap_or(0.0)
+        // The sum of the samples whose name and labels start so.
+        let sum = |prefix: &str| -> f64 {
+            let values = text.lines().filter_map(|l| {
+                let rest = l.strip_prefix(prefix)?;
+                rest.rsplit(' ').next()?.parse::<f64>().ok()
+            });
+            values.sum()
         };
-        Some((value(STORED) as u64, value(WRITING)))
+        Some((sum(COMMITTED) as u64, WRITING.iter().map(|w| sum(w)).sum()))
+    }
+
+    /// Bytes the process had the kernel write to disk so far.
+    fn written_mib(&self) -> f64 {
+        std::fs::read_to_string(format!("/proc/{}/io", self.child.id()))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("write_bytes:")?.trim().parse::<f64>().ok())
+            .map_or(0.0, |b| b / (1024.0 * 1024.0))
     }
 
     /// VmHWM: the most memory the process held at once, in MiB.
@@ -166,10 +185,11 @@ impl Run<'_> {
         let mut service = Service::start(binary, &config, self.dir, &unique("status"), ops_port)?;
         let (first, last) = self.watch(&mut service).await?;
         let cpu = service.cpu_seconds();
+        let written = service.written_mib();
         let took = last.at.duration_since(first.at).as_secs_f64();
         let rate = (last.stored - first.stored) as f64 / took;
         println!(
-            "{label:<34} {rate:>9.0} records/s ({:>6.0} conversions/s) over {took:.1} s after the first batch, {:.0}% of it in the store's writes; {cpu:.1} CPU-seconds in all; peak memory {:.0} MiB",
+            "{label:<34} {rate:>9.0} records/s ({:>6.0} conversions/s) over {took:.1} s after the first batch, {:.0}% of it in the store's writes; {cpu:.1} CPU-seconds in all; {written:.0} MiB written; peak memory {:.0} MiB",
             rate / 6.3,
             100.0 * (last.writing - first.writing) / took,
             service.peak_memory_mib()

@@ -13,6 +13,7 @@ pub mod api;
 pub mod config;
 pub mod fold;
 pub mod handler;
+pub mod keys;
 pub mod legend;
 pub mod metrics;
 pub mod panel;

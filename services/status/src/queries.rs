@@ -12,6 +12,7 @@ use sqlx::query::Query;
 use sqlx::{Any, AnyPool, Row};
 
 use crate::fold;
+use crate::keys;
 use crate::legend::meaning;
 use crate::rollups::{self, SlotRange};
 use crate::store::{int, text, Store, StoreError};
@@ -353,6 +354,8 @@ impl Store {
                 currency, order_id, sources FROM conversions WHERE tenant = ",
         );
         sql.text(tenant)
+            .push(" AND key_hash = ")
+            .int(keys::event_id_hash(tenant, event_id))
             .push(" AND event_name = ")
             .text(event_name)
             .push(" AND event_id = ")
@@ -615,18 +618,24 @@ fn conversion_filters(sql: &mut Sql, tenant: &str, f: &ListFilter) {
     if let Some(v) = &f.event_name {
         sql.push(" AND c.event_name = ").text(v);
     }
+    // Each by its hash's index (`keys.rs`) and its text.
     if let Some(v) = &f.event_id {
-        sql.push(" AND c.event_id = ").text(v);
+        sql.push(" AND c.key_hash = ")
+            .int(keys::event_id_hash(tenant, v))
+            .push(" AND c.event_id = ")
+            .text(v);
     }
     if let Some(v) = &f.order_id {
-        sql.push(" AND c.order_id = ").text(v);
+        sql.push(" AND c.order_hash = ")
+            .int(keys::order_id_hash(tenant, v))
+            .push(" AND c.order_id = ")
+            .text(v);
     }
     if let Some(v) = &f.click_id_hash {
-        // Driven from the click id's own rows, not probed per conversion.
-        sql.push(" AND c.id IN (SELECT k.conversion_id FROM click_ids k WHERE k.tenant = ")
-            .text(tenant)
-            .push(" AND k.click_id_hash = ")
-            .text(v)
+        // Driven from the click id's own rows, not probed per conversion;
+        // `c.tenant` keeps another tenant's click of the same hash out.
+        sql.push(" AND c.id IN (SELECT k.conversion_id FROM click_ids k WHERE k.click_key = ")
+            .int(keys::click_key(tenant, v))
             .push(")");
     }
     if f.platform.is_some()

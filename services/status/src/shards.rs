@@ -11,9 +11,8 @@
 //! is per file, a conversion's rows all in its own, so nothing joins
 //! across files.
 //!
-//! The hash is FNV-1a, written here (a few lines) rather than taken from a
-//! hasher crate, whose output may change with its version: a conversion
-//! must hash to the same file for the life of the store. The number of
+//! The hash is `keys::fnv1a`, stable across builds: a conversion must hash
+//! to the same file for the life of the store. The number of
 //! files is part of the store's layout (`store.rs`): another number
 //! rebuilds it from the topic.
 
@@ -43,15 +42,7 @@ pub fn shard_of(tenant: &str, event_name: &str, event_id: &str, count: usize) ->
     if count <= 1 {
         return 0;
     }
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    let mut hash = OFFSET;
-    // 0xff never occurs in UTF-8: ("ab", "c") and ("a", "bc") differ.
-    for part in [tenant, event_name, event_id] {
-        for byte in part.bytes().chain([0xff]) {
-            hash = (hash ^ u64::from(byte)).wrapping_mul(PRIME);
-        }
-    }
+    let hash = crate::keys::fnv1a(&[tenant, event_name, event_id]);
     (hash % count as u64) as usize
 }
 

@@ -562,6 +562,83 @@ async fn the_sqlite_log_is_checkpointed_beside_the_writer() {
     assert!(wal.len() > 0, "the store writes through its log");
 }
 
+/// Event ids and order ids are found by their hashes' index: a stored
+/// conversion whose hashes are another's (here made by hand, as 64 bits
+/// rarely collide; numbered first, so the index meets it first) is never
+/// taken for it, by a search, the detail, or the
+/// writer folding new records in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conversions_of_one_hash_stay_apart() {
+    let (dir, store) = sqlite().await;
+    store.apply(history()).await.unwrap();
+    let before = store
+        .detail("acme", "Purchase", "ord-1")
+        .await
+        .unwrap()
+        .unwrap();
+    let db = rusqlite::Connection::open(dir.path().join("nested/status.db")).unwrap();
+    db.execute_batch(
+        "INSERT INTO conversions (id, tenant, event_name, event_id, key_hash, sort_time,
+           first_seen, order_id, order_hash, sources, summary_key)
+         SELECT -id, tenant, event_name, 'impostor', key_hash, sort_time, first_seen,
+           'B-1', order_hash, sources, summary_key FROM conversions
+         WHERE tenant = 'acme' AND event_id = 'ord-1'",
+    )
+    .unwrap();
+    let found = |filter: ListFilter| {
+        let store = store.clone();
+        async move {
+            let page = store.list("acme", &filter, 100, None).await.unwrap();
+            page.conversions
+                .into_iter()
+                .map(|c| c.event_id)
+                .collect::<Vec<_>>()
+        }
+    };
+    let by_event_id = ListFilter {
+        event_id: Some("ord-1".into()),
+        ..Default::default()
+    };
+    assert_eq!(found(by_event_id).await, ["ord-1"]);
+    let by_order_id = ListFilter {
+        order_id: Some("A-1".into()),
+        ..Default::default()
+    };
+    assert_eq!(found(by_order_id).await, ["ord-1"]);
+
+    let mut later = history()
+        .into_iter()
+        .find(|r| r.status.event_id == "ord-1" && r.status.platform == "meta")
+        .unwrap();
+    later.offset += 1_000_000;
+    later.status.server_side = postback_core::model::ServerSideStatus::Delivered;
+    later.status.time += 100_000;
+    later.status.platform_request_id = Some("fbtrace-later".into());
+    store.apply(vec![later]).await.unwrap();
+    let after = store
+        .detail("acme", "Purchase", "ord-1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(after.conversion.event_id, "ord-1");
+    assert_eq!(after.history.len(), before.history.len() + 1);
+    assert_eq!(
+        after.conversion.platforms["meta"]
+            .platform_request_id
+            .as_deref(),
+        Some("fbtrace-later")
+    );
+    let impostor: (i64, i64) = db
+        .query_row(
+            "SELECT COUNT(*), (SELECT COUNT(*) FROM status_history h WHERE h.conversion_id = c.id)
+             FROM conversions c WHERE event_id = 'impostor'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(impostor, (1, 0), "the impostor got nothing");
+}
+
 /// Writes left open (`Commit::Later`) are seen once committed; a write
 /// that fails rolls back the batches the transaction held before it too,
 /// and says so, where a first batch's failure is only its own.

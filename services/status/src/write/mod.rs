@@ -44,6 +44,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use postback_core::model::{DeliveryStatus, ServerSideStatus};
 
 use crate::fold::{self, StatusKey};
+use crate::keys;
 use crate::rollups::{self, Rollups};
 use crate::store::StatusRow;
 use tables::{Cell, ClickId};
@@ -323,13 +324,13 @@ impl<'a> Batch<'a> {
     }
 
     /// The batch's hashed click ids, once each, in key order.
-    fn click_ids(&self, ids: &[i64]) -> BTreeSet<ClickId<'a>> {
+    fn click_ids(&self, ids: &[i64]) -> BTreeSet<ClickId> {
         let numbered = self.numbered(ids);
         numbered
             .flat_map(|(id, row)| {
                 let s = &row.status;
                 let hashes = s.conversion.iter().flat_map(|c| &c.click_id_hashes);
-                hashes.map(move |h| (s.tenant.as_str(), h.as_str(), id))
+                hashes.map(move |h| (keys::click_key(&s.tenant, h), id))
             })
             .collect()
     }
@@ -364,7 +365,7 @@ pub(crate) type NewDuplicates = FxHashSet<(i32, i64)>;
 /// The rows that changed, as cells for `tables::CONVERSIONS` and
 /// `tables::PLATFORMS`, and the rollups' deltas.
 struct Changes<'a> {
-    conversions: Vec<[Cell<'a>; 12]>,
+    conversions: Vec<[Cell<'a>; 14]>,
     platforms: Vec<[Cell<'a>; 16]>,
     rollups: Rollups<'a>,
 }

@@ -30,6 +30,7 @@ use super::{
     numbers, unnumbered, Batch, Changes, Conversion, ConversionState, NewDuplicates, PlatformState,
 };
 use crate::fold::{self, StatusKey};
+use crate::keys;
 use crate::store::{Commit, StatusRow, StoreError};
 
 /// SQLite plans by its statistics table, which nothing fills unless asked:
@@ -270,13 +271,16 @@ fn select<'c>(
 fn load(tx: &Connection, batch: &Batch<'_>) -> Result<Vec<Conversion>, rusqlite::Error> {
     let (c, p) = (&tables::CONVERSIONS, &tables::PLATFORMS);
     // The number, then what follows the key.
-    let number_and_state = c.columns[..1].iter().chain(&c.columns[4..]);
-    let by_key = "tenant = ?1 AND event_name = ?2 AND event_id = ?3";
+    let state = &c.columns[tables::CONVERSION_KEY_COLUMNS..];
+    let number_and_state = c.columns[..1].iter().chain(state);
+    // The hash finds it (`keys.rs`), the text makes sure.
+    let by_key = "tenant = ?1 AND key_hash = ?2 AND event_name = ?3 AND event_id = ?4";
     let mut conversions = tx.prepare_cached(&select(number_and_state, c, by_key))?;
     let mut platforms = tx.prepare_cached(&select(&p.columns[1..], p, "conversion_id = ?1"))?;
     let mut out = Vec::with_capacity(batch.conversions().len());
     for (tenant, event_name, event_id) in batch.conversions() {
-        let key = [tenant, event_name, event_id];
+        let hash = keys::event_id_hash(tenant, event_id);
+        let key = rusqlite::params![tenant, hash, event_name, event_id];
         let Some((id, state)) = conversions.query_row(key, conversion_state).optional()? else {
             out.push(Conversion::default());
             continue;
@@ -310,7 +314,8 @@ fn number(tx: &Connection, before: &[Conversion]) -> Result<Vec<i64>, StoreError
 }
 
 /// A `conversions` row: its number, then its columns in
-/// `tables::CONVERSIONS`' order after the key.
+/// `tables::CONVERSIONS`' order after the key (the order id's hash, 7,
+/// is the order id's, not the state's).
 fn conversion_state(row: &rusqlite::Row<'_>) -> Result<(i64, ConversionState), rusqlite::Error> {
     let state = ConversionState {
         sort_time: row.get(1)?,
@@ -319,8 +324,8 @@ fn conversion_state(row: &rusqlite::Row<'_>) -> Result<(i64, ConversionState), r
         value: row.get(4)?,
         currency: row.get(5)?,
         order_id: row.get(6)?,
-        sources: row.get(7)?,
-        summary_key: read_status_key(row, 8)?,
+        sources: row.get(8)?,
+        summary_key: read_status_key(row, 9)?,
     };
     Ok((row.get(0)?, state))
 }
@@ -403,14 +408,20 @@ mod tests {
     fn rows_are_bound_by_place_and_read_by_place() {
         assert_eq!(
             insert_sql(&tables::CLICK_IDS),
-            "INSERT INTO click_ids (tenant, click_id_hash, conversion_id) \
-             VALUES (?1, ?2, ?3) ON CONFLICT (tenant, click_id_hash, conversion_id) DO NOTHING"
+            "INSERT INTO click_ids (click_key, conversion_id) \
+             VALUES (?1, ?2) ON CONFLICT (click_key, conversion_id) DO NOTHING"
         );
         let c = &tables::CONVERSIONS;
         assert_eq!(
-            select(c.columns[..1].iter().chain(&c.columns[4..]), c, "id = ?1"),
-            "SELECT id, sort_time, first_seen, event_time, value, currency, order_id, sources, \
-             summary_key FROM conversions WHERE id = ?1"
+            select(
+                c.columns[..1]
+                    .iter()
+                    .chain(&c.columns[tables::CONVERSION_KEY_COLUMNS..]),
+                c,
+                "id = ?1"
+            ),
+            "SELECT id, sort_time, first_seen, event_time, value, currency, order_id, \
+             order_hash, sources, summary_key FROM conversions WHERE id = ?1"
         );
         let p = &tables::PLATFORMS;
         assert_eq!(

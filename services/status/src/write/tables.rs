@@ -7,8 +7,8 @@ use postback_core::model::ServerSideStatus;
 use serde::ser::{Serialize, Serializer};
 
 use super::{ConversionKey, ConversionState, PlatformState};
-use crate::fold;
 use crate::store::StatusRow;
+use crate::{fold, keys};
 
 /// A column of a table: PostgreSQL casts JSON's integers, SQLite does not
 /// need to.
@@ -169,35 +169,47 @@ pub(crate) const CONVERSIONS: Table = Table {
         Text("tenant"),
         Text("event_name"),
         Text("event_id"),
+        Int("key_hash"),
         Int("sort_time"),
         Int("first_seen"),
         Int("event_time"),
         Text("value"),
         Text("currency"),
         Text("order_id"),
+        Int("order_hash"),
         Text("sources"),
         Text("summary_key"),
     ],
     // A number stands for one key for ever: its index stays as it is.
-    on_conflict: OnConflict::Replace(&["tenant", "event_name", "event_id"]),
+    on_conflict: OnConflict::Replace(&["tenant", "event_name", "event_id", "key_hash"]),
 };
+
+/// The columns of `CONVERSIONS` the key decides, which a stored
+/// conversion's state comes after.
+pub(crate) const CONVERSION_KEY_COLUMNS: usize = 5;
 
 pub(crate) fn conversion_cells<'a>(
     id: i64,
     (tenant, event_name, event_id): ConversionKey<'a>,
     c: &'a ConversionState,
-) -> [Cell<'a>; 12] {
+) -> [Cell<'a>; 14] {
     [
         int(id),
         text(tenant),
         text(event_name),
         text(event_id),
+        int(keys::event_id_hash(tenant, event_id)),
         int(c.sort_time),
         int(c.first_seen),
         Cell::Int(c.event_time),
         Cell::Text(c.value.as_deref()),
         Cell::Text(c.currency.as_deref()),
         Cell::Text(c.order_id.as_deref()),
+        Cell::Int(
+            c.order_id
+                .as_deref()
+                .map(|o| keys::order_id_hash(tenant, o)),
+        ),
         text(&c.sources),
         text(c.summary_key.as_str()),
     ]
@@ -254,16 +266,17 @@ pub(crate) fn platform_cells<'a>(
 
 pub(crate) const CLICK_IDS: Table = Table {
     name: "click_ids",
-    key: "tenant, click_id_hash, conversion_id",
-    columns: &[Text("tenant"), Text("click_id_hash"), Int("conversion_id")],
+    key: "click_key, conversion_id",
+    columns: &[Int("click_key"), Int("conversion_id")],
     on_conflict: OnConflict::Keep,
 };
 
-/// A hashed click id of a conversion: tenant, hash, conversion's number.
-pub(crate) type ClickId<'a> = (&'a str, &'a str, i64);
+/// A hashed click id of a conversion: `keys::click_key`, conversion's
+/// number.
+pub(crate) type ClickId = (i64, i64);
 
-pub(crate) fn click_id_cells<'a>((t, h, id): &ClickId<'a>) -> [Cell<'a>; 3] {
-    [text(t), text(h), int(*id)]
+pub(crate) fn click_id_cells((key, id): &ClickId) -> [Cell<'static>; 2] {
+    [int(*key), int(*id)]
 }
 
 pub(crate) const ROLLUPS: Table = Table {
@@ -321,10 +334,7 @@ mod tests {
         );
         let p = PlatformState::new();
         assert_eq!(platform_cells(1, "meta", &p).len(), PLATFORMS.columns.len());
-        assert_eq!(
-            click_id_cells(&("t", "h", 1)).len(),
-            CLICK_IDS.columns.len()
-        );
+        assert_eq!(click_id_cells(&(7, 1)).len(), CLICK_IDS.columns.len());
         assert_eq!(HISTORY.columns.len(), 14);
         assert_eq!(ROLLUPS.columns.len(), 11);
     }
