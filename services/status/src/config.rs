@@ -81,6 +81,9 @@ pub struct StoreConfig {
     /// 0 commits every batch.
     pub commit_every_records: usize,
     pub commit_within_ms: u64,
+    /// SQLite only: the writers' page cache, MiB, shared out among the
+    /// files (at least 1 MiB each).
+    pub cache_mib: u32,
 }
 
 impl std::fmt::Debug for StoreConfig {
@@ -92,6 +95,7 @@ impl std::fmt::Debug for StoreConfig {
             .field("shards", &self.shards)
             .field("commit_every_records", &self.commit_every_records)
             .field("commit_within_ms", &self.commit_within_ms)
+            .field("cache_mib", &self.cache_mib)
             .finish()
     }
 }
@@ -105,6 +109,7 @@ impl Default for StoreConfig {
             shards: 0,
             commit_every_records: 100_000,
             commit_within_ms: 1_000,
+            cache_mib: 64,
         }
     }
 }
@@ -154,6 +159,12 @@ impl Validate for StatusSections {
             return Err(ConfigError::invalid(
                 "store.commit_within_ms",
                 "must be at most 60000: the panel shows nothing newer than the last commit",
+            ));
+        }
+        if !(1..=4096).contains(&self.store.cache_mib) {
+            return Err(ConfigError::invalid(
+                "store.cache_mib",
+                "must be between 1 and 4096",
             ));
         }
         if self.store.commit_every_records > 10_000_000 {
@@ -246,6 +257,7 @@ mod tests {
             ("[store]\nmax_connections = 0\n", "store.max_connections"),
             ("[store]\nurl = \"mysql://x\"\n", "store.url"),
             ("[store]\nshards = 65\n", "store.shards"),
+            ("[store]\ncache_mib = 0\n", "store.cache_mib"),
             (
                 "[store]\ncommit_within_ms = 60001\n",
                 "store.commit_within_ms",

@@ -310,7 +310,10 @@ impl Store {
             };
             migrate(&pool, Backend::Sqlite, count).await?;
             // Opening runs ANALYZE: file work, off the async threads.
-            let writer = tokio::task::spawn_blocking(move || SqliteWriter::open(&path));
+            // The cache is the store's, shared out: its memory does not
+            // grow with the machine's cores (one file per core).
+            let cache_mib = (config.cache_mib / count as u32).max(1);
+            let writer = tokio::task::spawn_blocking(move || SqliteWriter::open(&path, cache_mib));
             let writer = writer.await.map_err(StoreError::WriterStopped)??;
             opened.push(Shard {
                 pool,

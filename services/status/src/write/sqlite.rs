@@ -64,10 +64,13 @@ struct Writer {
 }
 
 impl SqliteWriter {
-    /// Opens the database at `path`, whose tables exist. SQLite's page
-    /// cache stays at its default (2 MiB): the kernel's holds the file,
-    /// and 64 or 256 MiB folded no faster at a million conversions.
-    pub fn open(path: &Path) -> Result<SqliteWriter, StoreError> {
+    /// Opens the database at `path`, whose tables exist, with a page
+    /// cache of `cache_mib` (its share of `store.cache_mib`). Through the
+    /// broker at batches of 10,000, two files of 32 MiB each folded 6-8%
+    /// more records/s with 4-10% less CPU than SQLite's default 2 MiB
+    /// (fewer pages read again from the kernel's cache), for 60 MiB more;
+    /// 96 MiB each was no faster than 2.
+    pub fn open(path: &Path, cache_mib: u32) -> Result<SqliteWriter, StoreError> {
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -79,6 +82,8 @@ impl SqliteWriter {
         // is: it must be on disk by then, not only in the WAL's buffers.
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)?;
+        // Negative: in KiB rather than pages.
+        conn.pragma_update(None, "cache_size", -(i64::from(cache_mib) * 1024))?;
         refresh_statistics(&conn)?;
         let writer = SqliteWriter {
             inner: Arc::new(Mutex::new(Writer {
