@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::free_port;
+use crate::free_ports;
 
 /// How long a JVM may take to start on a loaded two-core machine.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
@@ -85,10 +85,11 @@ impl KafkaProcess {
     pub fn start(dir: &Path, with_sasl_ssl: bool) -> anyhow::Result<KafkaProcess> {
         let mut last_error = None;
         for _ in 0..5 {
+            let [client, controller, sasl_ssl] = free_ports();
             let ports = Ports {
-                client: free_port(),
-                controller: free_port(),
-                sasl_ssl: with_sasl_ssl.then(free_port),
+                client,
+                controller,
+                sasl_ssl: with_sasl_ssl.then_some(sasl_ssl),
             };
             match Self::spawn(dir, ports) {
                 Ok(p) => return Ok(p),

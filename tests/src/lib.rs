@@ -28,6 +28,21 @@ pub fn free_port() -> u16 {
         .expect("bind an ephemeral port on loopback")
 }
 
+/// `N` ports nobody listens on right now, all different: each is held
+/// until all are chosen, where `free_port` twice may answer one port
+/// twice (the kernel hands a released port out again).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port on loopback"))
+        .collect();
+    std::array::from_fn(|i| {
+        listeners[i]
+            .local_addr()
+            .map(|a| a.port())
+            .expect("an ephemeral port's address")
+    })
+}
+
 /// A name no other test (or earlier run against a shared broker) uses.
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU64 = AtomicU64::new(0);

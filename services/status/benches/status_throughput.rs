@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use postback_core::model::{conversion_key, DeliveryStatus};
 use postback_core::{Codec, SchemaKind};
 use postback_testkit::bench::fill;
-use postback_testkit::{free_port, kafka_toml, service_command, unique, Broker, TestDatabase};
+use postback_testkit::{free_ports, kafka_toml, service_command, unique, Broker, TestDatabase};
 
 mod support;
 
@@ -170,7 +170,7 @@ impl Run<'_> {
         store: &str,
         max_batch: Option<usize>,
     ) -> anyhow::Result<()> {
-        let (ops_port, http_port) = (free_port(), free_port());
+        let [ops_port, http_port] = free_ports();
         let mut config = format!(
             "{kafka}\n[topics]\nstatus = \"{topic}\"\nrejected = \"{rejected}\"\n\
              [ops]\nlisten = \"127.0.0.1:{ops_port}\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n\

@@ -7,10 +7,11 @@
 //! SQLite's transactions span the loop's batches (`CommitPolicy`), as
 //! Kafka Streams' record cache spans its commit interval: through the
 //! broker, committing every 100,000 records instead of every 10,000 made
-//! the projection fold 12% more records/s with 8% less CPU, as a commit
-//! rewrote the random indexes' pages each time. The loop holds the
-//! batches' offsets until the commit (`Persisted::Held`); the panel shows
-//! a write once it commits, within `commit_within_ms`.
+//! the projection fold 9-19% more records/s with 6-8% less CPU (two runs
+//! each, alternating), as a commit rewrote the random indexes' pages each
+//! time. The loop holds the batches' offsets until the commit
+//! (`Persisted::Held`); the panel shows a write once it commits, within
+//! `commit_within_ms`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

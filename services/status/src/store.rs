@@ -67,6 +67,8 @@ pub enum StoreError {
     },
     #[error("a status store write panicked")]
     WriterPanicked,
+    #[error("the status store's writer lost the held writes of {0} records and writes no more until the service restarts (the records are read again then)")]
+    WriterLost(usize),
     #[error("the status store cannot be an in-memory SQLite database: its writer and its readers are separate connections; give a file")]
     InMemory,
 }
@@ -411,10 +413,10 @@ impl Store {
     /// committed. Shared, not borrowed: SQLite's writers take them to
     /// their own threads, and a batch's retries take them again.
     ///
-    /// A batch whose write failed in one file may have committed in
-    /// another: its retry writes it again there, which the fold makes a
-    /// no-op (`write/`), and its offsets are committed only once every
-    /// file has it.
+    /// A batch whose write failed in one file may be written (or
+    /// committed) in another: its retry writes it again there, which the
+    /// fold makes a no-op (`write/`), and its offsets are committed only
+    /// once every file has it.
     ///
     /// A vector, not a slice: the caller gets its buffer back once the
     /// write is done (`Arc::try_unwrap`), where a slice would be a copy.
@@ -436,8 +438,7 @@ impl Store {
                     writes.push(writer.commit().boxed());
                 }
             }
-            futures::future::try_join_all(writes).await?;
-            return Ok(());
+            return every_file(writes).await;
         }
         for part in rows.chunks(crate::write::POSTGRES_RECORDS_PER_TRANSACTION) {
             let mut tx = self.first().begin().await?;
@@ -451,8 +452,7 @@ impl Store {
     /// file at once.
     pub async fn commit(&self) -> Result<(), StoreError> {
         let writers = self.shards.iter().filter_map(|s| s.writer.as_ref());
-        futures::future::try_join_all(writers.map(SqliteWriter::commit)).await?;
-        Ok(())
+        every_file(writers.map(|w| w.commit().boxed())).await
     }
 
     /// Whether `Commit::Later` leaves anything uncommitted: SQLite's
@@ -471,6 +471,20 @@ impl Store {
             total += row.try_get::<i64, _>("n")?;
         }
         Ok(total)
+    }
+}
+
+/// Waits for every file's write, and answers the worst error: one that
+/// must stop the loop (held writes lost) over one worth retrying, which
+/// alone would let the retry commit the other file's later batches.
+async fn every_file(
+    writes: impl IntoIterator<Item = futures::future::BoxFuture<'_, Result<(), StoreError>>>,
+) -> Result<(), StoreError> {
+    let results = futures::future::join_all(writes).await;
+    let mut errors: Vec<StoreError> = results.into_iter().filter_map(Result::err).collect();
+    match errors.iter().position(|e| !e.is_transient()) {
+        Some(worst) => Err(errors.swap_remove(worst)),
+        None => errors.pop().map_or(Ok(()), Err),
     }
 }
 
@@ -694,4 +708,39 @@ pub(crate) fn text(row: &AnyRow, column: &str) -> Result<Option<String>, sqlx::E
 /// Reads an integer column that may be NULL.
 pub(crate) fn int(row: &AnyRow, column: &str) -> Result<Option<i64>, sqlx::Error> {
     row.try_get::<Option<i64>, _>(column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn busy() -> StoreError {
+        StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+            None,
+        ))
+    }
+
+    #[tokio::test]
+    async fn a_loss_in_one_file_is_the_answer_though_another_file_only_retries() {
+        assert!(busy().is_transient());
+        let lost = || StoreError::HeldWritesLost {
+            records: 7,
+            source: Box::new(StoreError::WriterPanicked),
+        };
+        for order in [[true, false], [false, true]] {
+            let writes = order.map(|first_busy| {
+                let e = if first_busy { busy() } else { lost() };
+                async move { Err(e) }.boxed()
+            });
+            let answer = every_file(writes).await;
+            assert!(
+                matches!(answer, Err(StoreError::HeldWritesLost { records: 7, .. })),
+                "{answer:?}"
+            );
+        }
+        let answer = every_file([async { Ok(()) }.boxed(), async { Err(busy()) }.boxed()]).await;
+        assert!(answer.is_err_and(|e| e.is_transient()));
+        assert!(every_file([async { Ok(()) }.boxed()]).await.is_ok());
+    }
 }

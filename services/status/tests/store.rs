@@ -641,7 +641,8 @@ async fn conversions_of_one_hash_stay_apart() {
 
 /// Writes left open (`Commit::Later`) are seen once committed; a write
 /// that fails rolls back the batches the transaction held before it too,
-/// and says so, where a first batch's failure is only its own.
+/// says so, and the writer refuses every later write until restarted,
+/// where a first batch's failure is only its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn held_writes_show_once_committed_and_a_failure_loses_them_all_and_says_so() {
     let (dir, store) = sqlite().await;
@@ -674,8 +675,20 @@ async fn held_writes_show_once_committed_and_a_failure_loses_them_all_and_says_s
         Err(StoreError::HeldWritesLost { records, .. }) => assert_eq!(records as i64, n),
         other => panic!("expected the held writes lost, got {other:?}"),
     }
-    store.commit().await.unwrap();
     assert_eq!(store.history_len().await.unwrap(), n, "rolled back");
+    // Every later write is refused: a retry must not commit the writer's
+    // later batches without the lost ones.
+    for refused_too in [
+        store.write(later(2_000_000), Commit::Now).await,
+        store.commit().await,
+    ] {
+        assert!(
+            matches!(refused_too, Err(StoreError::WriterLost(n)) if n as i64 == history().len() as i64),
+            "{refused_too:?}"
+        );
+    }
+    drop(store);
+    let store = Store::open(&sqlite_config(&dir, 1)).await.unwrap();
 
     let alone = store.write(vec![refused], Commit::Later).await;
     assert!(

@@ -31,7 +31,8 @@
 //! the loop takes batches (`Persisted::Held`): the loop then holds those
 //! batches' offsets, and commits them with the first batch the store says
 //! is durable, once the held batches' deadline passed (records arriving or
-//! not), before any output is written, and when the loop stops. A
+//! not), before any output is written, and at shutdown (a loop that
+//! stops on an error commits none of them: they are read again). A
 //! revoked partition's held offsets are given up, never committed: its
 //! new owner reads those records again, which the store's idempotent
 //! writes allow.
@@ -283,7 +284,9 @@ impl ConsumerLoop {
                 }
             }
             let (batch, held_until) = self.after_held(batch);
-            if batch.records.is_empty() && outputs.is_empty() {
+            // Held work goes on though a revocation took all its records:
+            // the store's transaction is still open.
+            if batch.records.is_empty() && outputs.is_empty() && held_until.is_none() {
                 continue;
             }
             let persisted = handler.persist().await;
@@ -572,19 +575,28 @@ impl ConsumerLoop {
 
     /// Drops the records of partitions no longer owned from `batch`, and
     /// from the held batches: their offsets are the new owner's to commit.
+    /// The held batches' store writes stay, and commit with the rest: a
+    /// store's writes are idempotent, so the new owner writing them again
+    /// changes nothing.
     fn drop_revoked(&mut self, batch: &mut Vec<InboundRecord>) {
-        let held = self.held.as_mut().map(|h| &mut h.batch.records);
         let owned = match self.consumer.assignment() {
             Ok(tpl) => tpl,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot read the assignment; dropping the batch");
+                tracing::warn!(error = %e, "cannot read the assignment; reading the batch again");
                 self.metrics.dropped_revoked.inc_by(batch.len() as u64);
+                // Whichever partitions are still ours read these again
+                // (the held ones too; their offsets were not committed).
+                self.rewind(batch);
                 batch.clear();
-                // Handled already: read again, by whoever owns them.
-                self.held = None;
+                if let Some(mut held) = self.held.take() {
+                    self.rewind(&held.batch.records);
+                    held.batch.records.clear();
+                    self.held = Some(held);
+                }
                 return;
             }
         };
+        let held = self.held.as_mut().map(|h| &mut h.batch.records);
         let before = batch.len();
         batch.retain(|r| owned.find_partition(&r.topic, r.partition).is_some());
         if let Some(held) = held {

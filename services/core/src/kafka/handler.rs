@@ -92,7 +92,10 @@ pub trait RecordHandler: Send {
     }
 
     /// This instance no longer owns `partitions`; none of their records is
-    /// handled any more, and nothing of theirs is in flight.
+    /// handled any more, and no output of theirs is in flight. A store's
+    /// held writes of their records (`Persisted::Held`) may still commit
+    /// after this: the new owner writes them again, so those writes must
+    /// be idempotent.
     fn on_revoked(&mut self, _partitions: &[TopicPartition]) {}
 
     /// How often `tick` runs; None (the default) never.
@@ -136,7 +139,7 @@ pub trait RecordHandler: Send {
     /// The loop calls it once the held batches' `flush_by` passed (records
     /// arriving or not), before it writes any output (so outputs never
     /// wait on a store, and a revoked partition never has held outputs),
-    /// and when it stops. An error stops the loop as `persist`'s does.
+    /// and at shutdown. An error stops the loop as `persist`'s does.
     fn flush(&mut self) -> impl Future<Output = Result<(), HandlerError>> + Send {
         std::future::ready(Ok(()))
     }
@@ -149,7 +152,8 @@ pub enum Persisted {
     /// batch and of those held may move.
     Durable,
     /// Written but not durable yet (a transaction left open): the loop
-    /// calls `flush` by `flush_by` at the latest.
+    /// calls `flush` once `flush_by` passed, at its next turn (a batch
+    /// being collected first takes its `linger`).
     Held { flush_by: Instant },
 }
 

@@ -61,6 +61,8 @@ struct Writer {
     /// A batch's write began and did not end: it panicked, and the open
     /// transaction holds half of it.
     writing: bool,
+    /// Records of held batches a rollback lost (`roll_back`).
+    lost: Option<usize>,
 }
 
 impl SqliteWriter {
@@ -91,6 +93,7 @@ impl SqliteWriter {
                 records_since_analyze: 0,
                 held: None,
                 writing: false,
+                lost: None,
             })),
         };
         spawn_checkpointer(path, Arc::downgrade(&writer.inner))?;
@@ -108,9 +111,9 @@ impl SqliteWriter {
         commit: Commit,
     ) -> Result<(), StoreError> {
         self.with_writer(move |writer| {
-            writer.apply(Batch::new(mine.iter().filter_map(|&i| rows.get(i))))?;
+            let records = writer.apply(Batch::new(mine.iter().filter_map(|&i| rows.get(i))))?;
             match commit {
-                Commit::Now => writer.commit(),
+                Commit::Now => writer.commit(records),
                 Commit::Later => Ok(()),
             }
         })
@@ -119,7 +122,7 @@ impl SqliteWriter {
 
     /// Commits the open transaction, if there is one.
     pub async fn commit(&self) -> Result<(), StoreError> {
-        self.with_writer(Writer::commit).await
+        self.with_writer(|writer| writer.commit(0)).await
     }
 
     async fn with_writer(
@@ -138,7 +141,8 @@ impl SqliteWriter {
 }
 
 impl Writer {
-    fn apply(&mut self, batch: Batch<'_>) -> Result<(), StoreError> {
+    /// Writes `batch` in the open transaction, and answers its records.
+    fn apply(&mut self, batch: Batch<'_>) -> Result<usize, StoreError> {
         if self.held.is_none() {
             // IMMEDIATE: take the write lock first, so the rows read are
             // the rows written over.
@@ -148,64 +152,80 @@ impl Writer {
         self.writing = true;
         let written = write(&self.conn, &batch);
         self.writing = false;
+        let earlier = self.held.unwrap_or(0);
         match written {
             Ok(records) => {
-                *self.held.get_or_insert(0) += records;
-                Ok(())
+                self.held = Some(earlier + records);
+                Ok(records)
             }
-            Err(e) => Err(self.roll_back(e)),
+            Err(e) => Err(self.roll_back(e, earlier)),
         }
     }
 
-    fn commit(&mut self) -> Result<(), StoreError> {
+    /// Commits the open transaction; `this_batch` of its records are the
+    /// caller's own batch, which a retry of the caller writes again.
+    fn commit(&mut self, this_batch: usize) -> Result<(), StoreError> {
         let Some(records) = self.held else {
             return Ok(());
         };
         if let Err(e) = self.conn.execute_batch("COMMIT") {
-            return Err(self.roll_back(e.into()));
+            return Err(self.roll_back(e.into(), records.saturating_sub(this_batch)));
         }
         self.held = None;
         self.records_since_analyze += records;
         if self.records_since_analyze >= ANALYZE_EVERY_RECORDS {
-            refresh_statistics(&self.conn)?;
+            // Committed already: stale statistics only slow a plan.
+            if let Err(e) = refresh_statistics(&self.conn) {
+                tracing::warn!(error = %e, "status store statistics not refreshed");
+            }
             self.records_since_analyze = 0;
         }
         Ok(())
     }
 
-    /// Rolls the open transaction back after `error`. If it held batches
-    /// before the one that failed, those are gone too, and the error says
-    /// so: the failed batch's retry alone would not bring them back.
-    fn roll_back(&mut self, error: StoreError) -> StoreError {
-        let held = self.held.take().unwrap_or(0);
+    /// Rolls the open transaction back after `error`. If it held `earlier`
+    /// records of batches before the caller's, those are gone too, and the
+    /// error says so: the caller's retry alone would not bring them back.
+    /// That loss stays the writer's answer until it is restarted
+    /// (`recover`): a writer of several files might see the error of
+    /// another file first, retry, and commit this one's later batches
+    /// without the earlier ones.
+    fn roll_back(&mut self, error: StoreError, earlier: usize) -> StoreError {
+        self.held = None;
         // SQLite rolls back itself after some errors (a full disk, I/O).
         if !self.conn.is_autocommit() {
             if let Err(e) = self.conn.execute_batch("ROLLBACK") {
                 tracing::warn!(error = %e, "status store rollback failed");
             }
         }
-        match held {
+        match earlier {
             0 => error,
-            records => StoreError::HeldWritesLost {
-                records,
-                source: Box::new(error),
-            },
+            records => {
+                self.lost = Some(records);
+                StoreError::HeldWritesLost {
+                    records,
+                    source: Box::new(error),
+                }
+            }
         }
     }
 
-    /// After a write that panicked: its half batch rolled back, with
-    /// what the transaction held before it.
+    /// Refuses to go on after a loss of held writes, and rolls back the
+    /// half batch of a write that panicked, with what the transaction held
+    /// before it.
     fn recover(&mut self) -> Result<(), StoreError> {
+        if let Some(records) = self.lost {
+            return Err(StoreError::WriterLost(records));
+        }
         if !std::mem::take(&mut self.writing) {
             return Ok(());
         }
-        let records = self.held.unwrap_or(0);
-        let lost = self.roll_back(StoreError::WriterPanicked);
+        let earlier = self.held.unwrap_or(0);
         tracing::error!(
-            records,
+            records = earlier,
             "a status store write panicked; its transaction rolled back"
         );
-        Err(lost)
+        Err(self.roll_back(StoreError::WriterPanicked, earlier))
     }
 }
 
