@@ -74,9 +74,7 @@ impl StatusHandler {
             metrics,
         }
     }
-}
 
-impl StatusHandler {
     /// Writes the batch's rows, left uncommitted unless the policy or the
     /// store commits every batch.
     async fn write_pending(&mut self) -> Result<(), StoreError> {

@@ -240,9 +240,10 @@ const SCHEMA: &[&str] = &[
 const SCHEMA_VERSION: u32 = 6;
 
 /// Where a conversion is found by its key: on SQLite an index of the
-/// hash, which the writer's lookups name (one writer, so nothing else
-/// keeps the key unique); on PostgreSQL the text key's unique index,
-/// which keeps replicas from storing a conversion twice.
+/// tenant and the hash, which the writer's lookups and the searches by
+/// event id take (one writer, so nothing else need keep the key unique);
+/// on PostgreSQL the text key's unique index, which keeps replicas from
+/// storing a conversion twice.
 const CONVERSION_KEY: &str = "{CONVERSION_KEY}";
 const SQLITE_KEY_INDEX: &str =
     "CREATE INDEX IF NOT EXISTS conversions_by_key ON conversions (tenant, key_hash)";
