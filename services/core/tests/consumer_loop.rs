@@ -564,13 +564,15 @@ async fn the_lag_gauge_follows_the_backlog_though_offsets_are_committed_in_trans
 
 /// A store that commits when the loop says: `handle` stages each record's
 /// number, `persist` holds them until `hold_for` after the first
-/// (`Persisted::Held`), and `flush` makes them durable.
+/// (`Persisted::Held`), and `flush` makes them durable. It keeps which
+/// partition each record it handled came from, and which it owns.
 #[derive(Clone)]
 struct Staging {
     hold_for: Duration,
-    handled: Arc<Mutex<usize>>,
+    handled: Arc<Mutex<Vec<(i32, u64)>>>,
     staged: Arc<Mutex<(Vec<u64>, Option<std::time::Instant>)>>,
     durable: Arc<Mutex<Vec<u64>>>,
+    owned: Arc<Mutex<BTreeSet<i32>>>,
 }
 
 impl Staging {
@@ -580,15 +582,27 @@ impl Staging {
             handled: Arc::default(),
             staged: Arc::default(),
             durable: Arc::default(),
+            owned: Arc::default(),
         }
     }
 
     fn handled(&self) -> usize {
-        *self.handled.lock().unwrap()
+        self.handled.lock().unwrap().len()
+    }
+
+    /// The numbers it handled from `partitions`.
+    fn handled_on(&self, partitions: &BTreeSet<i32>) -> BTreeSet<u64> {
+        let handled = self.handled.lock().unwrap();
+        let on = handled.iter().filter(|(p, _)| partitions.contains(p));
+        on.map(|(_, n)| *n).collect()
     }
 
     fn durable(&self) -> BTreeSet<u64> {
         self.durable.lock().unwrap().iter().copied().collect()
+    }
+
+    fn owned(&self) -> BTreeSet<i32> {
+        self.owned.lock().unwrap().clone()
     }
 }
 
@@ -598,7 +612,7 @@ impl RecordHandler for Staging {
             .parse()
             .unwrap_or(u64::MAX);
         self.staged.lock().unwrap().0.push(n);
-        *self.handled.lock().unwrap() += 1;
+        self.handled.lock().unwrap().push((record.partition, n));
     }
 
     async fn persist(&mut self) -> Result<Persisted, HandlerError> {
@@ -617,6 +631,19 @@ impl RecordHandler for Staging {
         self.durable.lock().unwrap().append(&mut staged.0);
         staged.1 = None;
         Ok(())
+    }
+
+    fn on_assigned(&mut self, partitions: &[TopicPartition]) -> Result<(), HandlerError> {
+        let mut owned = self.owned.lock().unwrap();
+        owned.extend(partitions.iter().map(|p| p.partition));
+        Ok(())
+    }
+
+    fn on_revoked(&mut self, partitions: &[TopicPartition]) {
+        let mut owned = self.owned.lock().unwrap();
+        for p in partitions {
+            owned.remove(&p.partition);
+        }
     }
 }
 
@@ -693,4 +720,118 @@ async fn held_writes_commit_their_offsets_only_once_flushed() {
         assert_eq!(last.durable(), (1000..1500).collect());
         assert_eq!(committed_total(&broker, &group, &input).await, 1500);
     }
+}
+
+/// Writes `from..to` into one partition of `topic`.
+async fn fill_partition(broker: &Broker, topic: &str, partition: i32, from: usize, to: usize) {
+    let producer: FutureProducer = broker.client_config().create().unwrap();
+    for i in from..to {
+        let payload = i.to_string();
+        let record = FutureRecord::to(topic)
+            .partition(partition)
+            .key("k")
+            .payload(&payload);
+        producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+}
+
+/// The loop's count of records given up to a revocation, as /metrics shows it.
+fn revoked_total(metrics: &ServiceMetrics) -> u64 {
+    let text = metrics.render();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("postback_test_consumer_revoked_records_total"));
+    line.and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_writes_of_revoked_partitions_are_left_to_their_new_owner() {
+    let broker = Broker::shared().await.unwrap();
+    let (input, _) = topics(&broker).await;
+    let group = unique("held.moved.group");
+    fill(&broker, &input, 0, 1000).await;
+    let metrics = ServiceMetrics::new("test");
+
+    // The first instance holds every record for a minute, so nothing of
+    // it is committed when a second one joins and takes half the
+    // partitions.
+    let first = Staging::new(Duration::from_secs(60));
+    let a = spawn_handler(
+        &broker,
+        ("a", &group),
+        &input,
+        true,
+        &unique("held.moved.dlq"),
+        first.clone(),
+        &metrics,
+    )
+    .await;
+    wait_until("the first instance handles every record", async || {
+        first.handled() == 1000
+    })
+    .await;
+    let second = Staging::new(Duration::from_millis(300));
+    let b = spawn_handler(
+        &broker,
+        ("b", &group),
+        &input,
+        true,
+        &unique("held.moved.dlq"),
+        second.clone(),
+        &ServiceMetrics::new("test"),
+    )
+    .await;
+    wait_until("the partitions are shared", async || {
+        second.owned().len() == PARTITIONS as usize / 2
+    })
+    .await;
+    let moved = second.owned();
+    let moved_records = first.handled_on(&moved);
+    wait_until("the new owner commits the moved partitions", async || {
+        committed_total(&broker, &group, &input).await == moved_records.len() as i64
+    })
+    .await;
+    assert_eq!(second.durable(), moved_records, "read again from the start");
+
+    // More records on a moved partition, committed by its new owner: the
+    // first instance's stop must not set that offset back to what it held.
+    let partition = *moved.first().unwrap();
+    fill_partition(&broker, &input, partition, 1000, 1100).await;
+    wait_until("the new owner commits the new records", async || {
+        committed_total(&broker, &group, &input).await == moved_records.len() as i64 + 100
+    })
+    .await;
+    let moved_offsets = broker.committed(&group, &input).await.unwrap();
+
+    // A record on a partition it kept wakes the first instance: the
+    // revocation came while it waited, and its held records of the moved
+    // partitions go then, not only at its stop.
+    let kept = (0..PARTITIONS).find(|p| !moved.contains(p)).unwrap();
+    fill_partition(&broker, &input, kept, 1100, 1150).await;
+    wait_until(
+        "the first instance handles a kept partition's record",
+        async || first.handled() == 1050,
+    )
+    .await;
+    assert_eq!(
+        revoked_total(&metrics),
+        moved_records.len() as u64,
+        "the held records given up are counted when the loop wakes"
+    );
+    a.stop().await;
+    let after = broker.committed(&group, &input).await.unwrap();
+    for p in &moved {
+        assert_eq!(
+            after.get(p),
+            moved_offsets.get(p),
+            "partition {p}: the old owner's stop committed over its new owner"
+        );
+    }
+    assert_eq!(committed_total(&broker, &group, &input).await, 1150);
+    b.stop().await;
 }

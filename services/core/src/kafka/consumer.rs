@@ -141,7 +141,7 @@ impl LoopMetrics {
             ),
             dropped_revoked: m.counter(
                 "consumer_revoked_records_total",
-                "Fetched records dropped because their partition was revoked before they were handled.",
+                "Records given up because their partition was revoked before their offsets were committed: fetched and not handled yet, or held (`Persisted::Held`). Their new owner reads them again.",
             ),
             receive_errors: m.counter(
                 "consumer_errors_total",
@@ -168,6 +168,9 @@ pub struct ConsumerLoop {
     committed: Offsets,
     /// Batches the handler wrote but did not make durable yet.
     held: Option<Held>,
+    /// The rebalance context's count of revocations when the loop last
+    /// dropped revoked partitions' records (`drop_revoked_if_any`).
+    revocations_seen: u64,
 }
 
 /// One cycle's input: the records collected, and whether the tick is due.
@@ -229,6 +232,7 @@ impl ConsumerLoop {
             metrics: LoopMetrics::new(metrics),
             committed: BTreeMap::new(),
             held: None,
+            revocations_seen: 0,
         })
     }
 
@@ -330,6 +334,14 @@ impl ConsumerLoop {
         outputs: &mut Vec<OutboundRecord>,
         shutdown: &CancellationToken,
     ) -> Result<(), ConsumerLoopError> {
+        if self.held.is_none() {
+            return Ok(());
+        }
+        // A revocation the last poll went through, unseen if no record
+        // came after it: the revoked partitions' offsets are their new
+        // owner's now, and committing ours would set its back.
+        self.hand_over_assignment(handler)?;
+        self.drop_revoked_if_any(&mut Vec::new());
         let Some(held) = self.held.take() else {
             return Ok(());
         };
@@ -359,7 +371,6 @@ impl ConsumerLoop {
             m = self.consumer.recv() => Some(m),
         };
         let started = Instant::now();
-        let revocations = self.consumer.context().revocations();
         match first {
             None => {}
             Some(Ok(m)) => {
@@ -369,9 +380,6 @@ impl ConsumerLoop {
             Some(Err(e)) => self.receive_error(e).await,
         }
         self.hand_over_assignment(handler)?;
-        if self.consumer.context().revocations() != revocations {
-            self.drop_revoked(&mut records);
-        }
         Ok(Some(Batch { records, started }))
     }
 
@@ -573,6 +581,19 @@ impl ConsumerLoop {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    /// Drops what `drop_revoked` does if a revocation happened since it
+    /// last ran. Counted since then, not since this batch's first poll:
+    /// a revocation during the poll that waited for the first record
+    /// leaves no record of the revoked partitions in the batch, but the
+    /// held batches may have some.
+    fn drop_revoked_if_any(&mut self, batch: &mut Vec<InboundRecord>) {
+        let revocations = self.consumer.context().revocations();
+        if revocations != self.revocations_seen {
+            self.revocations_seen = revocations;
+            self.drop_revoked(batch);
+        }
+    }
+
     /// Drops the records of partitions no longer owned from `batch`, and
     /// from the held batches: their offsets are the new owner's to commit.
     /// The held batches' store writes stay, and commit with the rest: a
@@ -583,28 +604,29 @@ impl ConsumerLoop {
             Ok(tpl) => tpl,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the assignment; reading the batch again");
-                self.metrics.dropped_revoked.inc_by(batch.len() as u64);
                 // Whichever partitions are still ours read these again
                 // (the held ones too; their offsets were not committed).
                 self.rewind(batch);
-                batch.clear();
-                if let Some(mut held) = self.held.take() {
-                    self.rewind(&held.batch.records);
-                    held.batch.records.clear();
-                    self.held = Some(held);
-                }
+                let mut dropped = std::mem::take(batch).len();
+                let held = self.held.as_mut();
+                let held_records = held.map(|h| std::mem::take(&mut h.batch.records));
+                let held_records = held_records.unwrap_or_default();
+                self.rewind(&held_records);
+                dropped += held_records.len();
+                self.metrics.dropped_revoked.inc_by(dropped as u64);
                 return;
             }
         };
-        let held = self.held.as_mut().map(|h| &mut h.batch.records);
+        let still_owned = |r: &InboundRecord| owned.find_partition(&r.topic, r.partition).is_some();
         let before = batch.len();
-        batch.retain(|r| owned.find_partition(&r.topic, r.partition).is_some());
-        if let Some(held) = held {
-            held.retain(|r| owned.find_partition(&r.topic, r.partition).is_some());
+        batch.retain(still_owned);
+        let mut dropped = before - batch.len();
+        if let Some(held) = self.held.as_mut() {
+            let before = held.batch.records.len();
+            held.batch.records.retain(still_owned);
+            dropped += before - held.batch.records.len();
         }
-        self.metrics
-            .dropped_revoked
-            .inc_by((before - batch.len()) as u64);
+        self.metrics.dropped_revoked.inc_by(dropped as u64);
     }
 
     /// Puts each partition of `batch` back to its first record, to read the
