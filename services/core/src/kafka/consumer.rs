@@ -380,6 +380,7 @@ impl ConsumerLoop {
             Some(Err(e)) => self.receive_error(e).await,
         }
         self.hand_over_assignment(handler)?;
+        self.drop_revoked_if_any(&mut records);
         Ok(Some(Batch { records, started }))
     }
 
@@ -646,7 +647,9 @@ impl ConsumerLoop {
                 Offset::Offset(offset),
                 Duration::from_secs(10),
             ) {
-                tracing::info!(topic, partition, error = %e, "cannot rewind (partition no longer ours?)");
+                // Expected for a partition just revoked; for one still
+                // owned, the records after `offset` are skipped.
+                tracing::warn!(topic, partition, error = %e, "cannot rewind (partition no longer ours?)");
             }
         }
     }

@@ -56,8 +56,8 @@ impl LoopContext {
         }
     }
 
-    /// How many revocations happened so far (to tell whether a batch being
-    /// collected may hold records of a partition no longer owned).
+    /// How many revocations happened so far (to tell whether the batch or
+    /// the held batches may hold records of a partition no longer owned).
     pub(crate) fn revocations(&self) -> u64 {
         self.revocations.load(Ordering::SeqCst)
     }
