@@ -766,7 +766,6 @@ async fn held_writes_of_revoked_partitions_are_left_to_their_new_owner() {
 }
 
 async fn revoked_partitions_are_left_to_their_new_owner(broker: &Broker, woken: bool) {
-    let broker = broker;
     let (input, _) = topics(broker).await;
     let group = unique("held.moved.group");
     fill(broker, &input, 0, 1000).await;
