@@ -403,6 +403,21 @@ struct Ownership {
     revoked: Arc<Mutex<Vec<i32>>>,
 }
 
+impl Ownership {
+    fn assigned(&self, partitions: &[TopicPartition]) {
+        let mut owned = self.owned.lock().unwrap();
+        owned.extend(partitions.iter().map(|p| p.partition));
+    }
+
+    fn lost(&self, partitions: &[TopicPartition]) {
+        let mut owned = self.owned.lock().unwrap();
+        for p in partitions {
+            owned.remove(&p.partition);
+            self.revoked.lock().unwrap().push(p.partition);
+        }
+    }
+}
+
 impl RecordHandler for Ownership {
     fn handle(&mut self, _record: &InboundRecord, _out: &mut Vec<OutboundRecord>) {}
 
@@ -413,17 +428,12 @@ impl RecordHandler for Ownership {
     }
 
     fn on_assigned(&mut self, partitions: &[TopicPartition]) -> Result<(), HandlerError> {
-        let mut owned = self.owned.lock().unwrap();
-        owned.extend(partitions.iter().map(|p| p.partition));
+        self.assigned(partitions);
         Ok(())
     }
 
     fn on_revoked(&mut self, partitions: &[TopicPartition]) {
-        let mut owned = self.owned.lock().unwrap();
-        for p in partitions {
-            owned.remove(&p.partition);
-            self.revoked.lock().unwrap().push(p.partition);
-        }
+        self.lost(partitions);
     }
 }
 
@@ -572,7 +582,7 @@ struct Staging {
     handled: Arc<Mutex<Vec<(i32, u64)>>>,
     staged: Arc<Mutex<(Vec<u64>, Option<std::time::Instant>)>>,
     durable: Arc<Mutex<Vec<u64>>>,
-    owned: Arc<Mutex<BTreeSet<i32>>>,
+    ownership: Ownership,
 }
 
 impl Staging {
@@ -582,7 +592,7 @@ impl Staging {
             handled: Arc::default(),
             staged: Arc::default(),
             durable: Arc::default(),
-            owned: Arc::default(),
+            ownership: Ownership::default(),
         }
     }
 
@@ -602,7 +612,7 @@ impl Staging {
     }
 
     fn owned(&self) -> BTreeSet<i32> {
-        self.owned.lock().unwrap().clone()
+        self.ownership.owned.lock().unwrap().clone()
     }
 }
 
@@ -634,16 +644,12 @@ impl RecordHandler for Staging {
     }
 
     fn on_assigned(&mut self, partitions: &[TopicPartition]) -> Result<(), HandlerError> {
-        let mut owned = self.owned.lock().unwrap();
-        owned.extend(partitions.iter().map(|p| p.partition));
+        self.ownership.assigned(partitions);
         Ok(())
     }
 
     fn on_revoked(&mut self, partitions: &[TopicPartition]) {
-        let mut owned = self.owned.lock().unwrap();
-        for p in partitions {
-            owned.remove(&p.partition);
-        }
+        self.ownership.lost(partitions);
     }
 }
 
