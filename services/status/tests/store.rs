@@ -807,6 +807,85 @@ async fn a_store_of_a_newer_layout_is_refused_and_kept() {
     );
 }
 
+/// The rollup rows of the states conversions pass through (`eligible`,
+/// `retrying`, a slot a later summary moved them from) count nothing
+/// once the conversions moved on; they are deleted, not left behind.
+const EMPTY_ROLLUPS: &str = "SELECT COUNT(*) FROM summary_rollups WHERE n = 0 AND duplicates = 0";
+const ROLLUP_ROWS: &str = "SELECT COUNT(*) FROM summary_rollups";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emptied_rollup_rows_are_deleted_in_sqlite() {
+    let (dir, store) = sqlite().await;
+    // In small batches, so conversions pass through states batch by batch.
+    for part in shuffled(history(), 11).chunks(17) {
+        store.apply(part.to_vec()).await.unwrap();
+    }
+    let file = rusqlite::Connection::open(dir.path().join("nested/status.db")).unwrap();
+    let count = |sql: &str| -> i64 { file.query_row(sql, [], |r| r.get(0)).unwrap() };
+    assert!(count(ROLLUP_ROWS) > 0);
+    assert_eq!(count(EMPTY_ROLLUPS), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emptied_rollup_rows_are_deleted_in_postgres() {
+    let (db, store) = postgres().await;
+    for part in shuffled(history(), 11).chunks(17) {
+        store.apply(part.to_vec()).await.unwrap();
+    }
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&db.url).await.unwrap();
+    for (sql, nothing) in [(ROLLUP_ROWS, false), (EMPTY_ROLLUPS, true)] {
+        let n: i64 = sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap();
+        assert_eq!(n == 0, nothing, "{sql}: {n}");
+    }
+    pool.close().await;
+}
+
+/// PostgreSQL's tables come from the same migration as SQLite's: a
+/// newer layout is refused and its tables kept, another (older) one is
+/// dropped and made again under a new projection id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_store_of_a_newer_layout_is_kept_and_of_an_older_one_rebuilt() {
+    let (db, store) = postgres().await;
+    store.apply(history()).await.unwrap();
+    let before = store.projection_id().await.unwrap();
+    drop(store);
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&db.url).await.unwrap();
+    let set_layout = |layout: &'static str| {
+        sqlx::query("UPDATE projection SET id = $1 WHERE name = 'schema'")
+            .bind(layout)
+            .execute(&pool)
+    };
+    let config = StoreConfig {
+        url: db.url.clone(),
+        ..StoreConfig::default()
+    };
+
+    set_layout("99").await.unwrap();
+    let refused = Store::open(&config)
+        .await
+        .err()
+        .expect("a newer layout is refused");
+    assert!(
+        refused.to_string().contains("layout 99, newer than"),
+        "{refused}"
+    );
+    let kept: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM status_history")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(kept, history().len() as i64);
+
+    set_layout("2").await.unwrap();
+    let rebuilt = Store::open(&config).await.unwrap();
+    assert_eq!(rebuilt.history_len().await.unwrap(), 0);
+    assert_ne!(rebuilt.projection_id().await.unwrap(), before);
+    rebuilt.apply(history()).await.unwrap();
+    assert_eq!(rebuilt.history_len().await.unwrap(), kept);
+    pool.close().await;
+}
+
 macro_rules! both {
     ($($name:ident),* $(,)?) => {
         mod sqlite {

@@ -64,7 +64,42 @@ pub(crate) async fn write(
     .await?;
     // Last: replicas on one PostgreSQL update the same rollup rows, and a
     // row's lock is held until the commit that follows.
-    Ok(execute(tx, &tables::ROLLUPS, changes.rollups.rows()).await?)
+    let rollups: Vec<_> = changes.rollups.rows().collect();
+    execute(tx, &tables::ROLLUPS, rollups.iter().copied()).await?;
+    Ok(delete_emptied_rollups(tx, &rollups).await?)
+}
+
+/// Deletes the rollup rows the batch took away from that now count
+/// nothing. Only rows the insert before locked: another replica's rows
+/// taken here too could make the two wait on each other.
+async fn delete_emptied_rollups(
+    tx: &mut Transaction<'_, Any>,
+    rows: &[[Cell<'_>; 11]],
+) -> Result<(), sqlx::Error> {
+    let emptied: Vec<[Cell<'_>; 11]> = rows
+        .iter()
+        .filter(|cells| tables::takes_away(cells))
+        .copied()
+        .collect();
+    let r = &tables::ROLLUPS;
+    let key: Vec<String> = r.columns[..tables::ROLLUP_KEY_COLUMNS]
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("t.{} = {}", c.name(), json_cell(i, *c)))
+        .collect();
+    let sql = format!(
+        "DELETE FROM {} AS t USING {JSON_ROWS} WHERE {} AND {}",
+        r.name,
+        key.join(" AND "),
+        tables::emptied_rollup("t.")
+    );
+    for chunk in emptied.chunks(CHUNK) {
+        sqlx::query(&sql)
+            .bind(json_rows(chunk)?)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
 }
 
 /// One advisory lock per conversion, for the transaction, in the order of
@@ -269,10 +304,7 @@ fn insert_sql(table: &Table) -> String {
         .columns
         .iter()
         .enumerate()
-        .map(|(i, c)| match c {
-            Column::Int(_) => format!("(r.value ->> {i})::bigint"),
-            Column::Text(_) => format!("r.value ->> {i}"),
-        })
+        .map(|(i, c)| json_cell(i, *c))
         .collect();
     format!(
         "INSERT INTO {} ({}) SELECT {} FROM {JSON_ROWS} WHERE true {}",
@@ -281,6 +313,14 @@ fn insert_sql(table: &Table) -> String {
         values.join(", "),
         table.conflict_clause()
     )
+}
+
+/// The `i`-th cell of a row of `JSON_ROWS`, as its column's type.
+fn json_cell(i: usize, column: Column) -> String {
+    match column {
+        Column::Int(_) => format!("(r.value ->> {i})::bigint"),
+        Column::Text(_) => format!("r.value ->> {i}"),
+    }
 }
 
 /// Inserts `rows` into `table`, a chunk a statement; rows go in key order,

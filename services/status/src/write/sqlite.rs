@@ -272,8 +272,32 @@ fn write(tx: &Connection, batch: &Batch<'_>) -> Result<usize, StoreError> {
         &tables::CLICK_IDS,
         click_ids.iter().map(tables::click_id_cells),
     )?;
-    insert(tx, &tables::ROLLUPS, changes.rollups.rows())?;
+    let rollups: Vec<_> = changes.rollups.rows().collect();
+    insert(tx, &tables::ROLLUPS, rollups.iter().copied())?;
+    delete_emptied_rollups(tx, &rollups)?;
     Ok(batch.records())
+}
+
+/// Deletes the rollup rows the batch took away from that now count
+/// nothing.
+fn delete_emptied_rollups(tx: &Connection, rows: &[[Cell<'_>; 11]]) -> Result<(), rusqlite::Error> {
+    let r = &tables::ROLLUPS;
+    let key: Vec<String> = r.columns[..tables::ROLLUP_KEY_COLUMNS]
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{} = ?{}", c.name(), i + 1))
+        .collect();
+    let sql = format!(
+        "DELETE FROM {} WHERE {} AND {}",
+        r.name,
+        key.join(" AND "),
+        tables::emptied_rollup("")
+    );
+    let mut statement = tx.prepare_cached(&sql)?;
+    for cells in rows.iter().filter(|cells| tables::takes_away(cells)) {
+        statement.execute(params_from_iter(&cells[..tables::ROLLUP_KEY_COLUMNS]))?;
+    }
+    Ok(())
 }
 
 /// `SELECT <columns> FROM table WHERE <filter>`: columns of `table` in

@@ -279,6 +279,26 @@ pub(crate) fn click_id_cells((key, id): &ClickId) -> [Cell<'static>; 2] {
     [int(*key), int(*id)]
 }
 
+/// The rollups' rows are their key (`ROLLUPS.key`, the first columns),
+/// then the counts.
+pub(crate) const ROLLUP_KEY_COLUMNS: usize = 9;
+
+/// Whether a rollup delta takes away from its row, which may then count
+/// nothing: a conversion left the state (its hour, its status) the row
+/// counts. Such a row is deleted once it is zero (`emptied_rollup`), or
+/// every state a conversion passes through would leave a row behind.
+pub(crate) fn takes_away(cells: &[Cell<'_>; 11]) -> bool {
+    cells[ROLLUP_KEY_COLUMNS..]
+        .iter()
+        .any(|c| matches!(c, Cell::Int(Some(n)) if *n < 0))
+}
+
+/// What makes a rollup row empty: no conversion, no duplicate; `table`
+/// is how the statement names the table (`t.`, or empty).
+pub(crate) fn emptied_rollup(table: &str) -> String {
+    format!("{table}n = 0 AND {table}duplicates = 0")
+}
+
 pub(crate) const ROLLUPS: Table = Table {
     name: "summary_rollups",
     key: "tenant, width, slot, platform, server_side, reason, front_end_fired, latency, merged",
@@ -337,6 +357,11 @@ mod tests {
         assert_eq!(click_id_cells(&(7, 1)).len(), CLICK_IDS.columns.len());
         assert_eq!(HISTORY.columns.len(), 14);
         assert_eq!(ROLLUPS.columns.len(), 11);
+        let key: Vec<&str> = ROLLUPS.columns[..ROLLUP_KEY_COLUMNS]
+            .iter()
+            .map(|c| c.name())
+            .collect();
+        assert_eq!(key.join(", "), ROLLUPS.key);
     }
 
     #[test]
