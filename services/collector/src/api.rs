@@ -2,6 +2,14 @@
 //! `POST /v1/collect` for browser beacons (public site key in the query
 //! string, CORS-checked). Who calls is settled before a handler runs
 //! (`caller.rs`), and the edge's limits hold before that (`edge.rs`).
+//!
+//! CORS is answered here, not by tower-http's `CorsLayer`: the origins a
+//! beacon may come from are its site key's (the query string), so the
+//! CORS answer is the outcome of settling who calls. A beacon's response
+//! carries `Access-Control-Allow-Origin` only once its key accepted its
+//! origin, and a preflight from an origin no key lists is refused with a
+//! 403 where the layer would answer it without headers and leave the
+//! refusal to the browser.
 
 use std::sync::Arc;
 use std::time::Duration;
