@@ -2,7 +2,9 @@
 //! `POSTBACK_TEST_DATABASE_URL`, or one this test process starts from the
 //! machine's PostgreSQL binaries (Debian's `postgresql`; scripts/setup.sh
 //! and .ci/run install it when they can) in a temporary directory, on a
-//! free port, with fsync off. Each test gets a database of its own.
+//! free port, with fsync off, and TLS on with a certificate of a CA made
+//! for the run (`TestDatabase::tls_root`). Each test gets a database of
+//! its own.
 //!
 //! The server started here lives as long as the test process: it is
 //! started from a thread that never ends, with PR_SET_PDEATHSIG, so it is
@@ -21,6 +23,7 @@ pub struct TestDatabase {
     pub url: String,
     admin_url: String,
     name: String,
+    tls_root: Option<PathBuf>,
 }
 
 impl TestDatabase {
@@ -37,7 +40,15 @@ impl TestDatabase {
             url: server.url_of(&name),
             admin_url: server.admin_url.clone(),
             name,
+            tls_root: server.tls_root.clone(),
         })
+    }
+
+    /// The CA certificate (PEM) of the server's TLS certificate, for
+    /// `sslmode=verify-full&sslrootcert=...`; None for the server of
+    /// `POSTBACK_TEST_DATABASE_URL`, whose TLS this suite does not know.
+    pub fn tls_root(&self) -> Option<&Path> {
+        self.tls_root.as_deref()
     }
 }
 
@@ -77,6 +88,7 @@ struct Server {
     /// `postgres://user@host:port/` without a database.
     base: String,
     admin_url: String,
+    tls_root: Option<PathBuf>,
 }
 
 impl Server {
@@ -107,6 +119,7 @@ fn start() -> anyhow::Result<Server> {
         return Ok(Server {
             base,
             admin_url: url,
+            tls_root: None,
         });
     }
     let bin = binaries().context(
@@ -234,6 +247,7 @@ fn run_server(bin: &Path) -> anyhow::Result<Server> {
             String::from_utf8_lossy(&init.stderr).trim()
         );
     }
+    let (root, cert, key) = tls_files(&dir, user)?;
     let port = crate::free_port();
     let log = std::fs::File::create(dir.join("postgres.log"))?;
     if let Some((uid, gid)) = user {
@@ -258,6 +272,13 @@ fn run_server(bin: &Path) -> anyhow::Result<Server> {
             "full_page_writes=off",
         ])
         .args(["-c", "synchronous_commit=off", "-c", "max_connections=200"])
+        .args([
+            "-c",
+            "ssl=on",
+            "-c",
+            &format!("ssl_cert_file={}", cert.display()),
+        ])
+        .args(["-c", &format!("ssl_key_file={}", key.display())])
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
@@ -307,5 +328,42 @@ fn run_server(bin: &Path) -> anyhow::Result<Server> {
     Ok(Server {
         admin_url: format!("{base}postgres"),
         base,
+        tls_root: Some(root),
     })
+}
+
+/// A CA for this run and the server's certificate from it, for 127.0.0.1
+/// and localhost, written into `dir`: the CA's certificate, the server's,
+/// and its key, which PostgreSQL reads only if its own user alone can.
+fn tls_files(dir: &Path, user: Option<(u32, u32)>) -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "postback test CA");
+    let ca = ca.self_signed(&ca_key)?;
+    let key = KeyPair::generate()?;
+    let mut server =
+        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])?;
+    server
+        .distinguished_name
+        .push(DnType::CommonName, "postback test PostgreSQL");
+    let server = server.signed_by(&key, &ca, &ca_key)?;
+    let files = (
+        dir.join("ca.crt"),
+        dir.join("server.crt"),
+        dir.join("server.key"),
+    );
+    std::fs::write(&files.0, ca.pem())?;
+    std::fs::write(&files.1, server.pem())?;
+    std::fs::write(&files.2, key.serialize_pem())?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&files.2, std::fs::Permissions::from_mode(0o600))?;
+    if let Some((uid, gid)) = user {
+        for file in [&files.1, &files.2] {
+            std::os::unix::fs::chown(file, Some(uid), Some(gid))?;
+        }
+    }
+    Ok(files)
 }

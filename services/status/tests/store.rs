@@ -886,6 +886,54 @@ async fn a_postgres_store_of_a_newer_layout_is_kept_and_of_an_older_one_rebuilt(
     pool.close().await;
 }
 
+/// The store reaches PostgreSQL over TLS when its URL asks (managed
+/// PostgreSQL services require it), the server's certificate checked
+/// against the CA `sslrootcert` names, and refused when no trusted CA
+/// signed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_postgres_store_connects_over_tls_and_checks_the_certificate() {
+    let db = TestDatabase::create().await.unwrap();
+    let Some(root) = db.tls_root() else {
+        eprintln!(
+            "not checked: the TLS of POSTBACK_TEST_DATABASE_URL's server is not this suite's"
+        );
+        return;
+    };
+    let verified = format!(
+        "{}?sslmode=verify-full&sslrootcert={}",
+        db.url,
+        root.display()
+    );
+    let store = Store::open(&StoreConfig {
+        url: verified.clone(),
+        ..StoreConfig::default()
+    })
+    .await
+    .unwrap();
+    store.apply(history()).await.unwrap();
+    assert_eq!(store.history_len().await.unwrap(), history().len() as i64);
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&verified).await.unwrap();
+    let encrypted: bool =
+        sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(encrypted);
+    pool.close().await;
+
+    // The system's CAs did not sign the suite's certificate.
+    let unverifiable = Store::open(&StoreConfig {
+        url: format!("{}?sslmode=verify-full", db.url),
+        ..StoreConfig::default()
+    })
+    .await
+    .err()
+    .expect("a certificate no trusted CA signed is refused");
+    let message = format!("{unverifiable:#}").to_lowercase();
+    assert!(message.contains("certificate"), "{message}");
+}
+
 macro_rules! both {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
