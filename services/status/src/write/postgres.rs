@@ -93,13 +93,7 @@ async fn delete_emptied_rollups(
         key.join(" AND "),
         tables::emptied_rollup("t.")
     );
-    for chunk in emptied.chunks(CHUNK) {
-        sqlx::query(&sql)
-            .bind(json_rows(chunk)?)
-            .execute(&mut **tx)
-            .await?;
-    }
-    Ok(())
+    run_chunked(tx, &sql, &emptied).await
 }
 
 /// One advisory lock per conversion, for the transaction, in the order of
@@ -332,9 +326,17 @@ async fn execute<'a, const N: usize>(
 ) -> Result<(), sqlx::Error> {
     debug_assert_eq!(N, table.columns.len(), "{}'s cells", table.name);
     let rows: Vec<[Cell<'a>; N]> = rows.collect();
-    let sql = insert_sql(table);
+    run_chunked(tx, &insert_sql(table), &rows).await
+}
+
+/// Runs `sql` once per chunk of `rows`, the chunk as `$1` (`JSON_ROWS`).
+async fn run_chunked<const N: usize>(
+    tx: &mut Transaction<'_, Any>,
+    sql: &str,
+    rows: &[[Cell<'_>; N]],
+) -> Result<(), sqlx::Error> {
     for chunk in rows.chunks(CHUNK) {
-        sqlx::query(&sql)
+        sqlx::query(sql)
             .bind(json_rows(chunk)?)
             .execute(&mut **tx)
             .await?;
