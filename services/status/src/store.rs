@@ -237,7 +237,12 @@ const SCHEMA: &[&str] = &[
 /// Layout 6 indexes event ids, order ids and click ids by 64-bit hashes
 /// (`keys.rs`): 8 bytes an entry instead of the text, so a commit rewrites
 /// a third to a fifth as many index pages.
-const SCHEMA_VERSION: u32 = 6;
+///
+/// Layout 7 writes the records' keys (`fold::StatusKey`: which record a
+/// platform's status, its match keys and a conversion's summary come
+/// from) in 27 characters of base 64 instead of 52 decimal digits: two
+/// were over half of a platform's row.
+const SCHEMA_VERSION: u32 = 7;
 
 /// Where a conversion is found by its key: on SQLite an index of the
 /// tenant and the hash, which the writer's lookups and the searches by
